@@ -1,0 +1,187 @@
+"""Backend-agnostic math for Gaussian bottlenecks, written on `keras.ops`.
+
+Every function here runs on TensorFlow, JAX and PyTorch. Densities and
+divergences are computed in float32 whatever the inputs' dtype, so that they
+stay finite under a `mixed_float16` or `mixed_bfloat16` policy.
+
+Reductions, stated once for the whole module:
+
+- `gaussian_kl`, `gaussian_log_prob`, `standard_normal_log_prob` and
+  `bernoulli_log_prob` sum over the event axes named by `axis` (the last axis
+  by default) and keep every other axis. They never average over the batch.
+- `log_mean_exp` reduces the sample axis it is given.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+#: `log_var` is clamped to this range before `exp`. exp(20) ~ 4.9e8 and
+#: exp(-30) ~ 9.4e-14 are far from float32's limits, so the KL, the sample and
+#: their gradients stay finite; outside the range the gradient is zero.
+LOG_VAR_MIN = -30.0
+LOG_VAR_MAX = 20.0
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _float32(x):
+    return ops.cast(x, "float32")
+
+
+def clip_log_var(log_var, min_value=LOG_VAR_MIN, max_value=LOG_VAR_MAX):
+    """Clamp a log-variance to `[min_value, max_value]` (default [-30, 20]).
+
+    Args:
+        log_var: tensor of log-variances.
+        min_value: lower bound.
+        max_value: upper bound.
+
+    Returns:
+        A tensor of the same shape and dtype as `log_var`.
+    """
+    return ops.clip(log_var, min_value, max_value)
+
+
+def _sum(x, axis):
+    return x if axis is None else ops.sum(x, axis=axis)
+
+
+def gaussian_kl(
+    mean,
+    log_var,
+    prior_mean=None,
+    prior_log_var=None,
+    axis=-1,
+):
+    """KL(N(mean, exp(log_var)) || prior) for diagonal Gaussians, in nats.
+
+    With no prior given the prior is N(0, I) and
+
+    `KL = 0.5 * sum(mean**2 + exp(log_var) - log_var - 1)`.
+
+    With a diagonal Gaussian prior N(m, exp(v)):
+
+    `KL = 0.5 * sum(v - log_var + (exp(log_var) + (mean - m)**2) / exp(v) - 1)`.
+
+    Args:
+        mean: tensor, posterior means.
+        log_var: tensor of the same shape, posterior log-variances. Clamped
+            to `[LOG_VAR_MIN, LOG_VAR_MAX]`.
+        prior_mean: optional tensor broadcastable to `mean`.
+        prior_log_var: optional tensor broadcastable to `mean` (clamped too).
+        axis: axis or tuple of axes to sum over (the latent dimensions).
+            `None` returns the per-dimension KL without summing.
+
+    Returns:
+        A float32 tensor: the KL per example (the shape of `mean` without
+        `axis`).
+
+    Example:
+
+    >>> kl = gaussian_kl(keras.ops.zeros((4, 8)), keras.ops.zeros((4, 8)))
+    >>> kl.shape
+    (4,)
+    """
+    mean = _float32(mean)
+    log_var = clip_log_var(_float32(log_var))
+    if prior_mean is None and prior_log_var is None:
+        per_dim = 0.5 * (ops.square(mean) + ops.exp(log_var) - log_var - 1.0)
+        return _sum(per_dim, axis)
+    prior_mean = ops.zeros_like(mean) if prior_mean is None else _float32(prior_mean)
+    prior_log_var = (
+        ops.zeros_like(mean)
+        if prior_log_var is None
+        else clip_log_var(_float32(prior_log_var))
+    )
+    ratio = ops.exp(log_var - prior_log_var)
+    mahalanobis = ops.square(mean - prior_mean) * ops.exp(-prior_log_var)
+    per_dim = 0.5 * (ratio + mahalanobis - (log_var - prior_log_var) - 1.0)
+    return _sum(per_dim, axis)
+
+
+def gaussian_log_prob(x, mean, log_var, axis=-1):
+    """log N(x; mean, exp(log_var)) of a diagonal Gaussian, in nats.
+
+    Args:
+        x: tensor of values.
+        mean: tensor broadcastable to `x`.
+        log_var: tensor broadcastable to `x` (clamped).
+        axis: axis or tuple of axes to sum over; `None` keeps every axis.
+
+    Returns:
+        A float32 tensor of log-densities, summed over `axis`.
+    """
+    x = _float32(x)
+    mean = _float32(mean)
+    log_var = clip_log_var(_float32(log_var))
+    per_dim = -0.5 * (
+        _LOG_2PI + log_var + ops.square(x - mean) * ops.exp(-log_var)
+    )
+    return _sum(per_dim, axis)
+
+
+def standard_normal_log_prob(x, axis=-1):
+    """log N(x; 0, I), in nats, summed over `axis`. Returns float32."""
+    x = _float32(x)
+    return _sum(-0.5 * (_LOG_2PI + ops.square(x)), axis)
+
+
+def bernoulli_log_prob(x, logits, axis=-1):
+    """log Bernoulli(x; sigmoid(logits)), in nats, summed over `axis`.
+
+    Written as `x * logits - softplus(logits)`, which is exact for any `x` in
+    [0, 1] (also non-binary "continuous Bernoulli-like" targets) and finite
+    for any finite logits.
+
+    Args:
+        x: tensor of targets in [0, 1].
+        logits: tensor broadcastable to `x`.
+        axis: axis or tuple of axes to sum over; `None` keeps every axis.
+
+    Returns:
+        A float32 tensor of log-probabilities.
+    """
+    x = _float32(x)
+    logits = _float32(logits)
+    return _sum(x * logits - ops.softplus(logits), axis)
+
+
+def log_mean_exp(x, axis=0, keepdims=False):
+    """`log(mean(exp(x), axis))`, computed stably with `keras.ops.logsumexp`.
+
+    Args:
+        x: tensor.
+        axis: the axis to average over (an int).
+        keepdims: keep the reduced axis with size 1.
+
+    Returns:
+        A tensor with `axis` reduced.
+    """
+    n = ops.shape(x)[axis]
+    return ops.logsumexp(x, axis=axis, keepdims=keepdims) - ops.log(
+        ops.cast(n, x.dtype)
+    )
+
+
+def reparameterize(mean, log_var, seed=None, num_samples=None):
+    """Draw `z = mean + exp(log_var / 2) * eps` with `eps ~ N(0, I)`.
+
+    Args:
+        mean: tensor of means.
+        log_var: tensor of log-variances, the same shape (clamped).
+        seed: a `keras.random.SeedGenerator`, an int or `None`. Pass the
+            layer's `SeedGenerator` for reproducible, stateful sampling.
+        num_samples: `None` for one sample of the shape of `mean`, or an int
+            k for k samples stacked on a new leading axis: `(k,) + shape`.
+
+    Returns:
+        The sample(s), in the dtype of `mean`.
+    """
+    log_var = clip_log_var(log_var)
+    shape = ops.shape(mean)
+    if num_samples is not None:
+        shape = (num_samples,) + tuple(shape)
+    eps = keras.random.normal(shape, dtype=mean.dtype, seed=seed)
+    return mean + ops.exp(0.5 * log_var) * eps
