@@ -6,12 +6,13 @@ from keras_vib.layers import GaussianBottleneck
 from keras_vib.layers import Sampling
 from keras_vib.layers import VIB
 
-__version__ = "0.1.0"
+# section: models (keep each helper's imports inside its own section)
+# end section: models
 
-__all__ = [
-    "GaussianBottleneck",
-    "Sampling",
-    "VIB",
-    "layers",
-    "ops",
-]
+# section: kl-controls
+# end section: kl-controls
+
+# section: export
+# end section: export
+
+__version__ = "0.1.0"
