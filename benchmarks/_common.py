@@ -1,0 +1,352 @@
+"""Shared machinery for the benchmark scripts.
+
+Every compared program runs in its own worker process. The parent (which never
+imports a deep-learning framework) starts the workers one at a time, warms
+each up, then asks them in turn to run a block of steps: A B C, C B A, A B C,
+... Each worker answers with the wall time of its block. Alternating the order
+cancels slow drifts in the load of the (shared) machine, and ratios are taken
+between blocks of the same round, so they are what to quote.
+
+Protocol: one JSON object per line. The parent writes commands to the worker's
+stdin; the worker answers on a private duplicate of its original stdout, and
+fd 1 is pointed at stderr so that anything a library prints cannot corrupt
+the protocol.
+"""
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(BENCH_DIR)
+DEFAULT_OUTPUT = os.path.join(REPO_DIR, "docs", "BENCHMARKS.md")
+
+_VERSIONED = (
+    "numpy",
+    "keras",
+    "tensorflow",
+    "jax",
+    "jaxlib",
+    "torch",
+    "tensorflow-probability",
+    "tf-keras",
+    "pythae",
+)
+
+
+# ---------------------------------------------------------------- machine info
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def package_version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_markdown():
+    """A short markdown description of the machine and software versions."""
+    versions = ", ".join(
+        f"{name} {version}"
+        for name, version in ((n, package_version(n)) for n in _VERSIONED)
+        if version is not None
+    )
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"- Machine: {os.cpu_count()} cores, {cpu_model()}, "
+        f"{platform.system()} {platform.machine()}, Python "
+        f"{platform.python_version()}; load average at start {load} "
+        "(shared with other developers' jobs).\n"
+        f"- Versions: {versions}.\n"
+        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC."
+    )
+
+
+def command_string(argv=None):
+    """The command that reproduces this run, relative to the repository."""
+    argv = sys.argv if argv is None else argv
+    script = os.path.relpath(os.path.abspath(argv[0]), REPO_DIR)
+    return " ".join(["python", shlex.quote(script)] + [shlex.quote(a) for a in argv[1:]])
+
+
+# --------------------------------------------------------------------- workers
+
+
+def worker_main(setup):
+    """Run in a worker process: `setup(spec)` returns a `run(steps)` callable.
+
+    `run(steps)` must execute `steps` units of work and return when they are
+    finished (synchronised), optionally returning a dict of extra results.
+    The worker reports the wall time of each call.
+    """
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def send(**msg):
+        proto.write(json.dumps(msg) + "\n")
+        proto.flush()
+
+    try:
+        spec = json.loads(sys.argv[sys.argv.index("--worker") + 1])
+        run = setup(spec)
+    except Exception:  # report, do not hang the parent
+        send(error=traceback.format_exc())
+        return
+    send(ready=True)
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg.get("cmd") == "exit":
+            break
+        try:
+            start = time.perf_counter()
+            extra = run(msg["steps"])
+            seconds = time.perf_counter() - start
+            send(seconds=seconds, extra=extra or {})
+        except Exception:
+            send(error=traceback.format_exc())
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class Worker:
+    """A benchmark worker process (the parent's handle).
+
+    Args:
+        label: name of the compared program.
+        script: path of the benchmark script; it is run as
+            `python script --worker '<spec json>'`.
+        spec: JSON-serialisable dict passed to the worker's `setup`.
+        env: extra environment variables (e.g. `KERAS_BACKEND`).
+        log_dir: directory for the worker's stderr log.
+    """
+
+    def __init__(self, label, script, spec, env=None, log_dir=None):
+        self.label = label
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            [REPO_DIR] + [p for p in [full_env.get("PYTHONPATH")] if p]
+        )
+        log_dir = log_dir or tempfile.gettempdir()
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+        self.log_path = os.path.join(log_dir, f"bench_{os.getpid()}_{safe}.log")
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, script, "--worker", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            bufsize=1,
+            env=full_env,
+            cwd=REPO_DIR,
+        )
+        self._receive()  # wait for "ready"
+
+    def _receive(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise WorkerError(
+                f"worker {self.label!r} exited (code {self.proc.poll()}); "
+                f"see {self.log_path}:\n{_tail(self.log_path)}"
+            )
+        msg = json.loads(line)
+        if "error" in msg:
+            raise WorkerError(f"worker {self.label!r} failed:\n{msg['error']}")
+        return msg
+
+    def run(self, steps):
+        """Run `steps` units; returns `(seconds, extra)`."""
+        self.proc.stdin.write(json.dumps({"cmd": "run", "steps": steps}) + "\n")
+        self.proc.stdin.flush()
+        msg = self._receive()
+        return msg["seconds"], msg["extra"]
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"cmd": "exit"}) + "\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+        self._log.close()
+
+
+def _tail(path, lines=15):
+    try:
+        with open(path) as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def start_workers(script, specs, log_dir=None, echo=print):
+    """Start workers one at a time, so their start-up does not overlap.
+
+    Args:
+        specs: list of `(label, spec, env)`.
+
+    Returns:
+        `(workers, skipped)`: the started workers and `{label: reason}` for
+        the ones that failed to start.
+    """
+    workers, skipped = [], {}
+    for label, spec, env in specs:
+        echo(f"starting {label} ...")
+        try:
+            workers.append(Worker(label, script, spec, env=env, log_dir=log_dir))
+        except WorkerError as e:
+            skipped[label] = str(e).strip().splitlines()[-1]
+            echo(f"  skipped {label}: {skipped[label]}")
+    return workers, skipped
+
+
+def interleave(workers, steps, repeats, warmup_steps, echo=print):
+    """Warm each worker up, then time `repeats` alternating rounds.
+
+    Round r runs the workers in order (A B C) when r is even and in reverse
+    (C B A) when r is odd.
+
+    Returns:
+        `{label: [seconds_per_step, ...]}` with one entry per round, and
+        `{label: [extra, ...]}`.
+    """
+    for w in workers:
+        echo(f"warm-up {w.label} ({warmup_steps} steps)")
+        w.run(warmup_steps)
+    times = {w.label: [] for w in workers}
+    extras = {w.label: [] for w in workers}
+    for r in range(repeats):
+        order = workers if r % 2 == 0 else workers[::-1]
+        for w in order:
+            seconds, extra = w.run(steps)
+            times[w.label].append(seconds / steps)
+            extras[w.label].append(extra)
+        echo(
+            f"round {r + 1}/{repeats}: "
+            + ", ".join(f"{w.label} {times[w.label][-1] * 1e3:.1f} ms" for w in workers)
+        )
+    return times, extras
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def summary(values):
+    """`(median, min, max)` of a list of numbers."""
+    return statistics.median(values), min(values), max(values)
+
+
+def paired_ratios(a, b):
+    """Per-round ratios a[r] / b[r] (the rounds are interleaved)."""
+    return [x / y for x, y in zip(a, b)]
+
+
+def fmt_ms(values):
+    med, lo, hi = summary(values)
+    return f"{med * 1e3:.2f} ({lo * 1e3:.2f}–{hi * 1e3:.2f})"
+
+
+def fmt_ratio(values):
+    med, lo, hi = summary(values)
+    return f"{med:.3f} ({lo:.3f}–{hi:.3f})"
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- output
+
+
+def write_section(path, name, body):
+    """Replace the text between the `section: name` markers of a markdown file.
+
+    Re-reads the file right before writing and touches nothing outside the
+    markers, since other sections belong to other scripts. Creates the file
+    and/or the markers if they are missing.
+    """
+    begin = f"<!-- section: {name} -->"
+    end = f"<!-- end section: {name} -->"
+    text = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+    block = f"{begin}\n{body.strip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text, count=1)
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def base_parser(description, steps, repeats, warmup):
+    """Arguments shared by the scripts."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--backends",
+        default="tensorflow,jax,torch",
+        help="comma-separated Keras backends (default: all three)",
+    )
+    parser.add_argument("--steps", type=int, default=steps, help="steps per timed block")
+    parser.add_argument(
+        "--repeats", type=int, default=repeats, help="interleaved rounds (>= 5 for the docs)"
+    )
+    parser.add_argument("--warmup", type=int, default=warmup, help="warm-up steps per worker")
+    parser.add_argument(
+        "--output",
+        default=DEFAULT_OUTPUT,
+        help="markdown file whose section is (re)written (default: docs/BENCHMARKS.md)",
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print the table only"
+    )
+    return parser
+
+
+def backends_arg(text):
+    backends = [b.strip() for b in text.split(",") if b.strip()]
+    for b in backends:
+        if b not in ("tensorflow", "jax", "torch"):
+            raise SystemExit(f"unknown backend {b!r}")
+    return backends
+
+
+def rss_peak_mb():
+    """Peak resident set size of this process, in MiB (Linux: ru_maxrss is KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
