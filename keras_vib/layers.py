@@ -8,6 +8,9 @@ from keras_vib import ops as vib_ops
 from keras_vib._validation import check_choice, check_non_negative_float
 
 _FREE_BITS_MODES = ("total", "per_dim")
+# Largest finite values of the half-precision dtypes (see `Sampling._sample`).
+_HALF_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38}
+_SEED_STATE_KEY = "seed_generator_state"
 
 
 def _shape_tuple(shape):
@@ -116,11 +119,22 @@ class Sampling(keras.layers.Layer):
         return z_mean, z_log_var
 
     def _sample(self, z_mean, z_log_var, training):
-        if training or self.sample_at_inference:
+        if not (training or self.sample_at_inference):
+            return z_mean
+        dtype = keras.backend.standardize_dtype(z_mean.dtype)
+        if dtype not in _HALF_MAX:
             return vib_ops.reparameterize(
                 z_mean, ops.cast(z_log_var, z_mean.dtype), seed=self.seed_generator
             )
-        return z_mean
+        # Half precision: sample in float32 and saturate before casting back.
+        # With log_var clamped at 20 the noise scale reaches exp(10) ~ 2.2e4,
+        # so `mean + std * eps` can pass float16's max (65504) and become inf.
+        z = vib_ops.reparameterize(
+            ops.cast(z_mean, "float32"),
+            ops.cast(z_log_var, "float32"),
+            seed=self.seed_generator,
+        )
+        return ops.cast(ops.clip(z, -_HALF_MAX[dtype], _HALF_MAX[dtype]), dtype)
 
     def call(self, inputs, training=None):
         z_mean, z_log_var = self._check_inputs(inputs)
@@ -140,6 +154,21 @@ class Sampling(keras.layers.Layer):
             {"seed": self.seed, "sample_at_inference": self.sample_at_inference}
         )
         return config
+
+    # Keras does not write `SeedGenerator` state to `.keras` files. Store it
+    # with the layer's variables so that training resumed from a file draws
+    # the same noise as an uninterrupted run. Files without it still load.
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store[_SEED_STATE_KEY] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        if _SEED_STATE_KEY in keys:
+            state = self.seed_generator.state
+            state.assign(ops.cast(store[_SEED_STATE_KEY], state.dtype))
+            store = {key: store[key] for key in keys if key != _SEED_STATE_KEY}
+        super().load_own_variables(store)
 
 
 class _LayerVariableMean(keras.metrics.Metric):
