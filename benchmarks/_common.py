@@ -14,6 +14,7 @@ the protocol.
 """
 
 import argparse
+import collections
 import datetime
 import importlib.metadata
 import json
@@ -99,7 +100,10 @@ def worker_main(setup):
 
     `run(steps)` must execute `steps` units of work and return when they are
     finished (synchronised), optionally returning a dict of extra results.
-    The worker reports the wall time of each call.
+    The worker reports the wall time of each call and the CPU time of the
+    whole process (all threads) during it. On a machine shared with other
+    jobs the CPU time is the steadier of the two: it does not count the time
+    the process waited for a core.
     """
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
@@ -121,12 +125,16 @@ def worker_main(setup):
         if msg.get("cmd") == "exit":
             break
         try:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             extra = run(msg["steps"])
             seconds = time.perf_counter() - start
-            send(seconds=seconds, extra=extra or {})
+            cpu = time.process_time() - cpu_start
+            send(seconds=seconds, cpu=cpu, extra=extra or {})
         except Exception:
             send(error=traceback.format_exc())
+
+
+Timings = collections.namedtuple("Timings", ["wall", "cpu", "extra"])
 
 
 class WorkerError(RuntimeError):
@@ -182,11 +190,11 @@ class Worker:
         return msg
 
     def run(self, steps):
-        """Run `steps` units; returns `(seconds, extra)`."""
+        """Run `steps` units; returns `(wall_seconds, cpu_seconds, extra)`."""
         self.proc.stdin.write(json.dumps({"cmd": "run", "steps": steps}) + "\n")
         self.proc.stdin.flush()
         msg = self._receive()
-        return msg["seconds"], msg["extra"]
+        return msg["seconds"], msg["cpu"], msg["extra"]
 
     def close(self):
         if self.proc.poll() is None:
@@ -235,25 +243,30 @@ def interleave(workers, steps, repeats, warmup_steps, echo=print):
     (C B A) when r is odd.
 
     Returns:
-        `{label: [seconds_per_step, ...]}` with one entry per round, and
-        `{label: [extra, ...]}`.
+        `Timings` with, per label, one entry per round: wall seconds per
+        step, CPU seconds per step and the worker's extra results.
     """
     for w in workers:
         echo(f"warm-up {w.label} ({warmup_steps} steps)")
         w.run(warmup_steps)
-    times = {w.label: [] for w in workers}
-    extras = {w.label: [] for w in workers}
+    out = Timings({w.label: [] for w in workers}, {w.label: [] for w in workers},
+                  {w.label: [] for w in workers})
     for r in range(repeats):
         order = workers if r % 2 == 0 else workers[::-1]
         for w in order:
-            seconds, extra = w.run(steps)
-            times[w.label].append(seconds / steps)
-            extras[w.label].append(extra)
+            seconds, cpu, extra = w.run(steps)
+            out.wall[w.label].append(seconds / steps)
+            out.cpu[w.label].append(cpu / steps)
+            out.extra[w.label].append(extra)
         echo(
             f"round {r + 1}/{repeats}: "
-            + ", ".join(f"{w.label} {times[w.label][-1] * 1e3:.1f} ms" for w in workers)
+            + ", ".join(
+                f"{w.label} {out.wall[w.label][-1] * 1e3:.1f} ms "
+                f"(cpu {out.cpu[w.label][-1] * 1e3:.1f})"
+                for w in workers
+            )
         )
-    return times, extras
+    return out
 
 
 # ------------------------------------------------------------------ statistics
