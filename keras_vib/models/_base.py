@@ -1,0 +1,310 @@
+"""Shared machinery of `VAE` and `IWAE`: encoder/decoder plumbing and methods."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_vib import ops as vib_ops
+from keras_vib.models import likelihoods
+
+
+def _static_shape(tensor):
+    return tuple(tensor.shape)
+
+
+def _check_posterior_pair(outputs, source):
+    """Raise unless `outputs` is a pair (z_mean, z_log_var) of equal shapes."""
+    if not isinstance(outputs, (list, tuple)) or len(outputs) != 2:
+        raise ValueError(
+            "Invalid value received for argument `encoder`. Expected a model "
+            "that maps x to a pair (z_mean, z_log_var) of tensors with equal "
+            f"shapes. Received: {source} {_describe(outputs)}"
+        )
+    mean_shape, log_var_shape = (_static_shape(t) for t in outputs)
+    if mean_shape != log_var_shape:
+        raise ValueError(
+            "Invalid value received for argument `encoder`. Expected a model "
+            "that maps x to a pair (z_mean, z_log_var) of tensors with equal "
+            f"shapes. Received: {source} of shapes {mean_shape} and "
+            f"{log_var_shape}"
+        )
+
+
+def _describe(outputs):
+    if isinstance(outputs, (list, tuple)):
+        return f"{len(outputs)} outputs of shapes {[_static_shape(t) for t in outputs]}"
+    if hasattr(outputs, "shape"):
+        return f"a single output of shape {_static_shape(outputs)}"
+    return repr(outputs)
+
+
+class _ForwardCache:
+    """Hands the forward pass of `call()` to `compute_loss()`.
+
+    Keras's train and test steps run `y_pred = model(x)` and then
+    `model.compute_loss(x, ..., y_pred)` on the same `x` in the same trace.
+    `call()` stores the encoder output (and in training, the decoder output
+    of its sample) here, keyed by the identity of `x`, so the loss does not
+    run the networks a second time. On any mismatch the loss recomputes.
+    A plain object, so Keras does not track the tensors it holds.
+    """
+
+    def __init__(self):
+        self.clear()
+
+    def store(self, x, **tensors):
+        self.x = x
+        self.tensors = tensors
+
+    def pop(self, x):
+        found = self.tensors if self.x is x else None
+        self.clear()
+        return found
+
+    def clear(self):
+        self.x = None
+        self.tensors = None
+
+
+class LatentVariableModel(keras.Model):
+    """Base class of `VAE` and `IWAE`: x -> q(z|x) -> z -> p(x|z).
+
+    Subclasses implement `compute_loss`. See `VAE` for the arguments.
+    """
+
+    def __init__(self, encoder, decoder, likelihood="bernoulli", seed=None, **kwargs):
+        super().__init__(**kwargs)
+        for arg, value in (("encoder", encoder), ("decoder", decoder)):
+            if not isinstance(value, keras.layers.Layer):
+                raise TypeError(
+                    f"Invalid value received for argument `{arg}`. Expected a "
+                    f"keras.Model (or keras.layers.Layer). Received: {arg}={value!r}"
+                )
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(
+                "Invalid value received for argument `seed`. Expected an int "
+                f"or None. Received: seed={seed!r}"
+            )
+        self.encoder = encoder
+        self.decoder = decoder
+        self.likelihood = likelihoods.get(likelihood)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self._forward_cache = _ForwardCache()
+        self._latent_shape = None
+        self._check_networks()
+        if encoder.built and decoder.built:
+            self.built = True
+
+    # -- validation ---------------------------------------------------------
+
+    def _check_networks(self):
+        """Static checks where the networks are functional (shapes known)."""
+        enc_outputs = getattr(self.encoder, "outputs", None)
+        if enc_outputs is not None:
+            _check_posterior_pair(list(enc_outputs), "an encoder with")
+            self._latent_shape = _static_shape(enc_outputs[0])[1:]
+        dec_inputs = getattr(self.decoder, "inputs", None)
+        if dec_inputs is not None and len(dec_inputs) == 1:
+            dec_latent = _static_shape(dec_inputs[0])[1:]
+            if self._latent_shape is None:
+                self._latent_shape = dec_latent
+            elif dec_latent != self._latent_shape:
+                raise ValueError(
+                    "Invalid value received for argument `decoder`. Expected "
+                    f"a decoder taking z of shape {(None,) + self._latent_shape} "
+                    "(the encoder's z_mean). Received: a decoder with input "
+                    f"shape {_static_shape(dec_inputs[0])}"
+                )
+        enc_inputs = getattr(self.encoder, "inputs", None)
+        dec_outputs = getattr(self.decoder, "outputs", None)
+        if enc_inputs is not None and dec_outputs is not None:
+            if len(dec_outputs) != 1 or _static_shape(dec_outputs[0])[1:] != (
+                _static_shape(enc_inputs[0])[1:]
+            ):
+                raise ValueError(
+                    "Invalid value received for argument `decoder`. Expected "
+                    "a decoder whose output has the data's shape "
+                    f"{_static_shape(enc_inputs[0])} (the encoder's input). "
+                    f"Received: a decoder with {_describe(list(dec_outputs))}"
+                )
+
+    # -- building blocks ----------------------------------------------------
+
+    def _encode(self, x, training=None):
+        outputs = self.encoder(x, training=training)
+        _check_posterior_pair(outputs, "encoder returned")
+        z_mean, z_log_var = outputs
+        if self._latent_shape is None:
+            self._latent_shape = _static_shape(z_mean)[1:]
+        return z_mean, z_log_var
+
+    def _posterior(self, x, training):
+        """(z_mean, z_log_var, cached decoder output of a sample or None)."""
+        cached = self._forward_cache.pop(x)
+        if cached is not None:
+            return cached["z_mean"], cached["z_log_var"], cached.get("sample_outputs")
+        z_mean, z_log_var = self._encode(x, training=training)
+        return z_mean, z_log_var, None
+
+    def build(self, input_shape=None):
+        if not self.encoder.built and input_shape is not None:
+            self.encoder.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        """Reconstruction: the mean of p(x|z), with z = z_mean at inference
+        and z ~ q(z|x) in training."""
+        z_mean, z_log_var = self._encode(inputs, training=training)
+        if training:
+            z = vib_ops.reparameterize(
+                z_mean, ops.cast(z_log_var, z_mean.dtype), seed=self.seed_generator
+            )
+            outputs = self.decoder(z, training=training)
+            self._forward_cache.store(
+                inputs, z_mean=z_mean, z_log_var=z_log_var, sample_outputs=outputs
+            )
+        else:
+            outputs = self.decoder(z_mean, training=training)
+            self._forward_cache.store(inputs, z_mean=z_mean, z_log_var=z_log_var)
+        return self.likelihood.mean(outputs)
+
+    def _loss_terms_from_layers(self):
+        # Regularizers and add_loss() terms of the encoder and decoder.
+        losses = self.losses
+        if not losses:
+            return 0.0
+        return ops.sum(ops.stack([ops.cast(loss, "float32") for loss in losses]))
+
+    # -- public methods -----------------------------------------------------
+
+    @property
+    def latent_shape(self):
+        """The shape of z without the batch axis, e.g. `(32,)`."""
+        return self._latent_shape
+
+    def encode(self, x, training=False):
+        """Return `(z_mean, z_log_var)` of q(z|x)."""
+        return self._encode(x, training=training)
+
+    def decode(self, z, training=False):
+        """Return the mean of p(x|z): probabilities (Bernoulli) or means."""
+        return self.likelihood.mean(self.decoder(z, training=training))
+
+    def reconstruct(self, x):
+        """Decode the posterior mean of `x`: `decode(encode(x)[0])`."""
+        return self.decode(self._encode(x, training=False)[0])
+
+    def generate(self, n, seed=None):
+        """Decode `n` draws z ~ N(0, I) from the prior.
+
+        Args:
+            n: int >= 1, how many samples.
+            seed: int for reproducible draws; `None` uses the model's
+                `SeedGenerator` (different draws on each call).
+
+        Returns:
+            Tensor `(n,) + data_shape`: the means of p(x|z).
+        """
+        from keras_vib._validation import check_positive_int
+
+        n = check_positive_int("n", n)
+        if self._latent_shape is None:
+            raise ValueError(
+                "The latent shape is unknown: call the model on data first, "
+                "or use functional encoder/decoder models."
+            )
+        z = keras.random.normal(
+            (n,) + tuple(self._latent_shape),
+            seed=self.seed_generator if seed is None else seed,
+        )
+        return self.decode(z)
+
+    def interpolate(self, x1, x2, steps=8):
+        """Decode a spherical path between the posterior means of x1 and x2.
+
+        `z(t) = z1 * cos(t) + z2 * sin(t)` for `steps` values of t evenly
+        spaced in [0, pi/2], so the path starts at z1, ends at z2 and, for
+        z1, z2 ~ N(0, I), keeps the prior's scale along the way.
+
+        Args:
+            x1: a batch of data, `(batch,) + data_shape`.
+            x2: a batch of the same shape.
+            steps: int >= 2, points on each path.
+
+        Returns:
+            Tensor `(batch, steps) + data_shape`.
+        """
+        from keras_vib._validation import check_positive_int
+
+        steps = check_positive_int("steps", steps)
+        if steps < 2:
+            raise ValueError(
+                "Invalid value received for argument `steps`. Expected an int "
+                f">= 2. Received: steps={steps}"
+            )
+        z1 = self._encode(x1, training=False)[0]
+        z2 = self._encode(x2, training=False)[0]
+        if tuple(z1.shape) != tuple(z2.shape):
+            raise ValueError(
+                "Invalid value received for arguments `x1` and `x2`. Expected "
+                f"batches of the same shape. Received: x1.shape={tuple(x1.shape)}, "
+                f"x2.shape={tuple(x2.shape)}"
+            )
+        t = ops.linspace(0.0, math.pi / 2, steps)
+        t = ops.reshape(ops.cast(t, z1.dtype), (1, steps) + (1,) * (len(z1.shape) - 1))
+        z = ops.expand_dims(z1, 1) * ops.cos(t) + ops.expand_dims(z2, 1) * ops.sin(t)
+        batch = ops.shape(z1)[0]
+        flat = ops.reshape(z, (-1,) + tuple(z1.shape[1:]))
+        decoded = self.decode(flat)
+        return ops.reshape(decoded, (batch, steps) + tuple(decoded.shape[1:]))
+
+    def log_likelihood(
+        self,
+        x,
+        num_samples=5000,
+        batch_size=100,
+        chunk_size=None,
+        seed=None,
+        verbose=1,
+    ):
+        """Importance-sampled estimate of log p(x) per example, in nats.
+
+        See `keras_vib.models.log_likelihood` for the details.
+        """
+        from keras_vib.models.log_likelihood import log_likelihood
+
+        return log_likelihood(
+            self, x, num_samples=num_samples, batch_size=batch_size,
+            chunk_size=chunk_size, seed=seed, verbose=verbose,
+        )
+
+    # -- serialization ------------------------------------------------------
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "decoder": keras.saving.serialize_keras_object(self.decoder),
+            "likelihood": keras.saving.serialize_keras_object(self.likelihood),
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "decoder", "likelihood"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+def weighted_mean(values, sample_weight=None):
+    """Mean over the batch axis, weighted by `sample_weight` if given."""
+    values = ops.cast(values, "float32")
+    if sample_weight is None:
+        return ops.mean(values, axis=0)
+    weight = ops.cast(ops.reshape(sample_weight, (-1,)), "float32")
+    weight = ops.reshape(weight, (-1,) + (1,) * (len(values.shape) - 1))
+    return ops.sum(values * weight, axis=0) / ops.maximum(ops.sum(weight), 1e-12)

@@ -1,0 +1,190 @@
+"""Importance-sampled log p(x), evaluated in chunks of samples.
+
+`log p(x) ~= log (1/K) sum_{j<K} p(x|z_j) p(z_j) / q(z_j|x)`, `z_j ~ q(z|x)`:
+the K-sample IWAE bound with a large K (5000 in Burda et al. 2015). The K
+samples are processed `chunk_size` at a time; each chunk's `logsumexp` is
+folded into a running `logaddexp`, so peak memory depends on `chunk_size`
+and `batch_size`, never on K.
+
+Reproducibility. The noise is drawn in fixed blocks of `NOISE_BLOCK` samples,
+each from its own seed derived from `(seed, batch index, block index)`, and
+chunks are cut out of those blocks. So sample j of an example gets the same
+noise whatever `chunk_size` is: results with any `chunk_size` are the same
+estimate and agree to float32 round-off (the logsumexp is only re-associated).
+They depend on `seed`, `batch_size` and the backend's random generator.
+"""
+
+import math
+
+import numpy as np
+
+import keras
+from keras import ops
+
+from keras_vib import losses as vib_losses
+from keras_vib._validation import check_positive_int
+
+#: Noise granularity in samples (independent of `chunk_size`).
+NOISE_BLOCK = 32
+#: Default decoder rows per chunk (`chunk_size * batch_size`).
+_ROWS_PER_CHUNK = 16384
+
+
+def _block_seed(seed, batch_index, block_index):
+    state = np.random.SeedSequence([seed, batch_index, block_index]).generate_state(1)
+    return int(state[0])
+
+
+def _chunk_function(model):
+    """`(x, z_mean, z_log_var, noise) -> logsumexp_j log w_j`, compiled.
+
+    JAX: `jax.jit` of a pure function of the variable values; TensorFlow:
+    `tf.function`; torch: eager under `no_grad`.
+    """
+
+    def chunk_logsumexp(x, z_mean, z_log_var, noise):
+        log_w = vib_losses.iwae_log_weights(
+            x, z_mean, z_log_var, model.decoder, noise,
+            likelihood=model.likelihood, training=False,
+        )
+        return ops.logsumexp(log_w, axis=0)
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        variables = list(model.decoder.variables) + list(model.likelihood.variables)
+
+        @jax.jit
+        def pure(values, x, z_mean, z_log_var, noise):
+            mapping = list(zip(variables, values))
+            with keras.StatelessScope(state_mapping=mapping):
+                return chunk_logsumexp(x, z_mean, z_log_var, noise)
+
+        return lambda *args: pure([v.value for v in variables], *args)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(chunk_logsumexp, reduce_retracing=True)
+    if backend == "torch":
+        import torch
+
+        def run(*args):
+            with torch.no_grad():
+                return chunk_logsumexp(*args)
+
+        return run
+    return chunk_logsumexp
+
+
+def _check_positive_or_none(name, value):
+    return None if value is None else check_positive_int(name, value)
+
+
+def log_likelihood(
+    model,
+    x,
+    num_samples=5000,
+    batch_size=100,
+    chunk_size=None,
+    seed=None,
+    verbose=1,
+):
+    """Per-example importance-sampled estimate of log p(x), in nats.
+
+    The proposal is the model's q(z|x); the estimate is the `num_samples`-
+    sample IWAE bound, a stochastic lower bound on log p(x) that tightens as
+    `num_samples` grows (exact for any K when q(z|x) is the true posterior).
+
+    Args:
+        model: a `VAE` or `IWAE` (anything with `encoder`, `decoder` and
+            `likelihood`).
+        x: array `(n,) + data_shape`.
+        num_samples: int >= 1, K.
+        batch_size: int >= 1, examples per encoder call.
+        chunk_size: int >= 1 or `None`, samples per decoder call (the decoder
+            sees `chunk_size * batch_size` rows). `None` picks about 16384
+            rows. It changes memory and speed, not the result (see the
+            module docstring).
+        seed: int or `None`. The same seed (and `batch_size`) gives the same
+            result on the same backend; `None` draws a fresh seed.
+        verbose: 0 (silent), 1 (progress bar) or 2 (one line at the end).
+
+    Returns:
+        float32 numpy array `(n,)`.
+
+    Example:
+
+    >>> log_px = vae.log_likelihood(x_test, num_samples=5000, seed=0)
+    >>> nll = -log_px.mean()
+    """
+    num_samples = check_positive_int("num_samples", num_samples)
+    batch_size = check_positive_int("batch_size", batch_size)
+    chunk_size = _check_positive_or_none("chunk_size", chunk_size)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(
+            "Invalid value received for argument `seed`. Expected an int or "
+            f"None. Received: seed={seed!r}"
+        )
+    if verbose not in (0, 1, 2):
+        raise ValueError(
+            "Invalid value received for argument `verbose`. Expected 0, 1 or "
+            f"2. Received: verbose={verbose!r}"
+        )
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+    seed = seed % (2**32)
+    if chunk_size is None:
+        chunk_size = max(1, _ROWS_PER_CHUNK // batch_size)
+        if chunk_size >= NOISE_BLOCK:
+            chunk_size -= chunk_size % NOISE_BLOCK
+    chunk_size = min(chunk_size, num_samples)
+
+    x = np.asarray(x)
+    n = x.shape[0]
+    num_batches = math.ceil(n / batch_size)
+    num_chunks = math.ceil(num_samples / chunk_size)
+    chunk_fn = _chunk_function(model)
+    progbar = keras.utils.Progbar(num_batches * num_chunks, verbose=verbose, unit_name="chunk") if verbose else None
+    log_k = math.log(num_samples)
+    results = []
+    for b in range(num_batches):
+        x_batch = ops.convert_to_tensor(x[b * batch_size : (b + 1) * batch_size], "float32")
+        z_mean, z_log_var = _encode_for_evaluation(model, x_batch)
+        blocks = {}
+        total = None
+        for start in range(0, num_samples, chunk_size):
+            stop = min(start + chunk_size, num_samples)
+            noise = _noise(blocks, seed, b, start, stop, z_mean)
+            chunk = chunk_fn(x_batch, z_mean, z_log_var, noise)
+            total = chunk if total is None else ops.logaddexp(total, chunk)
+            if progbar is not None:
+                progbar.add(1)
+        results.append(ops.convert_to_numpy(total - log_k))
+    return np.concatenate(results).astype("float32")
+
+
+def _encode_for_evaluation(model, x_batch):
+    if keras.backend.backend() == "torch":
+        import torch
+
+        with torch.no_grad():
+            return model.encode(x_batch)
+    return model.encode(x_batch)
+
+
+def _noise(blocks, seed, batch_index, start, stop, z_mean):
+    """Noise for samples [start, stop): slices of per-block seeded draws."""
+    first, last = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
+    for index in list(blocks):
+        if index < first:
+            del blocks[index]
+    shape = (NOISE_BLOCK,) + tuple(z_mean.shape)
+    for index in range(first, last + 1):
+        if index not in blocks:
+            blocks[index] = keras.random.normal(
+                shape, dtype=z_mean.dtype, seed=_block_seed(seed, batch_index, index)
+            )
+    noise = ops.concatenate([blocks[i] for i in range(first, last + 1)], axis=0)
+    offset = start - first * NOISE_BLOCK
+    return noise[offset : offset + (stop - start)]
