@@ -5,7 +5,12 @@ import keras
 from keras import ops
 
 from keras_vib import ops as vib_ops
-from keras_vib._validation import check_choice, check_non_negative_float
+from keras_vib._validation import check_bool
+from keras_vib._validation import check_choice
+from keras_vib._validation import check_float_tensor
+from keras_vib._validation import check_non_negative_float
+from keras_vib._validation import check_optional_int
+from keras_vib._validation import check_positive_int
 
 _FREE_BITS_MODES = ("total", "per_dim")
 # Largest finite values of the half-precision dtypes (see `Sampling._sample`).
@@ -21,6 +26,29 @@ def _shapes_compatible(a, b):
     if len(a) != len(b):
         return False
     return all(x is None or y is None or x == y for x, y in zip(a, b))
+
+
+def _first_mask(mask):
+    # `[z_mean, z_log_var]` arrive with a list of masks; use the first one set.
+    if isinstance(mask, (list, tuple)):
+        return next((m for m in mask if m is not None), None)
+    return mask
+
+
+def _mask_weights(mask):
+    mask = _first_mask(mask)
+    return None if mask is None else ops.cast(mask, "float32")
+
+
+def _batch_mean(per_dim, weights=None):
+    """Mean over every axis but the last, over unmasked positions only."""
+    latent_dim = ops.shape(per_dim)[-1]
+    per_dim = ops.reshape(per_dim, (-1, latent_dim))
+    if weights is None:
+        return ops.mean(per_dim, axis=0)
+    weights = ops.reshape(weights, (-1, 1))
+    # max(., 1): a fully masked batch contributes 0, not NaN.
+    return ops.sum(weights * per_dim, axis=0) / ops.maximum(ops.sum(weights), 1.0)
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
@@ -62,19 +90,11 @@ class Sampling(keras.layers.Layer):
 
     def __init__(self, seed=None, sample_at_inference=False, **kwargs):
         super().__init__(**kwargs)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(
-                "Invalid value received for argument `seed`. Expected an int "
-                f"or None. Received: seed={seed!r}"
-            )
-        if not isinstance(sample_at_inference, bool):
-            raise TypeError(
-                "Invalid value received for argument `sample_at_inference`. "
-                f"Expected a bool. Received: sample_at_inference={sample_at_inference!r}"
-            )
-        self.seed = seed
-        self.sample_at_inference = sample_at_inference
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed = check_optional_int("seed", seed)
+        self.sample_at_inference = check_bool(
+            "sample_at_inference", sample_at_inference
+        )
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
         self.supports_masking = True
 
     def _split_shapes(self, input_shape):
@@ -84,15 +104,15 @@ class Sampling(keras.layers.Layer):
             or not all(hasattr(s, "__len__") for s in input_shape)
         ):
             raise ValueError(
-                f"Invalid input to layer `{self.name}`. Expected a list of two "
-                "tensors `[z_mean, z_log_var]`. Received: "
-                f"input_shape={input_shape}"
+                "Invalid value received for argument `inputs` of layer "
+                f"`{self.name}`. Expected a list of two tensors "
+                f"`[z_mean, z_log_var]`. Received: input_shape={input_shape}"
             )
         mean_shape, log_var_shape = map(_shape_tuple, input_shape)
         if not _shapes_compatible(mean_shape, log_var_shape):
             raise ValueError(
-                f"Invalid input to layer `{self.name}`: `z_mean` and "
-                "`z_log_var` must have the same shape. Received: "
+                "Invalid value received for argument `z_log_var` of layer "
+                f"`{self.name}`. Expected the shape of `z_mean`. Received: "
                 f"z_mean.shape={mean_shape}, z_log_var.shape={log_var_shape}"
             )
         return mean_shape, log_var_shape
@@ -103,18 +123,13 @@ class Sampling(keras.layers.Layer):
     def _check_inputs(self, inputs):
         if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
             raise ValueError(
-                f"Invalid input to layer `{self.name}`. Expected a list of two "
-                f"tensors `[z_mean, z_log_var]`. Received: inputs={inputs!r}"
+                "Invalid value received for argument `inputs` of layer "
+                f"`{self.name}`. Expected a list of two tensors "
+                f"`[z_mean, z_log_var]`. Received: inputs={inputs!r}"
             )
         z_mean, z_log_var = inputs
-        for arg, tensor in (("z_mean", z_mean), ("z_log_var", z_log_var)):
-            dtype = keras.backend.standardize_dtype(tensor.dtype)
-            if not keras.backend.is_float_dtype(dtype):
-                raise TypeError(
-                    f"Invalid dtype received for `{arg}` of layer "
-                    f"`{self.name}`. Expected a floating dtype. Received: "
-                    f"{arg}.dtype={dtype}"
-                )
+        check_float_tensor("z_mean", z_mean, self.name)
+        check_float_tensor("z_log_var", z_log_var, self.name)
         self._split_shapes([z_mean.shape, z_log_var.shape])
         return z_mean, z_log_var
 
@@ -144,9 +159,7 @@ class Sampling(keras.layers.Layer):
         return self._split_shapes(input_shape)[0]
 
     def compute_mask(self, inputs, mask=None):
-        if isinstance(mask, (list, tuple)):
-            return mask[0]
-        return mask
+        return _first_mask(mask)
 
     def get_config(self):
         config = super().get_config()
@@ -218,8 +231,9 @@ class VIB(Sampling):
 
     `KL = mean_batch(0.5 * sum_d(mu^2 + exp(log_var) - log_var - 1))`.
 
-    The loss is added in training and in evaluation, so `val_loss` is
-    comparable to `loss`. The mean KL in nats is reported as a metric (`kl`
+    With a mask (e.g. from `Embedding(mask_zero=True)`) the mean covers the
+    unmasked positions only. The loss is added in training and in
+    evaluation, so `val_loss` is comparable to `loss`. The mean KL in nats is reported as a metric (`kl`
     by default) in `fit` and `evaluate` logs and in `History`, on every
     backend. The KL is computed in float32 under mixed precision.
 
@@ -250,6 +264,8 @@ class VIB(Sampling):
         inputs: `[z_mean, z_log_var]`, two float tensors of the same shape
             `(batch, ..., latent_dim)`.
         training: bool, sample (`True`) or return the mean (`False`).
+        mask: optional boolean mask `(batch, ...)` (set by Keras from the
+            inputs' masks); masked positions do not count in the KL.
 
     Returns:
         `z`, with the shape and dtype of `z_mean`.
@@ -309,35 +325,36 @@ class VIB(Sampling):
             self._kl_total, self._kl_count, name=metric_name
         )
 
-    def kl_penalty(self, per_dim_kl):
+    def kl_penalty(self, per_dim_kl, weights=None):
         """The thresholded KL term (before `kl_weight`) from per-dim KL.
 
         Args:
             per_dim_kl: float32 tensor `(batch, ..., latent_dim)`.
+            weights: optional float32 tensor `(batch, ...)` of 0/1 mask
+                weights; the mean over the batch then covers only the
+                positions with weight 1.
 
         Returns:
             A float32 scalar.
         """
-        batch_mean_per_dim = ops.mean(
-            ops.reshape(per_dim_kl, (-1, ops.shape(per_dim_kl)[-1])), axis=0
-        )
+        batch_mean_per_dim = _batch_mean(per_dim_kl, weights)
         if self.free_bits == 0.0:
             return ops.sum(batch_mean_per_dim)
         if self.free_bits_mode == "per_dim":
             return ops.sum(ops.relu(batch_mean_per_dim - self.free_bits))
         return ops.relu(ops.sum(batch_mean_per_dim) - self.free_bits)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, mask=None):
         z_mean, z_log_var = self._check_inputs(inputs)
         per_dim_kl = vib_ops.gaussian_kl(z_mean, z_log_var, axis=None)
-        kl_per_example = ops.sum(per_dim_kl, axis=-1)
-        penalty = self.kl_penalty(per_dim_kl)
-        self.add_loss(self.kl_weight * penalty)
-        # Running sum over examples, so the logged KL is the epoch mean.
-        self._kl_total.assign_add(ops.sum(kl_per_example))
-        self._kl_count.assign_add(
-            ops.cast(ops.size(kl_per_example), "float32")
-        )
+        weights = _mask_weights(mask)
+        self.add_loss(self.kl_weight * self.kl_penalty(per_dim_kl, weights))
+        # Running sums over examples, so the logged KL is the epoch mean.
+        kl_per_example = ops.stop_gradient(ops.sum(per_dim_kl, axis=-1))
+        if weights is None:
+            weights = ops.ones_like(kl_per_example)
+        self._kl_total.assign_add(ops.sum(weights * kl_per_example))
+        self._kl_count.assign_add(ops.sum(weights))
         return self._sample(z_mean, z_log_var, training)
 
     def get_config(self):
@@ -377,6 +394,7 @@ class GaussianBottleneck(keras.layers.Layer):
     Call arguments:
         inputs: a float tensor `(batch, ..., features)`.
         training: bool, sample or return the mean.
+        mask: optional boolean mask `(batch, ...)`, passed on to `VIB`.
 
     Returns:
         `z` of shape `(batch, ..., units)`.
@@ -405,12 +423,9 @@ class GaussianBottleneck(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-            raise ValueError(
-                "Invalid value received for argument `units`. Expected an int "
-                f">= 1. Received: units={units!r}"
-            )
-        self.units = units
+        self.units = check_positive_int("units", units)
+        # Dense keeps a (batch, time) mask; VIB averages the KL under it.
+        self.supports_masking = True
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.log_var_bias_initializer = keras.initializers.get(
             log_var_bias_initializer
@@ -455,16 +470,10 @@ class GaussianBottleneck(keras.layers.Layer):
         out_shape = tuple(input_shape[:-1]) + (self.units,)
         self.vib.build([out_shape, out_shape])
 
-    def call(self, inputs, training=None):
-        dtype = keras.backend.standardize_dtype(inputs.dtype)
-        if not keras.backend.is_float_dtype(dtype):
-            raise TypeError(
-                f"Invalid dtype received for the input of layer `{self.name}`."
-                f" Expected a floating dtype. Received: inputs.dtype={dtype}"
-            )
-        z_mean = self.mean_head(inputs)
-        z_log_var = self.log_var_head(inputs)
-        return self.vib([z_mean, z_log_var], training=training)
+    def call(self, inputs, training=None, mask=None):
+        check_float_tensor("inputs", inputs, self.name)
+        z_mean, z_log_var = self.encode(inputs)
+        return self.vib([z_mean, z_log_var], training=training, mask=mask)
 
     def encode(self, inputs):
         """Return `(z_mean, z_log_var)` for `inputs` without sampling."""
