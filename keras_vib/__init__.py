@@ -13,6 +13,7 @@ from keras_vib.layers import VIB
 # end section: kl-controls
 
 # section: export
+from keras_vib import export
 # end section: export
 
 __version__ = "0.1.0"
