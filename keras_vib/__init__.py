@@ -10,6 +10,8 @@ from keras_vib.layers import VIB
 # end section: models
 
 # section: kl-controls
+from keras_vib import callbacks
+from keras_vib.prediction import predict_mc
 # end section: kl-controls
 
 # section: export

@@ -1,0 +1,180 @@
+"""`AdaptiveKLWeight`: dual ascent on the KL weight towards a target KL."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_vib._validation import check_choice
+from keras_vib._validation import check_non_negative_float
+from keras_vib.callbacks import _bottlenecks
+
+
+def _read(variable):
+    return float(ops.convert_to_numpy(variable.value))
+
+
+@keras.saving.register_keras_serializable(package="keras_vib")
+class AdaptiveKLWeight(keras.callbacks.Callback):
+    """Keeps a bottleneck's KL near `target_kl` by dual ascent on its weight.
+
+    As in the Variational Discriminator Bottleneck (Peng et al., 2019), the
+    KL weight is the Lagrange multiplier of the constraint `KL <= target_kl`
+    and follows
+
+    `w <- max(0, w + step_size * (mean KL - target_kl))`,
+
+    after every training batch (`update_per="batch"`, the mean KL of that
+    batch) or every epoch (`update_per="epoch"`, the epoch's mean training
+    KL from the logs). Each bottleneck (any layer or model with a
+    `kl_weight` variable; all of them, or those in `layer_names`) is updated
+    from its own KL. The weight a logged loss was computed with is written
+    to the logs as `log_name` (`<layer>_<log_name>` with several
+    bottlenecks), so it shows in `History`.
+
+    The per-batch KL is read from the bottleneck's running-KL variables
+    (`VIB` keeps them); per-epoch mode reads the bottleneck's KL metric
+    (its `metric_name`, `"kl"` by default) from the epoch logs. Under JAX,
+    per-batch updates re-sync the model state from the jitted loop
+    (`model.jax_state_sync()`) after each batch.
+
+    Args:
+        target_kl: finite float >= 0, the KL target `I_c` in nats (per
+            example, summed over latent dimensions, like the logged `kl`).
+        step_size: finite float > 0, the dual step size `alpha`.
+        update_per: `"batch"` or `"epoch"`.
+        layer_names: `None` (all bottlenecks) or a list of layer names.
+        initial_weight: `None` (start from the current weight) or a finite
+            float >= 0 assigned when training starts.
+        log_name: the log key of the weight.
+
+    Example:
+
+    >>> import keras_vib as kv
+    >>> adaptive = kv.callbacks.AdaptiveKLWeight(target_kl=2.0, step_size=1e-3)
+    >>> # model.fit(x, y, epochs=10, callbacks=[adaptive])
+    >>> # history.history["kl"] -> close to 2.0; history.history["kl_weight"]
+    """
+
+    def __init__(
+        self,
+        target_kl,
+        step_size,
+        update_per="batch",
+        layer_names=None,
+        initial_weight=None,
+        log_name="kl_weight",
+    ):
+        super().__init__()
+        self.target_kl = check_non_negative_float("target_kl", target_kl)
+        self.step_size = check_non_negative_float("step_size", step_size)
+        if self.step_size == 0.0:
+            raise ValueError(
+                "Invalid value received for argument `step_size`. Expected a "
+                f"finite float > 0. Received: step_size={step_size!r}"
+            )
+        self.update_per = check_choice("update_per", update_per, ("batch", "epoch"))
+        self.layer_names = _bottlenecks.check_layer_names(layer_names)
+        self.initial_weight = (
+            None
+            if initial_weight is None
+            else check_non_negative_float("initial_weight", initial_weight)
+        )
+        if not isinstance(log_name, str) or not log_name:
+            raise TypeError(
+                "Invalid value received for argument `log_name`. Expected a "
+                f"non-empty str. Received: log_name={log_name!r}"
+            )
+        self.log_name = log_name
+        self._targets = None
+
+    def on_train_begin(self, logs=None):
+        self._targets = _bottlenecks.find_bottlenecks(self.model, self.layer_names)
+        names = [name for name, _ in self._targets]
+        self._keys = _bottlenecks.log_keys(names, self.log_name)
+        self._kl_vars = []
+        for name, layer in self._targets:
+            kl_vars = _bottlenecks.kl_variables(layer)
+            if kl_vars is None and self.update_per == "batch":
+                raise ValueError(
+                    f"`AdaptiveKLWeight(update_per='batch')` cannot read the "
+                    f"per-batch KL of bottleneck `{name}`: it has no running-KL "
+                    "variables `_kl_total`/`_kl_count`. Use update_per='epoch', "
+                    "which reads the KL metric from the epoch logs."
+                )
+            self._kl_vars.append(kl_vars)
+        self._metric_names = [_bottlenecks.metric_name(layer) for _, layer in self._targets]
+        _bottlenecks.sync_state(self.model)
+        if self.initial_weight is not None:
+            for _, layer in self._targets:
+                _bottlenecks.set_weight(layer, self.initial_weight)
+        self._weights = [_bottlenecks.get_weight(layer) for _, layer in self._targets]
+        self._in_effect = list(self._weights)
+
+    def _step(self, index, kl):
+        # Dual ascent, projected onto w >= 0.
+        new = max(0.0, self._weights[index] + self.step_size * (kl - self.target_kl))
+        self._weights[index] = new
+        _bottlenecks.set_weight(self._targets[index][1], new)
+
+    def _snapshot(self):
+        return [
+            (_read(total), _read(count)) for total, count in self._kl_vars
+        ]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.update_per == "batch":
+            _bottlenecks.sync_state(self.model)
+            self._previous = self._snapshot()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.update_per != "batch":
+            return
+        _bottlenecks.sync_state(self.model)
+        self._in_effect = list(self._weights)
+        current = self._snapshot()
+        for index, ((total, count), (prev_total, prev_count)) in enumerate(
+            zip(current, self._previous)
+        ):
+            if count < prev_count:  # the running KL was reset
+                prev_total, prev_count = 0.0, 0.0
+            if count > prev_count:
+                self._step(index, (total - prev_total) / (count - prev_count))
+        self._previous = current
+        self._log(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.update_per == "epoch":
+            self._in_effect = list(self._weights)
+            logs = logs if logs is not None else {}
+            for index, key in enumerate(self._metric_names):
+                kl = logs.get(key)
+                kl = None if kl is None else float(ops.convert_to_numpy(kl))
+                if kl is None or not math.isfinite(kl):
+                    raise ValueError(
+                        "`AdaptiveKLWeight(update_per='epoch')` needs the mean "
+                        f"training KL of bottleneck `{self._targets[index][0]}` "
+                        f"in the epoch logs under `{key}`. Received: "
+                        f"{key}={logs.get(key)!r}, log keys {sorted(logs)}"
+                    )
+                self._step(index, kl)
+        self._log(logs)
+
+    def _log(self, logs):
+        if logs is not None:
+            for key, value in zip(self._keys, self._in_effect):
+                logs[key] = value
+
+    def get_config(self):
+        return {
+            "target_kl": self.target_kl,
+            "step_size": self.step_size,
+            "update_per": self.update_per,
+            "layer_names": self.layer_names,
+            "initial_weight": self.initial_weight,
+            "log_name": self.log_name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -1,0 +1,139 @@
+"""`KLWeightScheduler`: set the KL weight of bottlenecks from a schedule."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_vib._validation import check_choice
+from keras_vib.callbacks import _bottlenecks
+
+
+@keras.saving.register_keras_serializable(package="keras_vib")
+class KLWeightScheduler(keras.callbacks.Callback):
+    """Sets the `kl_weight` of keras_vib bottlenecks from a schedule.
+
+    At the start of every epoch (`update_per="epoch"`) or every training
+    batch (`update_per="batch"`) it assigns `schedule(index)` to the
+    `kl_weight` variable of every bottleneck in the model (any layer or
+    model with a `kl_weight` variable: `VIB`, `GaussianBottleneck`, the
+    keras_vib models), or of the ones in `layer_names`. The weight in effect
+    is written to the logs as `log_name`, so it shows in the progress bar and
+    in `History`.
+
+    Resuming: with `update_per="epoch"` the index is the epoch, so
+    `fit(initial_epoch=k)` continues the schedule at epoch `k`. With
+    `update_per="batch"` the index is the global step, read from
+    `model.optimizer.iterations`, which is saved with the model: a model
+    reloaded from a `.keras` file mid-schedule continues where it stopped.
+    The weight variable itself is also saved with the model.
+
+    Under JAX, a per-batch update re-syncs the model state from the jitted
+    loop when the weight changes (`model.jax_state_sync()`), which costs a
+    little time per batch.
+
+    Args:
+        schedule: a callable `index -> weight` (finite float >= 0), e.g.
+            `keras_vib.callbacks.linear_warmup(...)`,
+            `keras_vib.callbacks.cyclical(...)` or any function.
+        layer_names: `None` (all bottlenecks) or a list of layer names.
+            Naming a layer that is not a bottleneck of the model raises
+            `ValueError` when training starts.
+        update_per: `"epoch"` or `"batch"`: what the schedule's index counts.
+        log_name: the log key of the weight. With several bottlenecks it is
+            still one key: they all get the same value.
+
+    Example:
+
+    >>> import keras_vib as kv
+    >>> scheduler = kv.callbacks.KLWeightScheduler(
+    ...     kv.callbacks.linear_warmup(warmup=10, final=1e-3))
+    >>> # model.fit(x, y, epochs=20, callbacks=[scheduler])
+    >>> # history.history["kl_weight"] -> [0.0, 1e-4, ..., 1e-3, ...]
+    """
+
+    def __init__(self, schedule, layer_names=None, update_per="epoch", log_name="kl_weight"):
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(
+                "Invalid value received for argument `schedule`. Expected a "
+                "callable `index -> weight`, e.g. "
+                "`keras_vib.callbacks.linear_warmup(10)`. Received: "
+                f"schedule={schedule!r}"
+            )
+        if not isinstance(log_name, str) or not log_name:
+            raise TypeError(
+                "Invalid value received for argument `log_name`. Expected a "
+                f"non-empty str. Received: log_name={log_name!r}"
+            )
+        self.schedule = schedule
+        self.layer_names = _bottlenecks.check_layer_names(layer_names)
+        self.update_per = check_choice("update_per", update_per, ("epoch", "batch"))
+        self.log_name = log_name
+        self._targets = None
+        self._current = None
+        self._epoch_start_step = 0
+
+    def _weight_at(self, index):
+        value = self.schedule(index)
+        try:
+            value = float(ops.convert_to_numpy(value))
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"The schedule of `KLWeightScheduler` returned an invalid KL "
+                f"weight at {self.update_per} {index}. Expected a finite float "
+                f">= 0. Received: {self.schedule(index)!r}"
+            )
+        return value
+
+    def _apply(self, index):
+        value = self._weight_at(index)
+        if value != self._current:
+            _bottlenecks.sync_state(self.model)
+            for _, layer in self._targets:
+                _bottlenecks.set_weight(layer, value)
+            self._current = value
+
+    def on_train_begin(self, logs=None):
+        self._targets = _bottlenecks.find_bottlenecks(self.model, self.layer_names)
+        self._current = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.update_per == "epoch":
+            self._apply(epoch)
+        else:
+            # Variables are attached between epochs on every backend.
+            _bottlenecks.sync_state(self.model)
+            self._epoch_start_step = int(
+                ops.convert_to_numpy(self.model.optimizer.iterations.value)
+            )
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.update_per == "batch":
+            self._apply(self._epoch_start_step + batch)
+
+    def _log(self, logs):
+        if logs is not None and self._current is not None:
+            logs[self.log_name] = self._current
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._log(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._log(logs)
+
+    def get_config(self):
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "layer_names": self.layer_names,
+            "update_per": self.update_per,
+            "log_name": self.log_name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(**config)
