@@ -98,7 +98,7 @@ def command_string(argv=None):
 def worker_main(setup):
     """Run in a worker process: `setup(spec)` returns a `run(steps)` callable.
 
-    `run(steps)` must execute `steps` units of work and return when they are
+    `run(steps, **params)` must execute `steps` units of work and return when they are
     finished (synchronised), optionally returning a dict of extra results.
     The worker reports the wall time of each call and the CPU time of the
     whole process (all threads) during it. On a machine shared with other
@@ -126,7 +126,7 @@ def worker_main(setup):
             break
         try:
             start, cpu_start = time.perf_counter(), time.process_time()
-            extra = run(msg["steps"])
+            extra = run(msg["steps"], **msg.get("params", {}))
             seconds = time.perf_counter() - start
             cpu = time.process_time() - cpu_start
             send(seconds=seconds, cpu=cpu, extra=extra or {})
@@ -189,9 +189,13 @@ class Worker:
             raise WorkerError(f"worker {self.label!r} failed:\n{msg['error']}")
         return msg
 
-    def run(self, steps):
-        """Run `steps` units; returns `(wall_seconds, cpu_seconds, extra)`."""
-        self.proc.stdin.write(json.dumps({"cmd": "run", "steps": steps}) + "\n")
+    def run(self, steps, **params):
+        """Run `steps` units; returns `(wall_seconds, cpu_seconds, extra)`.
+
+        `params` are passed to the worker's `run(steps, **params)`.
+        """
+        msg = {"cmd": "run", "steps": steps, "params": params}
+        self.proc.stdin.write(json.dumps(msg) + "\n")
         self.proc.stdin.flush()
         msg = self._receive()
         return msg["seconds"], msg["cpu"], msg["extra"]
@@ -215,11 +219,35 @@ def _tail(path, lines=15):
         return ""
 
 
-def start_workers(script, specs, log_dir=None, echo=print):
+def thread_env(threads):
+    """Environment limiting every backend to `threads` intra-op threads.
+
+    `threads=0` leaves each library's default. With 1, a program's CPU time
+    is its work, not time its thread pool spends spinning while another
+    program (or another developer's job) holds the cores.
+    """
+    if not threads:
+        return {}
+    n = str(threads)
+    env = {
+        "OMP_NUM_THREADS": n,
+        "MKL_NUM_THREADS": n,
+        "TF_NUM_INTRAOP_THREADS": n,
+        "TF_NUM_INTEROP_THREADS": n,
+    }
+    if threads == 1:
+        # JAX's XLA CPU client: no multi-threaded Eigen kernels.
+        flags = os.environ.get("XLA_FLAGS", "")
+        env["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
+    return env
+
+
+def start_workers(script, specs, log_dir=None, echo=print, threads=0):
     """Start workers one at a time, so their start-up does not overlap.
 
     Args:
         specs: list of `(label, spec, env)`.
+        threads: passed to `thread_env` for every worker.
 
     Returns:
         `(workers, skipped)`: the started workers and `{label: reason}` for
@@ -229,7 +257,8 @@ def start_workers(script, specs, log_dir=None, echo=print):
     for label, spec, env in specs:
         echo(f"starting {label} ...")
         try:
-            workers.append(Worker(label, script, spec, env=env, log_dir=log_dir))
+            full_env = dict(thread_env(threads), **(env or {}))
+            workers.append(Worker(label, script, spec, env=full_env, log_dir=log_dir))
         except WorkerError as e:
             skipped[label] = str(e).strip().splitlines()[-1]
             echo(f"  skipped {label}: {skipped[label]}")
@@ -346,6 +375,12 @@ def base_parser(description, steps, repeats, warmup):
     )
     parser.add_argument(
         "--no-write", action="store_true", help="print the table only"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads per program (0: each library's default)",
     )
     return parser
 

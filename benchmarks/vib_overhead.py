@@ -189,7 +189,7 @@ def setup(spec):
 
 
 def main():
-    parser = _common.base_parser(__doc__.splitlines()[0], steps=3, repeats=15, warmup=5)
+    parser = _common.base_parser(__doc__.splitlines()[0], steps=5, repeats=9, warmup=5)
     parser.add_argument(
         "--variants", default="a,b,c,d", help="comma-separated subset of a,b,c,d"
     )
@@ -219,7 +219,7 @@ def main():
                 env = {"TF_USE_LEGACY_KERAS": "1", "KERAS_BACKEND": "tensorflow"}
             specs.append((VARIANTS[v], dict(spec_base, variant=v), env))
         print(f"=== backend {backend} ===")
-        workers, skipped = _common.start_workers(script, specs)
+        workers, skipped = _common.start_workers(script, specs, threads=args.threads)
         try:
             t = _common.interleave(workers, args.steps, args.repeats, args.warmup)
         finally:
@@ -276,7 +276,10 @@ def main():
             "`train_on_batch` call; each timed block is "
             f"{args.steps} steps; {args.repeats} interleaved rounds (A B C D, "
             f"D C B A, ...) after {args.warmup} warm-up steps, each program in "
-            "its own process.",
+            "its own process"
+            + (f", limited to {args.threads} intra-op thread(s) (`--threads`) "
+               "so that CPU time measures work rather than spinning thread "
+               "pools on a loaded machine." if args.threads else "."),
             _common.machine_markdown(),
             f"Command: `{_common.command_string()}`",
             "Time per step, median (min–max) over rounds. *Wall* is elapsed "
