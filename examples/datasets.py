@@ -1,0 +1,331 @@
+"""Small data loaders shared by the examples: IMDB and MNIST.
+
+Each loader reads the standard Keras `.npz` file from a data directory, taken
+from (in order) the `data_dir` argument (the examples' `--data-dir` flag) or
+the `KERAS_VIB_DATA` environment variable. With neither set, it falls back to
+`keras.datasets.*.load_data()`, which downloads the file once into
+`~/.keras/datasets`, so users with internet need no flag.
+
+A missing or malformed file raises an error that names the path and says what
+was expected, rather than failing deep inside numpy or pickle.
+
+The IMDB loader reproduces `keras.datasets.imdb.load_data` exactly (shuffle
+with seed 113, then `start_char`, `index_from`, `num_words`, `oov_char`), so
+results with a local copy and with the download are comparable.
+"""
+
+import os
+import pickle
+import zipfile
+
+import numpy as np
+
+ENV_VAR = "KERAS_VIB_DATA"
+IMDB_FILE = "imdb.npz"
+MNIST_FILE = "mnist.npz"
+IMDB_KEYS = ("x_train", "y_train", "x_test", "y_test")
+MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+class DataFileError(ValueError):
+    """A data file is missing or does not have the expected layout."""
+
+
+def resolve_data_dir(data_dir=None):
+    """Return the data directory to read from, or `None` to download.
+
+    Args:
+        data_dir: a directory, or `None` to use `$KERAS_VIB_DATA`.
+
+    Returns:
+        The directory as a string, or `None` when neither is set (meaning:
+        fall back to `keras.datasets`).
+    """
+    if data_dir:
+        return os.fspath(data_dir)
+    env = os.environ.get(ENV_VAR)
+    return env or None
+
+
+def _read_npz(path, keys, allow_pickle):
+    if not os.path.isfile(path):
+        raise DataFileError(
+            f"Data file not found: {path}. Expected the Keras "
+            f"`{os.path.basename(path)}` file with arrays {list(keys)}. Pass "
+            f"--data-dir (or set ${ENV_VAR}) to the folder that holds it, or "
+            "unset both to download it with keras.datasets."
+        )
+    try:
+        with np.load(path, allow_pickle=allow_pickle) as f:
+            missing = [k for k in keys if k not in f.files]
+            if missing:
+                raise DataFileError(
+                    f"Malformed data file {path}: missing arrays {missing}. "
+                    f"Expected arrays {list(keys)}; found {sorted(f.files)}."
+                )
+            return {k: f[k] for k in keys}
+    except DataFileError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+        raise DataFileError(
+            f"Malformed data file {path}: could not read it as a numpy .npz "
+            f"archive with arrays {list(keys)} ({type(e).__name__}: {e})."
+        ) from e
+
+
+def _check_pairs(path, arrays, names):
+    for x_name, y_name in names:
+        x, y = arrays[x_name], arrays[y_name]
+        if len(x) != len(y):
+            raise DataFileError(
+                f"Malformed data file {path}: `{x_name}` has {len(x)} entries "
+                f"but `{y_name}` has {len(y)}. Expected one label per example."
+            )
+
+
+# --------------------------------------------------------------------- IMDB
+
+
+def _imdb_arrays(data_dir, seed):
+    """Raw IMDB arrays (word ranks, no offset), from a file or a download."""
+    if data_dir is None:
+        # Ask keras.datasets for the shuffled raw ranks (no start char, no
+        # offset, no vocabulary cut) so that one code path below does the
+        # rest. num_words must be set: with None, Keras's `w < max(w)` test
+        # would drop the rarest word.
+        import keras
+
+        (x_train, y_train), (x_test, y_test) = keras.datasets.imdb.load_data(
+            start_char=None, oov_char=None, index_from=0, num_words=2**62,
+            seed=seed,
+        )
+        return x_train, y_train, x_test, y_test, True
+    path = os.path.join(data_dir, IMDB_FILE)
+    arrays = _read_npz(path, IMDB_KEYS, allow_pickle=True)
+    _check_pairs(path, arrays, [("x_train", "y_train"), ("x_test", "y_test")])
+    for name in ("x_train", "x_test"):
+        x = arrays[name]
+        if x.ndim != 1 or (len(x) and not hasattr(x[0], "__len__")):
+            raise DataFileError(
+                f"Malformed data file {path}: `{name}` must be a 1-D object "
+                "array of integer sequences (word ranks). Received an array "
+                f"of shape {x.shape} and dtype {x.dtype}."
+            )
+    return (
+        arrays["x_train"], arrays["y_train"],
+        arrays["x_test"], arrays["y_test"], False,
+    )
+
+
+def load_imdb(
+    data_dir=None,
+    num_words=None,
+    skip_top=0,
+    seed=113,
+    start_char=1,
+    oov_char=2,
+    index_from=3,
+):
+    """IMDB reviews as lists of word indices, as `keras.datasets.imdb`.
+
+    The transforms and their order follow `keras.datasets.imdb.load_data`:
+    the training and test sets are shuffled with one
+    `np.random.RandomState(seed)` (train first), every rank is offset by
+    `index_from` and prefixed with `start_char`, and indices outside
+    `[skip_top, num_words)` become `oov_char` (or are dropped when
+    `oov_char=None`). `maxlen` filtering is left out: the examples truncate
+    with `keras.utils.pad_sequences` instead.
+
+    Args:
+        data_dir: folder holding `imdb.npz`; `None` uses `$KERAS_VIB_DATA`,
+            and if that is unset too, downloads with `keras.datasets`.
+        num_words: keep indices below this (`None`: keep all).
+        skip_top: indices below this become `oov_char`.
+        seed: shuffle seed (Keras uses 113).
+        start_char: index marking the start of a review, or `None`.
+        oov_char: index for out-of-vocabulary words, or `None` to drop them.
+        index_from: offset added to every word rank.
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`: object arrays of int lists
+        and int64 label arrays.
+    """
+    data_dir = resolve_data_dir(data_dir)
+    x_train, y_train, x_test, y_test, shuffled = _imdb_arrays(data_dir, seed)
+    if not shuffled:
+        rng = np.random.RandomState(seed)
+        indices = np.arange(len(x_train))
+        rng.shuffle(indices)
+        x_train, y_train = x_train[indices], y_train[indices]
+        indices = np.arange(len(x_test))
+        rng.shuffle(indices)
+        x_test, y_test = x_test[indices], y_test[indices]
+
+    if start_char is not None:
+        xs = [[start_char] + [w + index_from for w in x] for x in x_train]
+        xs += [[start_char] + [w + index_from for w in x] for x in x_test]
+    else:
+        xs = [[w + index_from for w in x] for x in x_train]
+        xs += [[w + index_from for w in x] for x in x_test]
+
+    if not num_words:
+        num_words = max(max(x) for x in xs if x)
+    if oov_char is not None:
+        xs = [[w if skip_top <= w < num_words else oov_char for w in x] for x in xs]
+    else:
+        xs = [[w for w in x if skip_top <= w < num_words] for x in xs]
+
+    n = len(x_train)
+    x_train = np.array(xs[:n] + [None], dtype="object")[:-1]
+    x_test = np.array(xs[n:] + [None], dtype="object")[:-1]
+    y_train = np.asarray(y_train, dtype="int64")
+    y_test = np.asarray(y_test, dtype="int64")
+    return (x_train, y_train), (x_test, y_test)
+
+
+def split_validation(x, y, val_size, train_size=None):
+    """Hold out the last `val_size` examples; optionally cut the rest.
+
+    Args:
+        x, y: training arrays (already shuffled, as the loaders return them).
+        val_size: int >= 0, number of examples at the end kept for
+            validation (0: no validation set).
+        train_size: `None` for all remaining examples, or an int: keep the
+            first `train_size` of them (a reduced-data regime).
+
+    Returns:
+        `(x_train, y_train), (x_val, y_val)`; the validation arrays are
+        empty when `val_size=0`.
+    """
+    n = len(x)
+    if not 0 <= val_size < n:
+        raise ValueError(
+            "Invalid value received for argument `val_size`. Expected an int "
+            f"in [0, {n}). Received: val_size={val_size}"
+        )
+    cut = n - val_size
+    x_train, y_train = x[:cut], y[:cut]
+    x_val, y_val = x[cut:], y[cut:]
+    if train_size is not None:
+        if not 1 <= train_size <= cut:
+            raise ValueError(
+                "Invalid value received for argument `train_size`. Expected "
+                f"an int in [1, {cut}]. Received: train_size={train_size}"
+            )
+        x_train, y_train = x_train[:train_size], y_train[:train_size]
+    return (x_train, y_train), (x_val, y_val)
+
+
+# -------------------------------------------------------------------- MNIST
+
+
+def load_mnist(data_dir=None, flatten=True, normalize=True):
+    """MNIST digits, optionally flattened to 784 and scaled to [0, 1].
+
+    Args:
+        data_dir: folder holding `mnist.npz`; `None` uses `$KERAS_VIB_DATA`,
+            and if that is unset too, downloads with `keras.datasets`.
+        flatten: reshape images to `(n, 784)`.
+        normalize: return float32 pixels in [0, 1] (else the uint8 values).
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`, labels as int64.
+    """
+    data_dir = resolve_data_dir(data_dir)
+    if data_dir is None:
+        import keras
+
+        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+    else:
+        path = os.path.join(data_dir, MNIST_FILE)
+        arrays = _read_npz(path, MNIST_KEYS, allow_pickle=False)
+        _check_pairs(path, arrays, [("x_train", "y_train"), ("x_test", "y_test")])
+        for name in ("x_train", "x_test"):
+            x = arrays[name]
+            if x.ndim != 3 or x.shape[1:] != (28, 28):
+                raise DataFileError(
+                    f"Malformed data file {path}: `{name}` must have shape "
+                    f"(n, 28, 28). Received: shape {x.shape}."
+                )
+        x_train, y_train = arrays["x_train"], arrays["y_train"]
+        x_test, y_test = arrays["x_test"], arrays["y_test"]
+    if flatten:
+        x_train = x_train.reshape(len(x_train), -1)
+        x_test = x_test.reshape(len(x_test), -1)
+    if normalize:
+        x_train = x_train.astype("float32") / 255.0
+        x_test = x_test.astype("float32") / 255.0
+    return (
+        (x_train, np.asarray(y_train, dtype="int64")),
+        (x_test, np.asarray(y_test, dtype="int64")),
+    )
+
+
+def binarize(x, rng):
+    """Dynamic binarization: one Bernoulli draw per pixel, `x` in [0, 1].
+
+    Call it once per epoch (e.g. from a `keras.utils.PyDataset` or a loop) to
+    resample, as in the IWAE paper.
+
+    Args:
+        x: float array of pixel intensities in [0, 1].
+        rng: a `np.random.Generator` (or an int seed).
+
+    Returns:
+        A float32 array of 0s and 1s, the shape of `x`.
+    """
+    rng = np.random.default_rng(rng)
+    return (rng.random(x.shape, dtype="float32") < x).astype("float32")
+
+
+class DynamicBinarization:
+    """Iterable of freshly binarized batches, one new draw each epoch.
+
+    Usable as `model.fit(DynamicBinarization(x, batch_size=100, seed=0))`
+    via `keras.utils.PyDataset` semantics (see `as_pydataset`).
+
+    Args:
+        x: float array in [0, 1], shape `(n, ...)`.
+        batch_size: int, examples per batch.
+        seed: int, seeds the Bernoulli draws and the shuffling.
+        shuffle: reshuffle the order each epoch.
+    """
+
+    def __init__(self, x, batch_size=100, seed=0, shuffle=True):
+        self.x = x
+        self.batch_size = int(batch_size)
+        self.rng = np.random.default_rng(seed)
+        self.shuffle = shuffle
+        self.on_epoch_end()
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def on_epoch_end(self):
+        order = self.rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
+        self._epoch = binarize(self.x[order], self.rng)
+
+    def __getitem__(self, i):
+        batch = self._epoch[i * self.batch_size:(i + 1) * self.batch_size]
+        return batch, batch
+
+    def as_pydataset(self, **kwargs):
+        """Wrap as a `keras.utils.PyDataset` (resamples after every epoch)."""
+        import keras
+
+        outer = self
+
+        class _Data(keras.utils.PyDataset):
+            def __init__(self):
+                super().__init__(**kwargs)
+
+            def __len__(self):
+                return len(outer)
+
+            def __getitem__(self, i):
+                return outer[i]
+
+            def on_epoch_end(self):
+                outer.on_epoch_end()
+
+        return _Data()
