@@ -1,0 +1,318 @@
+"""Tests for `keras_vib.export`: SavedModels served by TensorFlow alone.
+
+Each exported artifact is reloaded in a subprocess in which `keras` and
+`keras_vib` cannot be imported, every endpoint is called, and the outputs are
+compared with what the Keras model gave. `saved_model_cli` (shipped with
+TensorFlow) lists the endpoints and runs the classifier.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_vib as kv
+from keras_vib import export as kv_export
+
+BACKEND = keras.backend.backend()
+needs_export_backend = pytest.mark.skipif(
+    BACKEND not in kv_export.SUPPORTED_BACKENDS,
+    reason="SavedModel export needs the TensorFlow or JAX backend "
+    "(the torch exporter needs torch_xla)",
+)
+
+FEATURES, LATENT, CLASSES, BATCH, MC_SAMPLES = 6, 3, 4, 5, 8
+SEED_A, SEED_B, GEN_N = 7, 8, 6
+
+# Runs in a fresh interpreter. Setting a module to None in sys.modules makes
+# any import of it fail, so this proves the artifacts need TensorFlow only.
+_LOADER = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["keras"] = None
+    sys.modules["keras_vib"] = None
+    sys.modules["tf_keras"] = None
+    import numpy as np
+    import tensorflow as tf
+
+    def err(a, b):
+        return float(np.max(np.abs(np.asarray(a, "float64") - np.asarray(b, "float64"))))
+
+    ref = np.load(sys.argv[1])
+    out = {}
+    clf = tf.saved_model.load(sys.argv[2])
+    x = tf.constant(ref["x"])
+    first = clf.serve(x).numpy()
+    out["serve"] = err(first, ref["predict"])
+    out["serve_repeat"] = max(err(clf.serve(x).numpy(), first) for _ in range(100))
+    out["serving_default"] = err(
+        list(clf.signatures["serving_default"](x=x).values())[0], ref["predict"])
+    seed_a, seed_b = tf.constant(%(seed_a)d), tf.constant(%(seed_b)d)
+    mc = clf.serve_mc(x, seed_a).numpy()
+    out["mc_shape"] = list(mc.shape)
+    out["serve_mc"] = err(mc, ref["mc"])
+    out["serve_mc_repeat"] = err(clf.serve_mc(x, seed_a).numpy(), mc)
+    out["serve_mc_other_seed"] = err(clf.serve_mc(x, seed_b).numpy(), mc)
+    out["serve_mc_spread"] = float(np.std(mc, axis=0).min())
+    out["serve_after_mc"] = err(clf.serve(x).numpy(), first)
+    if len(sys.argv) > 3:
+        vae = tf.saved_model.load(sys.argv[3])
+        enc = vae.encode(tf.constant(ref["vae_x"]))
+        out["encode_mean"] = err(enc["mean"], ref["vae_mean"])
+        out["encode_log_var"] = err(enc["log_var"], ref["vae_log_var"])
+        out["decode"] = err(vae.decode(tf.constant(ref["vae_z"])), ref["vae_decode"])
+        gen = vae.generate(tf.constant(%(gen_n)d), tf.constant(%(seed_a)d)).numpy()
+        out["generate_shape"] = list(gen.shape)
+        z = tf.random.stateless_normal((%(gen_n)d, %(latent)d), seed=[%(seed_a)d, 0])
+        out["generate_is_decode"] = err(gen, vae.decode(z))
+        if "vae_generate" in ref:
+            out["generate"] = err(gen, ref["vae_generate"])
+        out["generate_repeat"] = err(
+            vae.generate(tf.constant(%(gen_n)d), tf.constant(%(seed_a)d)), gen)
+        out["generate_other_seed"] = err(
+            vae.generate(tf.constant(%(gen_n)d), tf.constant(%(seed_b)d)), gen)
+        out["vae_signatures"] = sorted(vae.signatures.keys())
+    print("RESULT" + json.dumps(out))
+    """
+    % {"seed_a": SEED_A, "seed_b": SEED_B, "gen_n": GEN_N, "latent": LATENT}
+)
+
+
+def _tf_only_env():
+    env = dict(os.environ)
+    env.pop("KERAS_BACKEND", None)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def _run(cmd, cwd):
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=_tf_only_env(), capture_output=True, text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _saved_model_cli():
+    """The `saved_model_cli` command next to this Python, or its module."""
+    script = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    if os.path.exists(script):
+        return [script]
+    if shutil.which("saved_model_cli"):
+        return [shutil.which("saved_model_cli")]
+    return [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+
+
+def _classifier(sample_at_inference=False):
+    inputs = keras.Input((FEATURES,))
+    h = keras.layers.Dense(16, activation="tanh")(inputs)
+    z = kv.GaussianBottleneck(
+        LATENT, kl_weight=0.1, seed=3, sample_at_inference=sample_at_inference,
+        name="bottleneck",
+    )(h)
+    outputs = keras.layers.Dense(CLASSES, activation="softmax")(z)
+    return keras.Model(inputs, outputs)
+
+
+def _vae(model_cls, **kwargs):
+    x_in = keras.Input((FEATURES,))
+    h = keras.layers.Dense(16, activation="tanh")(x_in)
+    encoder = keras.Model(x_in, [keras.layers.Dense(LATENT)(h), keras.layers.Dense(LATENT)(h)])
+    z_in = keras.Input((LATENT,))
+    h = keras.layers.Dense(16, activation="tanh")(z_in)
+    decoder = keras.Model(z_in, keras.layers.Dense(FEATURES)(h))
+    return model_cls(encoder, decoder, seed=2, **kwargs)
+
+
+def _np(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Train small models briefly, export them, and record Keras's outputs."""
+    if BACKEND not in kv_export.SUPPORTED_BACKENDS:
+        pytest.skip("SavedModel export needs the TensorFlow or JAX backend")
+    keras.utils.set_random_seed(0)
+    root = tmp_path_factory.mktemp("export")
+    rng = np.random.default_rng(0)
+    x_train = rng.normal(size=(64, FEATURES)).astype("float32")
+    y_train = rng.integers(0, CLASSES, size=64)
+    x = rng.normal(size=(BATCH, FEATURES)).astype("float32")
+
+    model = _classifier()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x_train, y_train, epochs=2, batch_size=16, verbose=0)
+    ref = {"x": x, "predict": model.predict(x, verbose=0)}
+    # A model set up for Monte Carlo prediction must still serve the mean.
+    model.get_layer("bottleneck").vib.sample_at_inference = True
+    ref["mc"] = _np(kv_export._monte_carlo_call(model, x, MC_SAMPLES, SEED_A))
+    endpoints = kv_export.export_classifier(
+        model, root / "classifier", num_samples=MC_SAMPLES
+    )
+    assert model.get_layer("bottleneck").vib.sample_at_inference is True
+    paths = {"classifier": root / "classifier", "classifier_endpoints": endpoints}
+
+    models = pytest.importorskip("keras_vib.models")
+    vae = _vae(models.VAE)
+    x_bin = (rng.random(size=(32, FEATURES)) < 0.5).astype("float32")
+    vae.compile("adam")
+    vae.fit(x_bin, epochs=1, batch_size=16, verbose=0)
+    z = rng.normal(size=(BATCH, LATENT)).astype("float32")
+    mean, log_var = vae.encode(x_bin[:BATCH])
+    ref.update(
+        vae_x=x_bin[:BATCH], vae_mean=_np(mean), vae_log_var=_np(log_var),
+        vae_z=z, vae_decode=_np(vae.decode(z)),
+    )
+    if BACKEND == "tensorflow":
+        # Same RNG as the endpoint only on TensorFlow (see `export_vae`).
+        ref["vae_generate"] = _np(vae.generate(GEN_N, seed=SEED_A))
+    paths["vae_endpoints"] = kv_export.export_vae(vae, root / "vae")
+    paths["vae"] = root / "vae"
+    np.savez(root / "ref.npz", **ref)
+    paths["ref"] = root / "ref.npz"
+    paths["root"] = root
+    return paths
+
+
+@pytest.fixture(scope="module")
+def served(exported):
+    """Outputs of every endpoint, computed by a TensorFlow-only process."""
+    script = exported["root"] / "load.py"
+    script.write_text(_LOADER)
+    args = [sys.executable, str(script), str(exported["ref"]),
+            str(exported["classifier"])]
+    if "vae" in exported:
+        args.append(str(exported["vae"]))
+    stdout = _run(args, cwd=exported["root"])
+    line = [l for l in stdout.splitlines() if l.startswith("RESULT")][-1]
+    return json.loads(line[len("RESULT"):])
+
+
+TOL = 1e-5
+
+
+@needs_export_backend
+def test_classifier_endpoints_reproduce_keras(exported, served):
+    assert exported["classifier_endpoints"] == ["serve", "serve_mc"]
+    assert served["serve"] < TOL
+    assert served["serving_default"] < TOL
+    assert served["mc_shape"] == [MC_SAMPLES, BATCH, CLASSES]
+    assert served["serve_mc"] < TOL
+
+
+@needs_export_backend
+def test_serving_is_deterministic_and_stateless(served):
+    # 100 repeated calls: bit-identical, even though the model samples at
+    # inference, and Monte Carlo calls in between change nothing.
+    assert served["serve_repeat"] == 0.0
+    assert served["serve_after_mc"] == 0.0
+    assert served["serve_mc_repeat"] == 0.0
+
+
+@needs_export_backend
+def test_monte_carlo_endpoint_draws_depend_on_seed(served):
+    assert served["serve_mc_other_seed"] > 1e-3
+    assert served["serve_mc_spread"] > 1e-4
+
+
+@needs_export_backend
+def test_vae_endpoints_reproduce_keras(exported, served):
+    if "vae" not in exported:
+        pytest.skip("keras_vib.models is not available")
+    assert exported["vae_endpoints"] == ["encode", "decode", "generate"]
+    for key in ("encode_mean", "encode_log_var", "decode", "generate_is_decode"):
+        assert served[key] < TOL, key
+    if BACKEND == "tensorflow":
+        assert served["generate"] < TOL
+    assert served["generate_shape"] == [GEN_N, FEATURES]
+    assert served["generate_repeat"] == 0.0
+    assert served["generate_other_seed"] > 1e-3
+    assert {"encode", "decode", "generate", "serving_default"} <= set(
+        served["vae_signatures"]
+    )
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="each CLI call starts TensorFlow (slow on a shared CPU); the "
+    "artifact format does not depend on the exporting backend, whose "
+    "artifacts the TF-only loader checks on every export backend",
+)
+def test_saved_model_cli_lists_and_runs_endpoints(exported, tmp_path):
+    cli = _saved_model_cli()
+    shown = _run(cli + ["show", "--all", "--dir", str(exported["classifier"])],
+                 cwd=tmp_path)
+    for name in ("serve", "serve_mc", "serving_default"):
+        assert f"signature_def['{name}']" in shown, shown
+    ref = np.load(exported["ref"])
+    np.save(tmp_path / "x.npy", ref["x"])
+    _run(
+        cli + ["run", "--dir", str(exported["classifier"]), "--tag_set", "serve",
+               "--signature_def", "serve", "--inputs", f"x={tmp_path / 'x.npy'}",
+               "--outdir", str(tmp_path / "out")],
+        cwd=tmp_path,
+    )
+    outputs = list((tmp_path / "out").glob("*.npy"))
+    assert len(outputs) == 1, outputs
+    np.testing.assert_allclose(np.load(outputs[0]), ref["predict"], atol=TOL)
+    if "vae" in exported:
+        shown = _run(cli + ["show", "--all", "--dir", str(exported["vae"])],
+                     cwd=tmp_path)
+        for name in ("encode", "decode", "generate"):
+            assert f"signature_def['{name}']" in shown, shown
+
+
+@needs_export_backend
+def test_monte_carlo_call_has_the_posterior_moments():
+    # Output z itself: the draws must be N(z_mean, exp(z_log_var)), and the
+    # layer's seed state and KL accumulators must not move.
+    inputs = keras.Input((FEATURES,))
+    bottleneck = kv.GaussianBottleneck(
+        2, seed=1, log_var_bias_initializer=keras.initializers.Constant(-1.0)
+    )
+    model = keras.Model(inputs, bottleneck(inputs))
+    x = np.random.default_rng(1).normal(size=(3, FEATURES)).astype("float32")
+    state_before = [_np(v) for v in model.non_trainable_variables]
+    draws = _np(kv_export._monte_carlo_call(model, x, 2000, seed=5))
+    assert draws.shape == (2000, 3, 2)
+    mean, log_var = (_np(t) for t in bottleneck.encode(x))
+    n = draws.shape[0]
+    sd = np.exp(0.5 * log_var)
+    assert np.all(np.abs(draws.mean(0) - mean) < 5 * sd / np.sqrt(n))
+    assert np.all(
+        np.abs(draws.var(0, ddof=1) - sd**2) < 5 * sd**2 * np.sqrt(2 / (n - 1))
+    )
+    for before, after in zip(state_before, model.non_trainable_variables):
+        np.testing.assert_array_equal(before, _np(after))
+
+
+@needs_export_backend
+def test_export_argument_errors(tmp_path):
+    model = _classifier()
+    with pytest.raises(ValueError, match="num_samples"):
+        kv_export.export_classifier(model, tmp_path / "a", num_samples=0)
+    with pytest.raises(TypeError, match="model"):
+        kv_export.export_classifier("not a model", tmp_path / "b")
+    unbuilt = keras.Sequential([keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="not been built"):
+        kv_export.export_classifier(unbuilt, tmp_path / "c")
+    with pytest.raises(TypeError, match="encode"):
+        kv_export.export_vae(model, tmp_path / "d")
+
+
+@pytest.mark.skipif(
+    BACKEND in kv_export.SUPPORTED_BACKENDS, reason="checks the unsupported-backend error"
+)
+def test_unsupported_backend_raises_clear_error(tmp_path):
+    model = _classifier()
+    with pytest.raises(RuntimeError, match="needs the TensorFlow or JAX backend"):
+        kv_export.export_classifier(model, tmp_path / "m")
