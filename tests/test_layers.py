@@ -1,0 +1,316 @@
+"""Sampling, VIB and GaussianBottleneck: behaviour, the KL loss and metric, errors."""
+
+import math
+
+import numpy as np
+import pytest
+
+import keras
+from conftest import assert_moments
+from conftest import classification_data
+from conftest import make_vib_model
+from conftest import to_numpy
+
+import keras_vib as kv
+
+RNG = np.random.default_rng(7)
+MEAN = RNG.normal(size=(8, 3)).astype("float32")
+LOG_VAR = RNG.uniform(-2, 1, size=(8, 3)).astype("float32")
+
+
+def closed_form_kl(mean, log_var):
+    """Per-example KL to N(0, I), summed over the last axis, in float64."""
+    mean, log_var = np.float64(mean), np.float64(log_var)
+    return 0.5 * np.sum(mean**2 + np.exp(log_var) - log_var - 1, axis=-1)
+
+
+def only_loss(layer):
+    assert len(layer.losses) == 1
+    return float(to_numpy(layer.losses[0]))
+
+
+# --- sampling ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer_class", [kv.Sampling, kv.VIB])
+def test_inference_returns_exactly_the_mean(layer_class):
+    layer = layer_class(seed=0)
+    z = layer([MEAN, LOG_VAR], training=False)
+    np.testing.assert_array_equal(to_numpy(z), MEAN)
+    np.testing.assert_array_equal(to_numpy(layer([MEAN, LOG_VAR])), MEAN)
+
+
+@pytest.mark.parametrize("layer_class", [kv.Sampling, kv.VIB])
+def test_training_samples_differ_between_calls(layer_class):
+    layer = layer_class(seed=0)
+    first = to_numpy(layer([MEAN, LOG_VAR], training=True))
+    second = to_numpy(layer([MEAN, LOG_VAR], training=True))
+    assert not np.any(first == second)
+    assert not np.any(first == MEAN)
+
+
+def test_training_sample_mean_and_variance_match():
+    n = 6000
+    mean = np.broadcast_to(MEAN[:1], (n, 3))
+    log_var = np.broadcast_to(LOG_VAR[:1], (n, 3))
+    z = kv.Sampling(seed=2)([mean, log_var], training=True)
+    assert_moments(z, MEAN[0], np.exp(LOG_VAR[0]))
+
+
+def test_sample_at_inference_samples_when_not_training():
+    layer = kv.Sampling(seed=0, sample_at_inference=True)
+    z = to_numpy(layer([MEAN, LOG_VAR], training=False))
+    assert not np.any(z == MEAN)
+
+
+@pytest.mark.parametrize("layer_class", [kv.Sampling, kv.VIB])
+def test_same_seed_same_samples(layer_class):
+    first = layer_class(seed=5)([MEAN, LOG_VAR], training=True)
+    again = layer_class(seed=5)([MEAN, LOG_VAR], training=True)
+    other = layer_class(seed=6)([MEAN, LOG_VAR], training=True)
+    np.testing.assert_array_equal(to_numpy(first), to_numpy(again))
+    assert not np.any(to_numpy(first) == to_numpy(other))
+
+
+def test_log_var_is_clamped_before_exp():
+    huge = np.full((2, 3), 1e4, "float32")
+    z = to_numpy(kv.Sampling(seed=0)([MEAN[:2], huge], training=True))
+    eps = (z - MEAN[:2]) / math.exp(kv.ops.LOG_VAR_MAX / 2)
+    assert np.all(np.isfinite(z)) and np.all(np.abs(eps) < 10)
+
+
+def test_compute_output_shape_and_symbolic_call():
+    z_mean, z_log_var = keras.Input((5, 3)), keras.Input((5, 3))
+    for layer in (kv.Sampling(), kv.VIB()):
+        assert layer.compute_output_shape([(None, 5, 3), (None, 5, 3)]) == (None, 5, 3)
+        assert tuple(layer([z_mean, z_log_var]).shape) == (None, 5, 3)
+    bottleneck = kv.GaussianBottleneck(units=2)
+    assert bottleneck.compute_output_shape((None, 5, 7)) == (None, 5, 2)
+    assert tuple(bottleneck(keras.Input((5, 7))).shape) == (None, 5, 2)
+
+
+# --- the KL loss --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_added_loss_is_kl_weight_times_batch_mean_kl(training):
+    layer = kv.VIB(kl_weight=0.3, seed=0)
+    layer([MEAN, LOG_VAR], training=training)
+    expected = 0.3 * closed_form_kl(MEAN, LOG_VAR).mean()
+    np.testing.assert_allclose(only_loss(layer), expected, rtol=1e-6)
+    # A second call replaces the loss rather than adding to it.
+    layer([MEAN, LOG_VAR], training=training)
+    np.testing.assert_allclose(only_loss(layer), expected, rtol=1e-6)
+
+
+def test_kl_weight_is_a_settable_non_trainable_variable():
+    layer = kv.VIB(kl_weight=0.3)
+    assert layer.kl_weight in layer.non_trainable_weights
+    assert layer.kl_weight.dtype == "float32" and not layer.kl_weight.trainable
+    layer.kl_weight.assign(2.0)
+    layer([MEAN, LOG_VAR])
+    expected = 2.0 * closed_form_kl(MEAN, LOG_VAR).mean()
+    np.testing.assert_allclose(only_loss(layer), expected, rtol=1e-6)
+    assert layer.get_config()["kl_weight"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("total", lambda kl: max(kl.sum(-1).mean() - 1.0, 0.0)),
+        ("per_dim", lambda kl: np.maximum(kl.mean(0) - 1.0, 0.0).sum()),
+    ],
+)
+def test_free_bits(mode, expected):
+    layer = kv.VIB(kl_weight=0.5, free_bits=1.0, free_bits_mode=mode)
+    layer([MEAN, LOG_VAR])
+    per_dim = closed_form_kl(MEAN[..., None], LOG_VAR[..., None])
+    np.testing.assert_allclose(only_loss(layer), 0.5 * expected(per_dim), rtol=1e-5)
+
+
+def test_mask_excludes_positions_from_the_kl():
+    mean = MEAN.reshape(2, 4, 3)
+    log_var = LOG_VAR.reshape(2, 4, 3)
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 0]], bool)
+    layer = kv.VIB(kl_weight=1.0)
+    layer([mean, log_var], mask=[mask, mask])
+    expected = closed_form_kl(mean, log_var)[mask].mean()
+    np.testing.assert_allclose(only_loss(layer), expected, rtol=1e-6)
+
+
+def test_mask_flows_through_gaussian_bottleneck():
+    tokens = np.array([[3, 1, 0, 0], [2, 2, 5, 0]])
+    embedding = keras.layers.Embedding(6, 5, mask_zero=True)
+    bottleneck = kv.GaussianBottleneck(units=3, kl_weight=1.0)
+    h = embedding(tokens)
+    z = bottleneck(h)
+    mean, log_var = map(to_numpy, bottleneck.encode(h))
+    expected = closed_form_kl(mean, log_var)[tokens > 0].mean()
+    np.testing.assert_allclose(only_loss(bottleneck), expected, rtol=1e-5)
+    np.testing.assert_array_equal(
+        to_numpy(keras.ops.convert_to_tensor(z._keras_mask)), tokens > 0
+    )
+
+
+def test_kl_is_float32_under_mixed_precision():
+    layer = kv.VIB(kl_weight=1.0, seed=0, dtype="mixed_float16")
+    z = layer([MEAN, LOG_VAR], training=True)
+    assert keras.backend.standardize_dtype(z.dtype) == "float16"
+    loss = layer.losses[0]
+    assert keras.backend.standardize_dtype(loss.dtype) == "float32"
+    half = closed_form_kl(MEAN.astype("float16"), LOG_VAR.astype("float16")).mean()
+    np.testing.assert_allclose(float(to_numpy(loss)), half, rtol=1e-6)
+
+
+def test_gaussian_bottleneck_equals_its_heads_plus_vib():
+    h = RNG.normal(size=(8, 6)).astype("float32")
+    layer = kv.GaussianBottleneck(units=3, kl_weight=0.2, seed=0)
+    z = layer(h, training=False)
+    mean, log_var = map(to_numpy, layer.encode(h))
+    np.testing.assert_array_equal(to_numpy(z), mean)
+    expected = 0.2 * closed_form_kl(mean, log_var).mean()
+    np.testing.assert_allclose(only_loss(layer), expected, rtol=1e-5)
+    assert layer.kl_weight is layer.vib.kl_weight
+    assert len(layer.trainable_weights) == 4
+
+
+# --- model.fit: the KL metric on every backend ----------------------------------
+
+
+def test_fit_logs_kl_and_the_loss_decreases(backend):
+    x, y = classification_data(n=256)
+    model, encoder = make_vib_model(kl_weight=0.05)
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+
+    batch_logs = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: batch_logs.append(dict(logs))
+    )
+    history = model.fit(
+        x,
+        y,
+        epochs=5,
+        batch_size=64,
+        validation_data=(x[:64], y[:64]),
+        callbacks=[record],
+        verbose=0,
+    )
+    logs = history.history
+    assert {"loss", "kl", "val_loss", "val_kl"} <= set(logs)
+    assert np.all(np.isfinite(logs["kl"])) and min(logs["kl"]) > 0
+    assert logs["loss"][-1] < 0.8 * logs["loss"][0]
+    if backend != "jax":
+        # The running mean: the last batch's value is the epoch's value.
+        np.testing.assert_allclose(batch_logs[-1]["kl"], logs["kl"][-1], rtol=1e-6)
+
+    # Evaluation is deterministic (z = z_mean), so the logged KL and loss
+    # must equal their closed forms on the trained encoder.
+    result = model.evaluate(x, y, batch_size=64, return_dict=True, verbose=0)
+    kl = closed_form_kl(*map(to_numpy, encoder.predict(x, verbose=0))).mean()
+    probs = to_numpy(model.predict(x, verbose=0))
+    cross_entropy = -np.log(probs[np.arange(len(y)), y]).mean()
+    np.testing.assert_allclose(result["kl"], kl, rtol=1e-4)
+    np.testing.assert_allclose(result["loss"], cross_entropy + 0.05 * kl, rtol=1e-4)
+
+
+def test_gaussian_bottleneck_trains_in_sequential():
+    x, y = classification_data(n=256)
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="tanh"),
+            kv.GaussianBottleneck(units=4, kl_weight=1e-2, seed=0, metric_name="kl_z"),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    history = model.fit(x, y, epochs=4, batch_size=64, verbose=0)
+    assert np.all(np.isfinite(history.history["kl_z"]))
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+# --- configuration and bad input ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        kv.Sampling(seed=3, sample_at_inference=True),
+        kv.VIB(kl_weight=0.25, seed=1, free_bits=0.5, free_bits_mode="per_dim",
+               metric_name="kl_1"),
+        kv.GaussianBottleneck(units=4, kl_weight=0.1, seed=2, free_bits=0.2,
+                              kernel_initializer="he_normal",
+                              log_var_bias_initializer="ones"),
+    ],
+    ids=["Sampling", "VIB", "GaussianBottleneck"],
+)
+def test_config_round_trip(layer):
+    config = layer.get_config()
+    clone = layer.__class__.from_config(config)
+    assert clone.get_config() == config
+
+
+def vib(**kwargs):
+    return kv.VIB(**kwargs)
+
+
+def bottleneck(**kwargs):
+    return kv.GaussianBottleneck(**{"units": 2, **kwargs})
+
+
+@pytest.mark.parametrize("make", [vib, bottleneck])
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"kl_weight": -1.0}, ValueError),
+        ({"kl_weight": float("nan")}, ValueError),
+        ({"kl_weight": float("inf")}, ValueError),
+        ({"kl_weight": "0.1"}, TypeError),
+        ({"free_bits": -0.5}, ValueError),
+        ({"free_bits_mode": "dims"}, ValueError),
+        ({"seed": 1.5}, TypeError),
+        ({"sample_at_inference": "yes"}, TypeError),
+        ({"metric_name": ""}, TypeError),
+    ],
+)
+def test_bad_arguments_name_the_argument(make, kwargs, error):
+    (name,) = kwargs
+    with pytest.raises(error, match=f"argument `{name}`.*Received: {name}="):
+        make(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "units, error", [(0, ValueError), (-3, ValueError), (2.5, TypeError), ("8", TypeError)]
+)
+def test_bad_units(units, error):
+    with pytest.raises(error, match="argument `units`.*Received: units="):
+        kv.GaussianBottleneck(units=units)
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_one_input_instead_of_two(symbolic):
+    z_mean = keras.Input((3,)) if symbolic else MEAN
+    with pytest.raises(ValueError, match="argument `inputs`"):
+        kv.VIB()(z_mean)
+    with pytest.raises(ValueError, match="argument `inputs`"):
+        kv.Sampling()([z_mean, z_mean, z_mean])
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_mismatched_shapes(symbolic):
+    if symbolic:
+        inputs = [keras.Input((3,)), keras.Input((4,))]
+    else:
+        inputs = [MEAN, LOG_VAR[:, :2]]
+    with pytest.raises(ValueError, match="argument `z_log_var`.*z_mean.shape="):
+        kv.VIB()(inputs)
+
+
+def test_integer_inputs():
+    integers = np.ones((8, 3), "int32")
+    with pytest.raises(TypeError, match="argument `z_mean`.*int32"):
+        kv.VIB()([integers, LOG_VAR])
+    with pytest.raises(TypeError, match="argument `z_log_var`.*int32"):
+        kv.Sampling()([MEAN, integers])
+    with pytest.raises(TypeError, match="argument `inputs`.*int32"):
+        kv.GaussianBottleneck(units=2)(integers)
