@@ -70,6 +70,9 @@ def iwae_log_weights(
         float32 tensor `(k, batch)`.
     """
     likelihood = _likelihood(likelihood)
+    x, z_mean, z_log_var, noise = (
+        ops.convert_to_tensor(t) for t in (x, z_mean, z_log_var, noise)
+    )
     z_log_var = vib_ops.clip_log_var(z_log_var)
     latent_shape = tuple(z_mean.shape[1:])
     latent_axes = tuple(range(2, 2 + len(latent_shape)))
@@ -176,6 +179,7 @@ def iwae_bound(
     """
     num_samples = check_positive_int("num_samples", num_samples)
     check_choice("gradient_estimator", gradient_estimator, GRADIENT_ESTIMATORS)
+    z_mean, z_log_var = ops.convert_to_tensor(z_mean), ops.convert_to_tensor(z_log_var)
     _check_posterior(z_mean, z_log_var)
     if noise is None:
         noise = keras.random.normal(

@@ -67,6 +67,12 @@ class _ForwardCache:
         self.tensors = None
 
 
+class _Slot:
+    """An untracked attribute holder (Keras does not track what it holds)."""
+
+    value = None
+
+
 class LatentVariableModel(keras.Model):
     """Base class of `VAE` and `IWAE`: x -> q(z|x) -> z -> p(x|z).
 
@@ -92,6 +98,8 @@ class LatentVariableModel(keras.Model):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self._forward_cache = _ForwardCache()
+        # The compiled log-likelihood chunk function, built on first use.
+        self._compiled = _Slot()
         self._latent_shape = None
         self._check_networks()
         if encoder.built and decoder.built:

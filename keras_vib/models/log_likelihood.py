@@ -144,7 +144,14 @@ def log_likelihood(
     n = x.shape[0]
     num_batches = math.ceil(n / batch_size)
     num_chunks = math.ceil(num_samples / chunk_size)
-    chunk_fn = _chunk_function(model)
+    slot = getattr(model, "_compiled", None)
+    if slot is None:
+        chunk_fn = _chunk_function(model)
+    else:
+        # Reuse the compiled function across calls (one trace per shape).
+        if slot.value is None:
+            slot.value = _chunk_function(model)
+        chunk_fn = slot.value
     progbar = keras.utils.Progbar(num_batches * num_chunks, verbose=verbose, unit_name="chunk") if verbose else None
     log_k = math.log(num_samples)
     results = []
