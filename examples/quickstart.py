@@ -109,7 +109,7 @@ def save_figure(codes, y, rows, path, label):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.8), dpi=80)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4), dpi=80, layout="constrained")
     for ax, (name, _, test_acc, kl, _) in zip(axes, rows):
         z = codes[name]
         scatter = ax.scatter(z[:, 0], z[:, 1], c=y, cmap="tab10", s=8, vmin=-0.5, vmax=9.5)
