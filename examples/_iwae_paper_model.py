@@ -62,7 +62,8 @@ def parse_args(description, default_k=None, argv=None):
                    help="keep the learning rate fixed (default: the paper's "
                         "1e-3 * 10**(-i/7) for 3**i epochs)")
     p.add_argument("--nll-samples", type=int, default=5000,
-                   help="importance samples K for the test log-likelihood")
+                   help="importance samples K for the test log-likelihood "
+                        "(0: skip it)")
     p.add_argument("--nll-examples", type=int, default=None,
                    help="score only the first N test images (default: all)")
     p.add_argument("--nll-batch-size", type=int, default=100)
@@ -70,6 +71,9 @@ def parse_args(description, default_k=None, argv=None):
                    help="write samples/reconstruction/interpolation PNGs here")
     p.add_argument("--save-weights", default=None,
                    help="save the trained weights (.weights.h5)")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="save the weights after every epoch, with a JSON-lines "
+                        "log of epoch times and metrics, here")
     p.add_argument("--load-weights", default=None,
                    help="skip training and evaluate these weights")
     p.add_argument("--json", default=None, help="write results to this file")
@@ -228,7 +232,6 @@ def run(args, model_fn, name, paper_key, argv=None):
     x_train, x_test = load_data(args)
     encoder, decoder = build_networks(output_bias=marginal_logits(x_train))
     model = model_fn(encoder, decoder, args.seed)
-    model.compile(optimizer=make_optimizer(args.learning_rate))
 
     results = {
         "model": name,
@@ -243,10 +246,11 @@ def run(args, model_fn, name, paper_key, argv=None):
         "paper_nll": PAPER_NLL.get(paper_key),
     }
     if args.load_weights:
-        model(x_test[:2])  # build the optimizer-free model, then load
+        model(x_test[:2])  # build the variables, then load (no optimizer)
         model.load_weights(args.load_weights)
         results["loaded_weights"] = args.load_weights
     else:
+        model.compile(optimizer=make_optimizer(args.learning_rate))
         data = DynamicBinarization(x_train, batch_size=args.batch_size,
                                    seed=args.seed).as_pydataset()
         callbacks = []
@@ -259,6 +263,8 @@ def run(args, model_fn, name, paper_key, argv=None):
             on_epoch_end=lambda epoch, logs: epoch_times.__setitem__(
                 -1, time.time() - epoch_times[-1]),
         )
+        if args.checkpoint_dir:
+            callbacks.append(_EpochCheckpoint(args.checkpoint_dir, name, epoch_times))
         start = time.time()
         history = model.fit(data, epochs=args.epochs, verbose=args.verbose,
                             callbacks=callbacks + [timer])
@@ -280,6 +286,34 @@ def run(args, model_fn, name, paper_key, argv=None):
     if args.figure_dir:
         results["figures"] = save_figures(model, x_test, name, args.figure_dir, args.seed)
 
+    if args.nll_samples > 0:
+        _evaluate_nll(args, model, x_test, name, results)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+class _EpochCheckpoint(keras.callbacks.Callback):
+    """Weights after every epoch plus a JSON-lines log, so that runs cut
+    short can still be evaluated at a common epoch."""
+
+    def __init__(self, directory, name, epoch_times):
+        super().__init__()
+        os.makedirs(directory, exist_ok=True)
+        self.directory, self.name, self.epoch_times = directory, name, epoch_times
+
+    def on_epoch_end(self, epoch, logs=None):
+        stem = os.path.join(self.directory, f"{self.name}_epoch{epoch + 1:03d}")
+        self.model.save_weights(stem + ".weights.h5")
+        record = {"epoch": epoch + 1, "seconds": time.time() - self.epoch_times[-1],
+                  "logs": {k: float(v) for k, v in (logs or {}).items()}}
+        with open(os.path.join(self.directory, f"{self.name}_epochs.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _evaluate_nll(args, model, x_test, name, results):
     x_eval = x_test if args.nll_examples is None else x_test[: args.nll_examples]
     start = time.time()
     log_px = kv.models.log_likelihood(
@@ -297,9 +331,3 @@ def run(args, model_fn, name, paper_key, argv=None):
           f"{results['test_nll']:.2f} +- {results['test_nll_stderr']:.2f} nats"
           + (f" (paper: {paper})" if paper else "")
           + f"  [{results['nll_seconds']:.1f} s]", flush=True)
-
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    return results

@@ -1,0 +1,155 @@
+"""The VAE/IWAE examples: smoke runs in subprocesses, helpers in-process.
+
+The smoke runs train on tiny synthetic data for two epochs, so they check
+wiring (flags, training, log-likelihood, active units, figures, JSON), not
+the paper's numbers; those are in docs/RESULTS.md.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import keras
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+sys.path.insert(0, EXAMPLES)
+
+import _iwae_paper_model as paper  # noqa: E402
+
+
+def run_example(script, *args, timeout=600):
+    env = dict(os.environ)
+    env.setdefault("KERAS_BACKEND", "tensorflow")
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env.pop("KERAS_VIB_DATA", None)  # smoke modes must need no data
+    proc = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, script), *args],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+    )
+    assert proc.returncode == 0, (
+        f"{script} {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+    return proc.stdout
+
+
+def _check_results(results, name, k_line, out, tmp_path):
+    assert results["model"] == name and results["smoke"] is True
+    assert results["epochs"] == 2 and len(results["history"]["loss"]) == 2
+    assert k_line in out
+    # A Bernoulli NLL of 784 pixels is positive and at most 784 * log(2)
+    # nats above the best model... and finite: a loose sanity range.
+    assert 0.0 < results["test_nll"] < 784 * math.log(1e4)
+    assert results["nll_samples"] == 64 and results["nll_examples"] == 64
+    assert 0 <= results["active_units"] <= 50
+    assert len(results["latent_variances"]) == 50
+    assert len(results["figures"]) == 3
+    for path in results["figures"]:
+        assert os.path.basename(path).startswith(name + "_")
+        size = os.path.getsize(path)
+        assert 0 < size < 300_000
+
+
+def test_vae_smoke(tmp_path):
+    out_json = tmp_path / "vae.json"
+    out = run_example("mnist_vae.py", "--smoke", "--json", str(out_json),
+                      "--figure-dir", str(tmp_path))
+    results = json.loads(out_json.read_text())
+    _check_results(results, "vae", "[vae] test NLL", out, tmp_path)
+    assert "reconstruction_loss" in results["history"]
+
+
+def test_iwae_smoke(tmp_path):
+    out_json = tmp_path / "iwae.json"
+    ckpt = tmp_path / "ckpt"
+    out = run_example("mnist_iwae.py", "--smoke", "--k", "3", "--json",
+                      str(out_json), "--figure-dir", str(tmp_path),
+                      "--checkpoint-dir", str(ckpt))
+    results = json.loads(out_json.read_text())
+    _check_results(results, "iwae3", "[iwae3] test NLL", out, tmp_path)
+    log = [json.loads(line) for line in (ckpt / "iwae3_epochs.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert log[1]["logs"]["loss"] == pytest.approx(results["history"]["loss"][1])
+
+    # Evaluating the last checkpoint reproduces the trained model's
+    # posterior means (hence the same per-unit variances) exactly.
+    loaded_json = tmp_path / "loaded.json"
+    run_example("mnist_iwae.py", "--smoke", "--k", "3", "--nll-samples", "0",
+                "--load-weights", str(ckpt / "iwae3_epoch002.weights.h5"),
+                "--json", str(loaded_json))
+    loaded = json.loads(loaded_json.read_text())
+    assert "test_nll" not in loaded and "history" not in loaded
+    np.testing.assert_allclose(loaded["latent_variances"],
+                               results["latent_variances"], rtol=1e-5)
+    # The training bound is logged and equals -loss (no layer losses).
+    history = results["history"]
+    np.testing.assert_allclose(history["iwae_bound"], -np.array(history["loss"]),
+                               rtol=1e-5)
+    # The paper's schedule: 1e-3 in epoch 0, 1e-3 * 10**(-1/7) in epoch 1.
+    np.testing.assert_allclose(history["learning_rate"],
+                               [1e-3, 1e-3 * 10 ** (-1 / 7)], rtol=1e-5)
+
+
+def test_paper_learning_rate_stages():
+    # Stage i lasts 3**i epochs: epochs 0 | 1-3 | 4-12 | 13-39 | 40-...
+    stages = [0, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3]
+    for epoch, stage in enumerate(stages):
+        assert paper.paper_learning_rate(epoch) == pytest.approx(
+            1e-3 * 10 ** (-stage / 7))
+    assert paper.paper_learning_rate(39) == pytest.approx(1e-3 * 10 ** (-3 / 7))
+    assert paper.paper_learning_rate(40) == pytest.approx(1e-3 * 10 ** (-4 / 7))
+
+
+def test_build_networks_shapes_and_bias():
+    bias = np.linspace(-2, 2, 784).astype("float32")
+    encoder, decoder = paper.build_networks(output_bias=bias)
+    z_mean, z_log_var = encoder(np.zeros((3, 784), "float32"))
+    assert tuple(z_mean.shape) == tuple(z_log_var.shape) == (3, 50)
+    # 784*200+200 + 200*200+200 + 2*(200*50+50) encoder parameters.
+    assert encoder.count_params() == 157000 + 40200 + 20100
+    assert decoder.count_params() == 10200 + 40200 + 157584
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(decoder.get_layer("logits").bias), bias)
+
+
+def test_marginal_logits_inverts_the_mean():
+    x = np.array([[0.0, 1.0, 0.5], [1.0, 1.0, 0.0]], "float32")
+    logits = paper.marginal_logits(x, eps=1e-3)
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), [0.5, 0.999, 0.25],
+                               rtol=1e-5)
+
+
+class _FixedEncoder:
+    """Stands in for a model whose posterior means are given."""
+
+    def __init__(self, means):
+        self.means = means
+
+    def encode(self, x):
+        idx = np.asarray(x[:, 0], dtype="int64")
+        return self.means[idx], None
+
+
+def test_active_units_counts_variance_above_threshold():
+    rng = np.random.default_rng(0)
+    n = 2000
+    # Unit standard deviations 1, 0.2, 0.05, 0: variances 1, 0.04, 0.0025, 0.
+    means = rng.normal(size=(n, 4)) * np.array([1.0, 0.2, 0.05, 0.0])
+    x = np.arange(n, dtype="float32")[:, None]
+    count, variances = paper.active_units(_FixedEncoder(means), x, batch_size=300)
+    assert count == 2
+    np.testing.assert_allclose(variances, means.var(axis=0), rtol=1e-12)
+
+
+def test_tile_layout():
+    images = np.zeros((4, 784), "float32")
+    images[1] = 1.0  # an all-ink image renders black (0)
+    grid = paper._tile(images, 2, 2, scale=1)
+    assert grid.shape == (59, 59) and grid.dtype == np.uint8
+    assert np.all(grid[1:29, 1:29] == 255) and np.all(grid[1:29, 30:58] == 0)
+    assert np.all(grid[0] == 255) and np.all(grid[:, 29] == 255)
