@@ -361,3 +361,44 @@ def test_adaptive_unknown_layer_name_is_a_clear_error():
     adaptive = kvc.AdaptiveKLWeight(1.0, 0.1, layer_names=["encoder"])
     with pytest.raises(ValueError, match=r"layer_names.*'bn'.*encoder"):
         model.fit(*_data(), batch_size=BATCH, epochs=1, verbose=0, callbacks=[adaptive])
+
+
+# ------------------------------------------------------------- keras_vib VAE
+
+
+def _frozen_vae():
+    # x = 1 in 2 dims, kernels of ones: z_mean = z_log_var = 2, so
+    # KL = 0.5 * (4 + e^2 - 2 - 1); the decoder's logits are 0, so the
+    # Bernoulli reconstruction term is 2 log 2 whatever z is.
+    x_in = keras.Input((2,))
+    encoder = keras.Model(
+        x_in,
+        [
+            keras.layers.Dense(1, kernel_initializer="ones")(x_in),
+            keras.layers.Dense(1, kernel_initializer="ones")(x_in),
+        ],
+    )
+    z_in = keras.Input((1,))
+    decoder = keras.Model(z_in, keras.layers.Dense(2, kernel_initializer="zeros")(z_in))
+    from keras_vib.models import VAE
+
+    model = VAE(encoder, decoder, likelihood="bernoulli", kl_weight=0.0, seed=0)
+    model.compile(keras.optimizers.SGD(learning_rate=0.0))
+    return model, 0.5 * (1.0 + math.e**2), 2 * math.log(2.0)
+
+
+def test_callbacks_drive_a_vae():
+    model, kl, reconstruction = _frozen_vae()
+    x = np.ones((N, 2), "float32")
+    scheduler = kvc.KLWeightScheduler(kvc.linear_warmup(2, final=0.2))
+    history = model.fit(x, batch_size=BATCH, epochs=2, verbose=0, callbacks=[scheduler])
+    np.testing.assert_allclose(history.history["kl_weight"], [0.0, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(
+        history.history["loss"], reconstruction + kl * np.array([0.0, 0.1]), rtol=1e-5
+    )
+    # Per-batch dual ascent reads the VAE's own KL tracker.
+    adaptive = kvc.AdaptiveKLWeight(target_kl=1.0, step_size=0.1, initial_weight=0.5)
+    batch_logs = _BatchLogs()
+    model.fit(x, batch_size=BATCH, epochs=1, verbose=0, callbacks=[adaptive, batch_logs])
+    want = [0.5 + 0.1 * (kl - 1.0) * i for i in range(4)]
+    np.testing.assert_allclose(batch_logs.values, want, rtol=1e-5)

@@ -93,9 +93,14 @@ def kl_variables(layer):
     """`(total, count)` running-KL variables of a bottleneck, or `None`.
 
     `VIB` keeps the sum of per-example KLs and the number of examples since
-    the last metric reset in `_kl_total` / `_kl_count`. A wrapper (e.g.
+    the last metric reset in `_kl_total` / `_kl_count`; a keras_vib model
+    keeps them in its `kl_tracker` metric. A wrapper (e.g.
     `GaussianBottleneck`) is resolved to the sublayer sharing its variable.
     """
+    tracker = getattr(layer, "kl_tracker", None)
+    if isinstance(tracker, keras.metrics.Mean):
+        # keras_vib models track the KL in a `keras.metrics.Mean`.
+        return tracker.total, tracker.count
     variable = layer.kl_weight
     for sub in layer._flatten_layers(include_self=True, recursive=True):
         if getattr(sub, "kl_weight", None) is not variable:
@@ -109,6 +114,9 @@ def kl_variables(layer):
 
 def metric_name(layer, default="kl"):
     """The log key of a bottleneck's KL metric."""
+    tracker = getattr(layer, "kl_tracker", None)
+    if isinstance(tracker, keras.metrics.Metric):
+        return tracker.name
     variable = layer.kl_weight
     for sub in layer._flatten_layers(include_self=True, recursive=True):
         if getattr(sub, "kl_weight", None) is variable and isinstance(
