@@ -67,6 +67,9 @@ def parse_args(description, default_k=None, argv=None):
     p.add_argument("--nll-examples", type=int, default=None,
                    help="score only the first N test images (default: all)")
     p.add_argument("--nll-batch-size", type=int, default=100)
+    p.add_argument("--nll-shard-size", type=int, default=None,
+                   help="score the test images this many at a time, "
+                        "rewriting --json after each shard (for long runs)")
     p.add_argument("--figure-dir", default=None,
                    help="write samples/reconstruction/interpolation PNGs here")
     p.add_argument("--save-weights", default=None,
@@ -244,6 +247,7 @@ def run(args, model_fn, name, paper_key, argv=None):
         "lr_schedule": "constant" if args.constant_lr else "paper",
         "smoke": args.smoke,
         "paper_nll": PAPER_NLL.get(paper_key),
+        "git_commit": _git_commit(),
     }
     if args.load_weights:
         model(x_test[:2])  # build the variables, then load (no optimizer)
@@ -286,13 +290,27 @@ def run(args, model_fn, name, paper_key, argv=None):
     if args.figure_dir:
         results["figures"] = save_figures(model, x_test, name, args.figure_dir, args.seed)
 
+    _write_json(args, results)
     if args.nll_samples > 0:
         _evaluate_nll(args, model, x_test, name, results)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
     return results
+
+
+def _git_commit():
+    """The checked-out commit (with "+dirty" for local edits), or None."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                              capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "keras_vib"],
+                               cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 class _EpochCheckpoint(keras.callbacks.Callback):
@@ -314,20 +332,38 @@ class _EpochCheckpoint(keras.callbacks.Callback):
 
 
 def _evaluate_nll(args, model, x_test, name, results):
+    """Test NLL by importance sampling; shard by shard when asked, writing
+    `--json` after each shard so that a run cut short keeps what it did."""
     x_eval = x_test if args.nll_examples is None else x_test[: args.nll_examples]
-    start = time.time()
-    log_px = kv.models.log_likelihood(
-        model, x_eval, num_samples=args.nll_samples,
-        batch_size=args.nll_batch_size, seed=args.seed, verbose=0,
-    )
-    results["nll_seconds"] = time.time() - start
-    results["nll_samples"] = args.nll_samples
-    results["nll_examples"] = int(len(x_eval))
-    results["test_nll"] = float(-np.mean(log_px.astype("float64")))
-    results["test_nll_stderr"] = float(np.std(log_px.astype("float64"), ddof=1)
-                                       / math.sqrt(len(log_px)))
-    paper = results["paper_nll"]
-    print(f"[{name}] test NLL (K={args.nll_samples}, {len(x_eval)} images): "
-          f"{results['test_nll']:.2f} +- {results['test_nll_stderr']:.2f} nats"
-          + (f" (paper: {paper})" if paper else "")
-          + f"  [{results['nll_seconds']:.1f} s]", flush=True)
+    shard = args.nll_shard_size or len(x_eval)
+    results.update(nll_samples=args.nll_samples, nll_seconds=0.0, log_px=[])
+    for first in range(0, len(x_eval), shard):
+        start = time.time()
+        # A distinct noise seed per shard (log_likelihood derives its noise
+        # from (seed, batch index), and the batch index restarts per call).
+        log_px = kv.models.log_likelihood(
+            model, x_eval[first:first + shard], num_samples=args.nll_samples,
+            batch_size=args.nll_batch_size, seed=args.seed * 1_000_003 + first,
+            verbose=0,
+        )
+        results["nll_seconds"] += time.time() - start
+        results["log_px"].extend(float(v) for v in log_px)
+        values = np.asarray(results["log_px"], dtype="float64")
+        results["nll_examples"] = int(len(values))
+        results["test_nll"] = float(-values.mean())
+        results["test_nll_stderr"] = (
+            float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+        )
+        paper = results["paper_nll"]
+        print(f"[{name}] test NLL (K={args.nll_samples}, {len(values)} images): "
+              f"{results['test_nll']:.2f} +- {results['test_nll_stderr'] or 0:.2f} nats"
+              + (f" (paper: {paper})" if paper else "")
+              + f"  [{results['nll_seconds']:.1f} s]", flush=True)
+        _write_json(args, results)
+
+
+def _write_json(args, results):
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
