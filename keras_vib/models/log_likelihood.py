@@ -11,7 +11,8 @@ each from its own seed derived from `(seed, batch index, block index)`, and
 chunks are cut out of those blocks. So sample j of an example gets the same
 noise whatever `chunk_size` is: results with any `chunk_size` are the same
 estimate and agree to float32 round-off (the logsumexp is only re-associated).
-They depend on `seed`, `batch_size` and the backend's random generator.
+The draws come from NumPy's generator, so they are also the same on every
+backend. They depend on `seed` and `batch_size`.
 """
 
 import math
@@ -42,12 +43,13 @@ def _chunk_function(model):
     `tf.function`; torch: eager under `no_grad`.
     """
 
-    def chunk_logsumexp(x, z_mean, z_log_var, noise):
+    def chunk_logsumexp(x, z_mean, z_log_var, noise, sample_mask):
         log_w = vib_losses.iwae_log_weights(
             x, z_mean, z_log_var, model.decoder, noise,
             likelihood=model.likelihood, training=False,
         )
-        return ops.logsumexp(log_w, axis=0)
+        # sample_mask is 0 for real samples and -inf for padding.
+        return ops.logsumexp(log_w + sample_mask[:, None], axis=0)
 
     backend = keras.backend.backend()
     if backend == "jax":
@@ -56,10 +58,10 @@ def _chunk_function(model):
         variables = list(model.decoder.variables) + list(model.likelihood.variables)
 
         @jax.jit
-        def pure(values, x, z_mean, z_log_var, noise):
+        def pure(values, *args):
             mapping = list(zip(variables, values))
             with keras.StatelessScope(state_mapping=mapping):
-                return chunk_logsumexp(x, z_mean, z_log_var, noise)
+                return chunk_logsumexp(*args)
 
         return lambda *args: pure([v.value for v in variables], *args)
     if backend == "tensorflow":
@@ -106,8 +108,9 @@ def log_likelihood(
             sees `chunk_size * batch_size` rows). `None` picks about 16384
             rows. It changes memory and speed, not the result (see the
             module docstring).
-        seed: int or `None`. The same seed (and `batch_size`) gives the same
-            result on the same backend; `None` draws a fresh seed.
+        seed: int or `None`. The same seed and `batch_size` give the same
+            draws (on every backend) and so the same result; `None` draws a
+            fresh seed.
         verbose: 0 (silent), 1 (progress bar) or 2 (one line at the end).
 
     Returns:
@@ -142,8 +145,14 @@ def log_likelihood(
 
     x = np.asarray(x)
     n = x.shape[0]
+    batch_size = min(batch_size, n)
     num_batches = math.ceil(n / batch_size)
     num_chunks = math.ceil(num_samples / chunk_size)
+    progbar = None
+    if verbose:
+        progbar = keras.utils.Progbar(
+            num_batches * num_chunks, verbose=verbose, unit_name="chunk"
+        )
     slot = getattr(model, "_compiled", None)
     if slot is None:
         chunk_fn = _chunk_function(model)
@@ -152,22 +161,36 @@ def log_likelihood(
         if slot.value is None:
             slot.value = _chunk_function(model)
         chunk_fn = slot.value
-    progbar = keras.utils.Progbar(num_batches * num_chunks, verbose=verbose, unit_name="chunk") if verbose else None
     log_k = math.log(num_samples)
     results = []
     for b in range(num_batches):
-        x_batch = ops.convert_to_tensor(x[b * batch_size : (b + 1) * batch_size], "float32")
+        x_batch = x[b * batch_size : (b + 1) * batch_size]
+        num_real = x_batch.shape[0]
+        # Pad the last batch (and below, the last chunk) to the full shape,
+        # so that each shape is traced and compiled once.
+        if num_real < batch_size:
+            pad = [(0, batch_size - num_real)] + [(0, 0)] * (x.ndim - 1)
+            x_batch = np.pad(x_batch, pad, mode="edge")
+        x_batch = ops.convert_to_tensor(x_batch, "float32")
         z_mean, z_log_var = _encode_for_evaluation(model, x_batch)
         blocks = {}
         total = None
         for start in range(0, num_samples, chunk_size):
             stop = min(start + chunk_size, num_samples)
-            noise = _noise(blocks, seed, b, start, stop, z_mean)
-            chunk = chunk_fn(x_batch, z_mean, z_log_var, noise)
+            noise = _noise(blocks, seed, b, num_real, start, stop, z_mean)
+            mask = np.zeros(chunk_size, "float32")
+            if stop - start < chunk_size:
+                pad = [(0, chunk_size - (stop - start))] + [(0, 0)] * (noise.ndim - 1)
+                noise = np.pad(noise, pad)
+                mask[stop - start :] = -np.inf
+            chunk = chunk_fn(
+                x_batch, z_mean, z_log_var,
+                ops.convert_to_tensor(noise, z_mean.dtype), ops.convert_to_tensor(mask),
+            )
             total = chunk if total is None else ops.logaddexp(total, chunk)
             if progbar is not None:
                 progbar.add(1)
-        results.append(ops.convert_to_numpy(total - log_k))
+        results.append(ops.convert_to_numpy(total - log_k)[:num_real])
     return np.concatenate(results).astype("float32")
 
 
@@ -180,18 +203,27 @@ def _encode_for_evaluation(model, x_batch):
     return model.encode(x_batch)
 
 
-def _noise(blocks, seed, batch_index, start, stop, z_mean):
-    """Noise for samples [start, stop): slices of per-block seeded draws."""
+def _noise(blocks, seed, batch_index, num_real, start, stop, z_mean):
+    """Standard normal noise for samples [start, stop) of one batch.
+
+    Slices of per-block draws, each block from its own seed. The draws are
+    made with NumPy on the host: no per-shape compilation on JAX, and the
+    same noise on every backend. Padding rows (beyond `num_real`) repeat
+    the first row's noise; their results are discarded.
+    """
     first, last = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
     for index in list(blocks):
         if index < first:
             del blocks[index]
-    shape = (NOISE_BLOCK,) + tuple(z_mean.shape)
+    shape = (NOISE_BLOCK, num_real) + tuple(z_mean.shape[1:])
     for index in range(first, last + 1):
         if index not in blocks:
-            blocks[index] = keras.random.normal(
-                shape, dtype=z_mean.dtype, seed=_block_seed(seed, batch_index, index)
-            )
-    noise = ops.concatenate([blocks[i] for i in range(first, last + 1)], axis=0)
+            rng = np.random.default_rng(_block_seed(seed, batch_index, index))
+            blocks[index] = rng.standard_normal(shape, dtype=np.float32)
+    noise = np.concatenate([blocks[i] for i in range(first, last + 1)], axis=0)
     offset = start - first * NOISE_BLOCK
-    return noise[offset : offset + (stop - start)]
+    noise = noise[offset : offset + (stop - start)]
+    num_pad = z_mean.shape[0] - num_real
+    if num_pad:
+        noise = np.concatenate([noise, np.repeat(noise[:, :1], num_pad, axis=1)], axis=1)
+    return noise

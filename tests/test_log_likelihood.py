@@ -1,0 +1,91 @@
+"""`log_likelihood` on VAE/IWAE against the exact linear-Gaussian log p(x)."""
+
+import math
+
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_vib import losses
+from keras_vib import models
+from test_losses import LATENT, linear_gaussian
+
+
+def _model(lg, cls=models.VAE, **encoder_kwargs):
+    return cls(lg.encoder(**encoder_kwargs), lg.decoder(), likelihood=lg.likelihood())
+
+
+def test_exact_posterior_estimate_is_exact():
+    # With q(z|x) the true posterior every importance weight equals p(x):
+    # the estimator has zero variance, so it must match to round-off.
+    lg = linear_gaussian()
+    x = lg.sample_x(30)
+    for cls in (models.VAE, models.IWAE):
+        est = _model(lg, cls).log_likelihood(x, num_samples=20, batch_size=8, seed=0, verbose=0)
+        assert est.shape == (30,) and est.dtype == np.float32
+        np.testing.assert_allclose(est, lg.log_px(x), atol=3e-4)
+
+
+def test_large_k_estimate_close_to_exact():
+    lg = linear_gaussian()
+    x = lg.sample_x(10)
+    kwargs = dict(mean_scale=0.7, log_var_shift=0.6)
+    model = _model(lg, **kwargs)
+    num_samples = 2000
+    est = model.log_likelihood(x, num_samples=num_samples, seed=1, verbose=0)
+    exact = lg.log_px(x)
+    # Tolerance from the relative variance v of the weights w/p(x): the
+    # estimate's bias is about v/(2K) and its standard deviation sqrt(v/K).
+    mean, log_var = lg.posterior(x, **kwargs)
+    log_w = losses.iwae_log_weights(
+        x, ops.convert_to_tensor(mean, "float32"), ops.convert_to_tensor(log_var, "float32"),
+        model.decoder, np.random.default_rng(0).normal(size=(4000, 10, LATENT)),
+        likelihood=model.likelihood,
+    )
+    rel = np.exp(ops.convert_to_numpy(log_w) - exact[None])
+    v = rel.var(axis=0)
+    assert np.all(v > 0.05)  # q is far enough from the posterior to matter
+    tol = 5 * np.sqrt(v / num_samples) + v / num_samples + 1e-3
+    np.testing.assert_array_less(np.abs(est - exact), tol)
+    # and it is a better estimate than the ELBO
+    elbo = lg.elbo(x, mean, log_var)
+    assert np.all(np.abs(est - exact) < 0.2 * (exact - elbo))
+
+
+def test_chunking_is_exact_and_seed_reproducible():
+    lg = linear_gaussian()
+    x = lg.sample_x(12)
+    model = _model(lg, models.IWAE, mean_scale=0.5, log_var_shift=1.0)
+    kwargs = dict(num_samples=70, batch_size=5, seed=3, verbose=0)
+    one_chunk = model.log_likelihood(x, chunk_size=70, **kwargs)
+    for chunk_size in (1, 9, 32):
+        chunked = model.log_likelihood(x, chunk_size=chunk_size, **kwargs)
+        # The same draws, combined by logaddexp: equal up to float32 round-off.
+        np.testing.assert_allclose(chunked, one_chunk, rtol=0, atol=2e-5)
+    np.testing.assert_array_equal(model.log_likelihood(x, chunk_size=70, **kwargs), one_chunk)
+    other_seed = model.log_likelihood(x, chunk_size=70, **{**kwargs, "seed": 4})
+    assert np.max(np.abs(other_seed - one_chunk)) > 1e-3
+
+
+def test_bad_arguments():
+    lg = linear_gaussian()
+    model = _model(lg)
+    x = lg.sample_x(4)
+    for name, value in (("num_samples", 0), ("batch_size", 0), ("chunk_size", -2)):
+        with pytest.raises(ValueError, match=name):
+            model.log_likelihood(x, verbose=0, **{name: value})
+    with pytest.raises(TypeError, match="num_samples"):
+        model.log_likelihood(x, num_samples=10.0, verbose=0)
+    with pytest.raises(TypeError, match="seed"):
+        model.log_likelihood(x, num_samples=10, seed="a", verbose=0)
+    with pytest.raises(ValueError, match="verbose"):
+        model.log_likelihood(x, num_samples=10, verbose=3)
+
+
+def test_progress_bar(capsys):
+    lg = linear_gaussian()
+    model = _model(lg)
+    model.log_likelihood(lg.sample_x(4), num_samples=10, chunk_size=5, seed=0, verbose=1)
+    assert "2/2" in capsys.readouterr().out
+    model.log_likelihood(lg.sample_x(4), num_samples=10, chunk_size=5, seed=0, verbose=0)
+    assert capsys.readouterr().out == ""
