@@ -207,8 +207,8 @@ def test_fit_logs_kl_and_the_loss_decreases(backend):
     # Evaluation is deterministic (z = z_mean), so the logged KL and loss
     # must equal their closed forms on the trained encoder.
     result = model.evaluate(x, y, batch_size=64, return_dict=True, verbose=0)
-    kl = closed_form_kl(*map(to_numpy, encoder.predict(x, verbose=0))).mean()
-    probs = to_numpy(model.predict(x, verbose=0))
+    kl = closed_form_kl(*map(to_numpy, encoder(x))).mean()
+    probs = to_numpy(model(x))
     cross_entropy = -np.log(probs[np.arange(len(y)), y]).mean()
     np.testing.assert_allclose(result["kl"], kl, rtol=1e-4)
     np.testing.assert_allclose(result["loss"], cross_entropy + 0.05 * kl, rtol=1e-4)
@@ -238,12 +238,14 @@ def test_readme_drop_in_examples_run():
     x = RNG.normal(size=(64, 784)).astype("float32")
     y = RNG.integers(0, 10, size=64)
     namespace = {}
-    for code in blocks:
-        exec(code, namespace)
-        model = namespace["model"]
-        model.compile("adam", "sparse_categorical_crossentropy")
-        history = model.fit(x, y, validation_split=0.25, batch_size=48, verbose=0)
-        assert {"loss", "kl", "val_loss", "val_kl"} <= set(history.history)
+    exec(blocks[0], namespace)
+    history = namespace["model"].fit(
+        x, y, validation_split=0.25, batch_size=48, verbose=0
+    )
+    assert {"loss", "kl", "val_loss", "val_kl"} <= set(history.history)
+    exec(blocks[1], namespace)
+    sequential = namespace["model"]
+    assert tuple(sequential(x).shape) == (64, 10) and len(sequential.losses) == 1
 
 
 # --- configuration and bad input ----------------------------------------------
