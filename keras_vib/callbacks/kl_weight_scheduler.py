@@ -35,7 +35,10 @@ class KLWeightScheduler(keras.callbacks.Callback):
     Args:
         schedule: a callable `index -> weight` (finite float >= 0), e.g.
             `keras_vib.callbacks.linear_warmup(...)`,
-            `keras_vib.callbacks.cyclical(...)` or any function.
+            `keras_vib.callbacks.cyclical(...)` or any function. The
+            built-in schedules serialize with `get_config`; a function of
+            your own must be registered with
+            `keras.saving.register_keras_serializable` to deserialize.
         layer_names: `None` (all bottlenecks) or a list of layer names.
             Naming a layer that is not a bottleneck of the model raises
             `ValueError` when training starts.
@@ -75,16 +78,16 @@ class KLWeightScheduler(keras.callbacks.Callback):
         self._epoch_start_step = 0
 
     def _weight_at(self, index):
-        value = self.schedule(index)
+        raw = self.schedule(index)
         try:
-            value = float(ops.convert_to_numpy(value))
+            value = float(ops.convert_to_numpy(raw))
         except (TypeError, ValueError):
             value = None
         if value is None or not math.isfinite(value) or value < 0:
             raise ValueError(
                 f"The schedule of `KLWeightScheduler` returned an invalid KL "
                 f"weight at {self.update_per} {index}. Expected a finite float "
-                f">= 0. Received: {self.schedule(index)!r}"
+                f">= 0. Received: {raw!r}"
             )
         return value
 
