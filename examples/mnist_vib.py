@@ -145,9 +145,9 @@ class ValidationError(keras.callbacks.Callback):
     """Validation error after each epoch (with the EMA weights swapped in)."""
 
     def __init__(self, features, decoder, x, y, mc_samples, seed,
-                 max_seconds=None, swap_ema=None, json_path=None):
+                 max_seconds=None, use_ema=True, json_path=None):
         super().__init__()
-        self.max_seconds, self.swap_ema, self.json_path = max_seconds, swap_ema, json_path
+        self.max_seconds, self.use_ema, self.json_path = max_seconds, use_ema, json_path
         self._fit_start = time.time()
         self.features, self.decoder, self.x, self.y = features, decoder, x, y
         self.mc_samples, self.seed = mc_samples, seed
@@ -157,6 +157,22 @@ class ValidationError(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.time()
+
+    def _swap_in_ema(self):
+        """Load the EMA weights into the model; return the raw ones.
+
+        Keras keeps the averages in the optimizer (`use_ema=True`) and copies
+        them into the model only at the end of `fit`. Values go through NumPy
+        so that no buffer is shared between a model and an optimizer
+        variable: under JAX, `fit` donates (deletes) the state's buffers at
+        the next step, which breaks `keras.callbacks.SwapEMAWeights` there.
+        """
+        optimizer = self.model.optimizer
+        variables = optimizer._trainable_variables
+        raw = [keras.ops.convert_to_numpy(v) for v in variables]
+        for variable, average in zip(variables, optimizer._model_variables_moving_average):
+            variable.assign(keras.ops.convert_to_numpy(average))
+        return raw
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -170,8 +186,12 @@ class ValidationError(keras.callbacks.Callback):
         if kl is not None:
             line += f"  kl {float(kl):.1f} nats"
         if len(self.x):
+            raw = self._swap_in_ema() if self.use_ema else None
             p_mean, p_mc = predict(self.model, self.features, self.decoder,
                                    self.x, self.mc_samples, self.seed + epoch)
+            if raw is not None:
+                for variable, value in zip(self.model.optimizer._trainable_variables, raw):
+                    variable.assign(value)
             h["val_error"].append(error(p_mean, self.y))
             h["val_error_mc"].append(None if p_mc is None else error(p_mc, self.y))
             line += f"  val_error {100 * h['val_error'][-1]:.2f}%"
@@ -186,10 +206,6 @@ class ValidationError(keras.callbacks.Callback):
                 and time.time() - self._fit_start > self.max_seconds):
             print(f"time budget reached: stopping after epoch {epoch + 1}")
             self.model.stop_training = True
-            if self.swap_ema is not None:
-                # SwapEMAWeights only prepares `fit`'s final EMA copy on the
-                # planned last epoch; do it now so the EMA weights are kept.
-                self.swap_ema._finalize_ema_values()
 
 
 def plot(results, path):
@@ -250,15 +266,14 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
     model, features, decoder = build_model(args, steps_per_epoch)
-    # Swaps the EMA weights in before `monitor` evaluates and out again at
-    # the next epoch; after the last epoch the model keeps them.
-    swap_ema = None if args.no_ema else keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+    # `monitor` evaluates the EMA weights after each epoch; at the end of
+    # `fit` Keras copies them into the model, so the test uses them too.
     monitor = ValidationError(
         features, decoder, x_val, y_val, args.mc_samples, args.seed,
         max_seconds=args.max_minutes and 60 * args.max_minutes,
-        swap_ema=swap_ema, json_path=args.json,
+        use_ema=not args.no_ema, json_path=args.json,
     )
-    callbacks = [monitor] if swap_ema is None else [swap_ema, monitor]
+    callbacks = [monitor]
     start = time.time()
     model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
               callbacks=callbacks, verbose=args.verbose, shuffle=True)
