@@ -116,12 +116,19 @@ def predict_mc(
     layers = _sampling_layers(model)
 
     flags = [layer.sample_at_inference for layer in layers]
-    saved_states = []
+    # The forward passes would add to a VIB's running KL (the `kl` metric of
+    # an epoch in progress); put it back afterwards.
+    saved_states = [
+        (variable, ops.convert_to_numpy(variable.value))
+        for layer in layers
+        for variable in (getattr(layer, "_kl_total", None), getattr(layer, "_kl_count", None))
+        if isinstance(variable, keras.Variable)
+    ]
     try:
         for layer in layers:
             layer.sample_at_inference = True
         if seed is not None:
-            saved_states = _reseed(layers, seed)
+            saved_states += _reseed(layers, seed)
         means, stds = [], []
         for start in range(0, n, batch_size):
             x_batch = keras.tree.map_structure(lambda a: a[start : start + batch_size], x)

@@ -84,13 +84,16 @@ def test_one_forward_pass_per_chunk():
 def test_seed_reproducible_and_state_restored():
     model, params = _linear_model()
     x = np.random.default_rng(2).normal(size=(5, FEATURES)).astype("float32")
+    vib = [l for l in model.layers if isinstance(l, kv.VIB)][0]
+    kl_state = [float(v.numpy()) for v in (vib._kl_total, vib._kl_count)]
     first = kv.predict_mc(model, x, num_samples=6, seed=5)
+    # The running KL metric is left as it was.
+    assert [float(v.numpy()) for v in (vib._kl_total, vib._kl_count)] == kl_state
     second = kv.predict_mc(model, x, num_samples=6, seed=5)
     other = kv.predict_mc(model, x, num_samples=6, seed=6)
     np.testing.assert_array_equal(first, second)
     assert not np.allclose(first, other)
     # Back to deterministic serving afterwards.
-    vib = [l for l in model.layers if isinstance(l, kv.VIB)][0]
     assert vib.sample_at_inference is False
     np.testing.assert_allclose(
         model.predict(x, verbose=0), _analytic(params, x)[0], rtol=1e-4, atol=1e-4
