@@ -1,0 +1,79 @@
+"""Smoke tests of the benchmark scripts: each runs with a tiny setting.
+
+Each script runs in a subprocess (it starts its own worker processes) on the
+backend of this test run, writes its section to a temporary markdown file,
+and must produce a table there. Timings are not checked.
+"""
+
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKEND = keras.backend.backend()
+
+
+def _run(script, section, tmp_path, *args):
+    output = tmp_path / "BENCHMARKS.md"
+    # Another section that the script must leave alone.
+    output.write_text("# Benchmarks\n\n<!-- section: other -->\nkeep me\n"
+                      "<!-- end section: other -->\n")
+    cmd = [sys.executable, os.path.join(REPO, "benchmarks", script),
+           "--backends", BACKEND, "--output", str(output), *args]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    text = output.read_text()
+    begin = text.index(f"<!-- section: {section} -->")
+    end = text.index(f"<!-- end section: {section} -->")
+    body = text[begin:end]
+    assert "|---|" in body  # a markdown table
+    assert "Command: `python benchmarks/" in body
+    assert "keep me" in text
+    return body
+
+
+def test_vib_overhead_smoke(tmp_path):
+    body = _run("vib_overhead.py", "vib_overhead", tmp_path,
+                "--variants", "a,b", "--steps", "1", "--repeats", "1", "--warmup", "1")
+    assert "(a) keras_vib VIB" in body and "(b) floor" in body
+
+
+def test_iwae_scaling_smoke(tmp_path):
+    body = _run("iwae_scaling.py", "iwae_scaling", tmp_path,
+                "--k", "1,2", "--jit", "on", "--no-pythae",
+                "--steps", "1", "--repeats", "1", "--warmup", "1")
+    assert f"keras_vib {BACKEND} jit on" in body
+
+
+def test_loglik_smoke(tmp_path):
+    body = _run("loglik.py", "loglik", tmp_path,
+                "--K", "4", "--n", "20", "--n-small", "20", "--repeats", "1",
+                "--full-backends", BACKEND, "--rss-backends", BACKEND,
+                "--rss-ks", "2,4", "--rss-n", "4")
+    assert "peak RSS" in body
+
+
+def test_write_section_only_touches_its_section(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import _common
+    finally:
+        sys.path.pop(0)
+    path = tmp_path / "doc.md"
+    path.write_text("head\n<!-- section: a -->\nold\n<!-- end section: a -->\n"
+                    "<!-- section: b -->\nB\n<!-- end section: b -->\n")
+    _common.write_section(str(path), "a", "new")
+    _common.write_section(str(path), "c", "C")
+    text = path.read_text()
+    assert "old" not in text and "\nnew\n" in text
+    assert "<!-- section: b -->\nB\n<!-- end section: b -->" in text
+    assert text.rstrip().endswith("<!-- section: c -->\nC\n<!-- end section: c -->")
+    assert _common.summary([3.0, 1.0, 2.0]) == (2.0, 1.0, 3.0)
+    assert _common.paired_ratios([2.0, 6.0], [1.0, 3.0]) == [2.0, 2.0]
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
