@@ -313,13 +313,15 @@ class VIB(Sampling):
             dtype="float32",
             name="kl_weight",
         )
+        # aggregation="sum": under tf.distribute each replica adds its own
+        # shard's KL; without it only the first replica's update is kept.
         self._kl_total = self.add_weight(
             shape=(), initializer="zeros", trainable=False, autocast=False,
-            dtype="float32", name="kl_total",
+            dtype="float32", name="kl_total", aggregation="sum",
         )
         self._kl_count = self.add_weight(
             shape=(), initializer="zeros", trainable=False, autocast=False,
-            dtype="float32", name="kl_count",
+            dtype="float32", name="kl_count", aggregation="sum",
         )
         self.kl_metric = _LayerVariableMean(
             self._kl_total, self._kl_count, name=metric_name
@@ -462,8 +464,9 @@ class GaussianBottleneck(keras.layers.Layer):
     def build(self, input_shape):
         if input_shape[-1] is None:
             raise ValueError(
-                f"Invalid input to layer `{self.name}`: the last dimension "
-                f"must be known. Received: input_shape={input_shape}"
+                "Invalid value received for argument `inputs` of layer "
+                f"`{self.name}`: the last dimension must be known. "
+                f"Received: input_shape={input_shape}"
             )
         self.mean_head.build(input_shape)
         self.log_var_head.build(input_shape)

@@ -306,6 +306,11 @@ def test_bad_units(units, error):
         kv.GaussianBottleneck(units=units)
 
 
+def test_gaussian_bottleneck_needs_a_known_feature_dimension():
+    with pytest.raises(ValueError, match="argument `inputs`.*last dimension must be known"):
+        kv.GaussianBottleneck(units=2)(keras.Input((None,)))
+
+
 @pytest.mark.parametrize("symbolic", [False, True])
 def test_one_input_instead_of_two(symbolic):
     z_mean = keras.Input((3,)) if symbolic else MEAN
