@@ -66,6 +66,9 @@ def parse_args(description, default_k=None, argv=None):
                         "(0: skip it)")
     p.add_argument("--nll-examples", type=int, default=None,
                    help="score only the first N test images (default: all)")
+    p.add_argument("--nll-offset", type=int, default=0,
+                   help="skip the first N test images (to resume a sharded "
+                        "evaluation; the noise is the same as in one run)")
     p.add_argument("--nll-batch-size", type=int, default=100)
     p.add_argument("--nll-shard-size", type=int, default=None,
                    help="score the test images this many at a time, "
@@ -334,16 +337,20 @@ class _EpochCheckpoint(keras.callbacks.Callback):
 def _evaluate_nll(args, model, x_test, name, results):
     """Test NLL by importance sampling; shard by shard when asked, writing
     `--json` after each shard so that a run cut short keeps what it did."""
-    x_eval = x_test if args.nll_examples is None else x_test[: args.nll_examples]
+    offset = args.nll_offset
+    stop = None if args.nll_examples is None else offset + args.nll_examples
+    x_eval = x_test[offset:stop]
     shard = args.nll_shard_size or len(x_eval)
-    results.update(nll_samples=args.nll_samples, nll_seconds=0.0, log_px=[])
+    results.update(nll_samples=args.nll_samples, nll_seconds=0.0, log_px=[],
+                   nll_offset=offset)
     for first in range(0, len(x_eval), shard):
         start = time.time()
         # A distinct noise seed per shard (log_likelihood derives its noise
         # from (seed, batch index), and the batch index restarts per call).
         log_px = kv.models.log_likelihood(
             model, x_eval[first:first + shard], num_samples=args.nll_samples,
-            batch_size=args.nll_batch_size, seed=args.seed * 1_000_003 + first,
+            batch_size=args.nll_batch_size,
+            seed=args.seed * 1_000_003 + offset + first,
             verbose=0,
         )
         results["nll_seconds"] += time.time() - start
@@ -355,7 +362,8 @@ def _evaluate_nll(args, model, x_test, name, results):
             float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
         )
         paper = results["paper_nll"]
-        print(f"[{name}] test NLL (K={args.nll_samples}, {len(values)} images): "
+        print(f"[{name}] test NLL (K={args.nll_samples}, {len(values)} images"
+              + (f" from #{offset}" if offset else "") + "): "
               f"{results['test_nll']:.2f} +- {results['test_nll_stderr'] or 0:.2f} nats"
               + (f" (paper: {paper})" if paper else "")
               + f"  [{results['nll_seconds']:.1f} s]", flush=True)
