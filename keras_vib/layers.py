@@ -184,6 +184,24 @@ class Sampling(keras.layers.Layer):
         super().load_own_variables(store)
 
 
+def _replica_sum_variable(name):
+    """A float32 running sum that each data-parallel replica updates locally.
+
+    Like Keras's own metric variables (`synchronization="on_read"`,
+    `aggregation="sum"`): under `tf.distribute` every replica adds its shard
+    to its own copy, with no cross-replica sync inside the forward pass, and
+    reading the value outside the replicas (epoch logs) sums the copies. A
+    default variable would keep only the first replica's updates; a synced
+    (`on_write`) one would sync mid-forward-pass, which breaks the loss that
+    Keras collects per replica. Other backends ignore both settings. Setting
+    it as a layer attribute tracks it like `add_weight` does.
+    """
+    return keras.Variable(
+        initializer="zeros", shape=(), dtype="float32", trainable=False,
+        autocast=False, aggregation="sum", synchronization="on_read", name=name,
+    )
+
+
 class _LayerVariableMean(keras.metrics.Metric):
     """Reports `total / count` held in two non-trainable variables of a layer.
 
@@ -313,16 +331,8 @@ class VIB(Sampling):
             dtype="float32",
             name="kl_weight",
         )
-        # aggregation="sum": under tf.distribute each replica adds its own
-        # shard's KL; without it only the first replica's update is kept.
-        self._kl_total = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, autocast=False,
-            dtype="float32", name="kl_total", aggregation="sum",
-        )
-        self._kl_count = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, autocast=False,
-            dtype="float32", name="kl_count", aggregation="sum",
-        )
+        self._kl_total = _replica_sum_variable("kl_total")
+        self._kl_count = _replica_sum_variable("kl_count")
         self.kl_metric = _LayerVariableMean(
             self._kl_total, self._kl_count, name=metric_name
         )
