@@ -290,16 +290,25 @@ def test_adaptive_weight_never_negative():
     assert _weight(model) == 0.0
 
 
-def test_adaptive_per_epoch_follows_dual_ascent():
+def test_adaptive_per_epoch_follows_dual_ascent_and_resumes(tmp_path):
     model = _frozen_model()
     adaptive = kvc.AdaptiveKLWeight(
         target_kl=1.0, step_size=0.5, update_per="epoch", initial_weight=1.0
     )
     history = model.fit(*_data(), batch_size=BATCH, epochs=3, verbose=0, callbacks=[adaptive])
-    want, final = _dual_ascent(1.0, 3, target=1.0, step_size=0.5)
-    np.testing.assert_allclose(history.history["kl_weight"], want, rtol=1e-5)
-    np.testing.assert_allclose(history.history["loss"], 1 + KL * np.array(want), rtol=1e-5)
-    assert _weight(model) == pytest.approx(final, rel=1e-5)
+    want, final = _dual_ascent(1.0, 5, target=1.0, step_size=0.5)
+    np.testing.assert_allclose(history.history["kl_weight"], want[:3], rtol=1e-5)
+    np.testing.assert_allclose(history.history["loss"], 1 + KL * np.array(want[:3]), rtol=1e-5)
+    # The weight is saved with the model; a new callback continues from it.
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    adaptive = kvc.AdaptiveKLWeight(target_kl=1.0, step_size=0.5, update_per="epoch")
+    history = restored.fit(
+        *_data(), batch_size=BATCH, epochs=5, initial_epoch=3, verbose=0, callbacks=[adaptive]
+    )
+    np.testing.assert_allclose(history.history["kl_weight"], want[3:], rtol=1e-5)
+    assert _weight(restored) == pytest.approx(final, rel=1e-5)
 
 
 def test_adaptive_reaches_target_kl():
