@@ -7,6 +7,10 @@ from keras_vib.layers import Sampling
 from keras_vib.layers import VIB
 
 # section: models (keep each helper's imports inside its own section)
+from keras_vib import losses
+from keras_vib import models
+from keras_vib.models import IWAE
+from keras_vib.models import VAE
 # end section: models
 
 # section: kl-controls
