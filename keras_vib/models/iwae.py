@@ -2,6 +2,7 @@
 
 import keras
 from keras import ops
+from keras.src.losses.loss import scale_loss_for_distribution
 
 from keras_vib import losses as vib_losses
 from keras_vib import ops as vib_ops
@@ -96,7 +97,11 @@ class IWAE(LatentVariableModel):
             ops.stop_gradient(bound), sample_weight=sample_weight
         )
         self.kl_tracker.update_state(kl, sample_weight=sample_weight)
-        return loss
+        # Keras divides its compiled losses by the number of tf.distribute
+        # replicas (replica gradients are summed); a custom compute_loss must
+        # too, or MirroredStrategy doubles the loss and the update on 2
+        # replicas. A no-op on one device and on JAX/torch.
+        return scale_loss_for_distribution(loss)
 
     def get_config(self):
         config = super().get_config()
