@@ -8,7 +8,9 @@ are compared with full noise. TensorFlow's stateless RNG, which Keras calls
 with its default algorithm, draws different numbers for the same seed with
 and without XLA (on CPU, Philox without XLA and ThreeFry with it). There the
 log-variance heads start at -25, a posterior std of exp(-12.5) ~ 4e-6, so the
-two runs follow the same trajectory and any other difference shows.
+two runs follow the same trajectory and any other difference shows (except
+for the IWAE bound, which depends on the noise through log q(z|x) at any
+variance: on TensorFlow the compiled IWAE run is only checked to train).
 """
 
 import keras
@@ -101,6 +103,13 @@ def test_jit_compile_matches_uncompiled(case):
     xla_history, xla_weights = _fit(build, True, supervised)
     assert set(xla_history) == set(plain_history)
     assert "loss" in xla_history
+    if case == "iwae" and BACKEND == "tensorflow":
+        # The IWAE bound keeps the noise through log q(z|x) (the -eps**2/2
+        # term) whatever the posterior variance, and TensorFlow draws other
+        # noise under XLA: only check that the compiled run trains.
+        for values in xla_history.values():
+            assert np.all(np.isfinite(values))
+        return
     for key, values in plain_history.items():
         assert np.all(np.isfinite(xla_history[key])), key
         np.testing.assert_allclose(
