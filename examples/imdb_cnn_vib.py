@@ -274,8 +274,7 @@ def summarize(name, runs, epochs):
     for key, label in keys:
         curves = np.array([r[key] for r in runs], dtype="float64")
         row = {}
-        points = [("epoch 2", 1)] if epochs >= 2 else []
-        points.append((f"epoch {epochs}", epochs - 1))
+        points = [(f"epoch {e}", e - 1) for e in sorted({2, 5, epochs}) if e <= epochs]
         for point, i in points:
             row[point] = mean_std(curves[:, i])
         row["best epoch"] = mean_std(curves.max(axis=1))
@@ -296,6 +295,38 @@ def summarize(name, runs, epochs):
             line += f"  MC: {100 * m:.2f} ± {100 * s:.2f}"
         print(line)
     return summary
+
+
+def paired_differences(results):
+    """VIB minus baseline, seed by seed, for runs with the same data size.
+
+    With the same seed both models start from the same embedding and
+    convolution weights and see the batches in the same order, so the
+    per-seed difference removes much of the seed-to-seed spread.
+    """
+    by_size = {}
+    for res in results:
+        size = res["config"].get("train_size")
+        for name, runs in res["models"].items():
+            if "val_acc" in runs[0]:
+                key = name if name == "baseline" else f"vib {res['config']['kl_weight']:g}"
+                by_size.setdefault(size, {})[key] = {r["seed"]: r["val_acc"] for r in runs}
+    for size, models in by_size.items():
+        if "baseline" not in models:
+            continue
+        base = models["baseline"]
+        for key, vib in models.items():
+            seeds = sorted(set(vib) & set(base))
+            if key == "baseline" or len(seeds) < 2:
+                continue
+            v = 100 * np.array([vib[s] for s in seeds])
+            b = 100 * np.array([base[s] for s in seeds])
+            n = v.shape[1]
+            cells = [(f"epoch {e}", v[:, e - 1] - b[:, e - 1]) for e in sorted({2, 5, n}) if e <= n]
+            cells.append(("best epoch", v.max(1) - b.max(1)))
+            text = "  ".join(f"{k}: {d.mean():+.2f} ± {d.std(ddof=1):.2f}" for k, d in cells)
+            print(f"\n{key} minus baseline (train_size {size}), {len(seeds)} paired seeds, "
+                  f"points:\n  {text}")
 
 
 def plot(results, path):
@@ -362,6 +393,7 @@ def main(argv=None):
                 if "val_acc" in runs[0]:
                     summarize(f"{path}: {name} (kl_weight {cfg['kl_weight']:g}, "
                               f"train_size {cfg['train_size']})", runs, cfg["epochs"])
+        paired_differences(results)
         if args.figure:
             plot(results, args.figure)
         return

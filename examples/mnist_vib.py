@@ -223,9 +223,14 @@ def plot(results, path):
         label = name + ("" if res["config"]["baseline"] else
                         f" (β={res['config']['kl_weight']:g}, "
                         f"{res['config']['mc_samples']}-sample avg)")
-        ax.plot(np.arange(1, len(err) + 1), err, label=label)
+        label += f", seed {res['config']['seed']}"
+        style = "--" if res["config"]["baseline"] else "-"
+        color = "tab:orange" if res["config"]["baseline"] else "tab:blue"
+        ax.plot(np.arange(1, len(err) + 1), err, style, color=color,
+                alpha=1.0 if res["config"]["seed"] == 0 else 0.6, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation error (%)")
+    ax.set_ylim(0.9, 2.6)
     ax.set_title("Permutation-invariant MNIST, EMA weights")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
