@@ -127,7 +127,8 @@ def iwae_bound(
       `sum_i w~_i d log w_i`; the encoder gets `sum_i w~_i^2 d log w_i / dz_i
       dz_i`, with log q(z|x) evaluated at stopped variational parameters and
       `w~` the normalized weights. This has lower variance at large k. The
-      returned value is bit-for-bit the IWAE value for the same noise. It
+      returned value is the IWAE value for the same noise (bit-for-bit when run
+      eagerly; a compiler may round differently). It
       costs one extra forward pass of the decoder (without gradient), used
       to get the weights that scale each sample's gradient.
 
