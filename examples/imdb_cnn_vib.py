@@ -301,8 +301,8 @@ def paired_differences(results):
     """VIB minus baseline, seed by seed, for runs with the same data size.
 
     With the same seed both models start from the same embedding and
-    convolution weights and see the batches in the same order, so the
-    per-seed difference removes much of the seed-to-seed spread.
+    convolution weights, so the per-seed difference removes part of the
+    seed-to-seed spread.
     """
     by_size = {}
     for res in results:
