@@ -1,0 +1,180 @@
+"""Where the bottleneck's time goes: a model in which the bottleneck dominates.
+
+The IMDB CNN of `vib_overhead.py` spends almost all of its step in the
+convolution, so the bottleneck's own cost hides in the noise. Here the
+network around it is tiny (Dense(64) -> two Dense(128) heads -> bottleneck
+-> Dense(1), batch 32), so (a) keras_vib `VIB`, (b) the floor `z = z_mean`
+and (c) the bojone/vib port differ mostly by the bottleneck itself. Each
+program runs in its own process (interleaved rounds, CPU time per
+`train_on_batch` step). Then one process per backend runs `cProfile` (with
+CPU time as its clock) over the steps of (a) and (c) and reports the time
+spent inside the bottleneck layer's `call` (forward pass only; the backward
+pass runs in the backend's autograd and is not attributed to Python frames).
+
+Usage:
+
+    python benchmarks/profile_vib.py            # writes the `profiling` section
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+
+VARIANTS = {"a": "(a) keras_vib VIB", "b": "(b) floor", "c": "(c) bojone/vib port"}
+
+
+def _model(variant):
+    import keras
+
+    import vib_overhead
+
+    inputs = keras.Input((64,))
+    h = keras.layers.Dense(64)(inputs)
+    z_mean = keras.layers.Dense(128)(h)
+    z_log_var = keras.layers.Dense(128)(h)
+    if variant == "a":
+        import keras_vib
+
+        z = keras_vib.layers.VIB(kl_weight=0.1, seed=0)([z_mean, z_log_var])
+    elif variant == "b":
+        z = z_mean
+    else:
+        z = vib_overhead._bojone_vib_class()(0.1)([z_mean, z_log_var])
+    outputs = keras.layers.Dense(1, activation="sigmoid")(z)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    return model
+
+
+def setup(spec):
+    import cProfile
+    import pstats
+    import time
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 64)).astype("float32")
+    y = (rng.random((32, 1)) < 0.5).astype("float32")
+    if spec["task"] == "time":
+        model = _model(spec["variant"])
+
+        def run(steps):
+            for _ in range(steps):
+                model.train_on_batch(x, y)
+            np.asarray(model.trainable_variables[-1]).ravel()[0].item()
+
+        return run
+
+    models = {v: _model(v) for v in ("a", "c")}
+
+    def run(steps):
+        out = {}
+        for v, model in models.items():
+            for _ in range(3):
+                model.train_on_batch(x, y)
+            profiler = cProfile.Profile(time.process_time)
+            profiler.enable()
+            for _ in range(steps):
+                model.train_on_batch(x, y)
+            profiler.disable()
+            stats = pstats.Stats(profiler).stats
+            total = sum(t for (_, _, _, t, _) in stats.values())
+            layer_call = 0.0
+            calls = sum(nc for (_, nc, _, _, _) in stats.values())
+            for (filename, _, name), (_, _, _, cum, _) in stats.items():
+                if name == "call" and (
+                    filename.endswith(os.path.join("keras_vib", "layers.py"))
+                    or filename.endswith("vib_overhead.py")
+                ):
+                    layer_call = max(layer_call, cum)
+            out[v] = {
+                "total_ms": total / steps * 1e3,
+                "layer_call_ms": layer_call / steps * 1e3,
+                "calls": calls / steps,
+            }
+        return out
+
+    return run
+
+
+def main():
+    parser = _common.base_parser(__doc__.splitlines()[0], steps=40, repeats=7, warmup=10)
+    args = parser.parse_args()
+    if args.worker:
+        return _common.worker_main(setup)
+    script = os.path.abspath(__file__)
+    backends = _common.backends_arg(args.backends)
+    time_rows, prof_rows = [], []
+    for backend in backends:
+        env = {"KERAS_BACKEND": backend}
+        specs = [(f"{VARIANTS[v]} {backend}", {"task": "time", "variant": v}, env)
+                 for v in VARIANTS]
+        print(f"=== {backend}")
+        workers, _ = _common.start_workers(script, specs, threads=args.threads)
+        try:
+            t = _common.interleave(workers, args.steps, args.repeats, args.warmup)
+        finally:
+            for w in workers:
+                w.close()
+        label = {v: f"{VARIANTS[v]} {backend}" for v in VARIANTS}
+        cpu = {v: t.cpu[label[v]] for v in VARIANTS if label[v] in t.cpu}
+        if len(cpu) == 3:
+            time_rows.append([
+                backend,
+                *[_common.fmt_ms(cpu[v]) for v in VARIANTS],
+                _common.fmt_ms([a - c for a, c in zip(cpu["a"], cpu["c"])]),
+                _common.fmt_ratio(_common.paired_ratios(cpu["a"], cpu["c"])),
+            ])
+        if backend != "torch":
+            # TF and JAX run the layer's Python once, when tracing; the steps
+            # execute a compiled graph, so there is nothing to attribute.
+            continue
+        workers, _ = _common.start_workers(
+            script, [(f"cProfile {backend}", {"task": "profile"}, env)], threads=args.threads
+        )
+        try:
+            _, _, prof = workers[0].run(args.steps * 2)
+        finally:
+            for w in workers:
+                w.close()
+        for v in ("a", "c"):
+            p = prof[v]
+            prof_rows.append([backend, VARIANTS[v], f"{p['total_ms']:.2f}",
+                              f"{p['layer_call_ms']:.3f}", f"{p['calls']:.0f}"])
+
+    time_table = _common.markdown_table(
+        ["Keras backend", "(a) CPU ms/step", "(b) CPU ms/step", "(c) CPU ms/step",
+         "(a) − (c) ms", "(a)/(c)"], time_rows)
+    prof_table = _common.markdown_table(
+        ["Keras backend", "program", "profiled CPU ms/step",
+         "bottleneck `call` ms/step (forward)", "Python calls/step"], prof_rows)
+    print(time_table)
+    print(prof_table)
+    body = "\n\n".join([
+        "## Profiling the bottleneck\n\n"
+        "A model in which the bottleneck dominates the step: Dense(64), "
+        "two Dense(128) heads, the bottleneck, Dense(1); batch 32, Adam. "
+        f"CPU time per `train_on_batch` step, {args.repeats} interleaved "
+        f"rounds of {args.steps} steps after {args.warmup} warm-up steps, "
+        "one process per program, 1 intra-op thread:",
+        _common.machine_markdown(),
+        f"Command: `{_common.command_string()}`",
+        time_table,
+        "`cProfile` (CPU clock) over "
+        f"{args.steps * 2} steps of (a) and (c) in one torch process (eager, "
+        "so the layer's Python runs every step; TF and JAX run it once while "
+        "tracing). Profiling inflates Python-heavy code, so compare the two "
+        "rows with each other, not with the table above:\n\n" + prof_table,
+    ])
+    if not args.no_write:
+        _common.write_section(args.output, "profiling", body)
+        print(f"wrote section profiling of {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
