@@ -264,11 +264,8 @@ def test_saved_model_cli_lists_and_runs_endpoints(exported, tmp_path):
     outputs = list((tmp_path / "out").glob("*.npy"))
     assert len(outputs) == 1, outputs
     np.testing.assert_allclose(np.load(outputs[0]), ref["predict"], atol=TOL)
-    if "vae" in exported:
-        shown = _run(cli + ["show", "--all", "--dir", str(exported["vae"])],
-                     cwd=tmp_path)
-        for name in ("encode", "decode", "generate"):
-            assert f"signature_def['{name}']" in shown, shown
+    # The VAE's signatures are listed by the TensorFlow-only loader
+    # (`vae_signatures`): one CLI start fewer on a shared CPU.
 
 
 @needs_export_backend
