@@ -51,6 +51,11 @@ class Likelihood(keras.layers.Layer):
     the data axes.
     """
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # No shape-dependent state: built from the start (also for summary()).
+        self.built = True
+
     def log_prob(self, x, outputs):
         """log p(x | outputs) per example (and per sample), in nats, float32.
 
