@@ -13,7 +13,7 @@ pass runs in the backend's autograd and is not attributed to Python frames).
 
 Usage:
 
-    python benchmarks/profile_vib.py            # writes the `profiling` section
+    python benchmarks/profile_vib.py    # writes the `profiling-bottleneck` section
 """
 
 import os
@@ -155,7 +155,7 @@ def main():
     print(time_table)
     print(prof_table)
     body = "\n\n".join([
-        "## Profiling the bottleneck\n\n"
+        "### The bottleneck layer\n\n"
         "A model in which the bottleneck dominates the step: Dense(64), "
         "two Dense(128) heads, the bottleneck, Dense(1); batch 32, Adam. "
         f"CPU time per `train_on_batch` step, {args.repeats} interleaved "
@@ -171,8 +171,8 @@ def main():
         "rows with each other, not with the table above:\n\n" + prof_table,
     ])
     if not args.no_write:
-        _common.write_section(args.output, "profiling", body)
-        print(f"wrote section profiling of {args.output}")
+        _common.write_section(args.output, "profiling-bottleneck", body)
+        print(f"wrote section profiling-bottleneck of {args.output}")
     return 0
 
 
