@@ -79,6 +79,11 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true",
                    help="tiny synthetic data, one epoch: checks the script runs")
     args = p.parse_args(argv)
+    if args.val_split < 1:
+        p.error("--val-split must be >= 1: the script reports validation accuracy "
+                "every epoch and never tunes on the test set")
+    if args.epochs < 1 or args.mc_samples < 1:
+        p.error("--epochs and --mc-samples must be >= 1")
     if args.baseline:
         args.model = "baseline"
     if "," in args.seeds:
