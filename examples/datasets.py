@@ -281,8 +281,10 @@ def binarize(x, rng):
 class DynamicBinarization:
     """Iterable of freshly binarized batches, one new draw each epoch.
 
-    Usable as `model.fit(DynamicBinarization(x, batch_size=100, seed=0))`
-    via `keras.utils.PyDataset` semantics (see `as_pydataset`).
+    Index it for `(batch, batch)` pairs (input and target, as an autoencoder
+    needs), call `on_epoch_end()` to redraw, or pass
+    `DynamicBinarization(x, batch_size=100, seed=0).as_pydataset()` to
+    `model.fit`, which redraws after every epoch.
 
     Args:
         x: float array in [0, 1], shape `(n, ...)`.
