@@ -1,6 +1,5 @@
 """`log_likelihood` on VAE/IWAE against the exact linear-Gaussian log p(x)."""
 
-import math
 
 import numpy as np
 import pytest
