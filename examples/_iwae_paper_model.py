@@ -39,7 +39,7 @@ from datasets import DynamicBinarization, binarize, load_mnist  # noqa: E402
 TEST_BINARIZATION_SEED = 12345
 #: Burda et al. (2015), Table 1, one stochastic layer, test NLL in nats.
 PAPER_NLL = {"vae": 86.76, "iwae5": 85.54, "iwae50": 84.78}
-#: Activity threshold on Cov_x(E_q[z_u | x]) (Burda et al. 2015, section 5.2).
+#: Activity threshold on Cov_x(E_q[z_u | x]) (Burda et al. 2015).
 ACTIVE_UNIT_THRESHOLD = 1e-2
 
 
