@@ -82,7 +82,7 @@ def setup(spec):
                 model.train_on_batch(x, y)
             profiler.disable()
             stats = pstats.Stats(profiler).stats
-            total = sum(t for (_, _, _, t, _) in stats.values())
+            total = sum(own for (_, _, own, _, _) in stats.values())
             layer_call = 0.0
             calls = sum(nc for (_, nc, _, _, _) in stats.values())
             for (filename, _, name), (_, _, _, cum, _) in stats.items():
