@@ -12,7 +12,6 @@ from keras_vib._validation import check_non_negative_float
 from keras_vib._validation import check_optional_int
 from keras_vib._validation import check_positive_int
 
-_FREE_BITS_MODES = ("total", "per_dim")
 # Largest finite values of the half-precision dtypes (see `Sampling._sample`).
 _HALF_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38}
 _SEED_STATE_KEY = "seed_generator_state"
@@ -313,7 +312,7 @@ class VIB(Sampling):
         self._initial_kl_weight = check_non_negative_float("kl_weight", kl_weight)
         self.free_bits = check_non_negative_float("free_bits", free_bits)
         self.free_bits_mode = check_choice(
-            "free_bits_mode", free_bits_mode, _FREE_BITS_MODES
+            "free_bits_mode", free_bits_mode, vib_ops.FREE_BITS_MODES
         )
         if not isinstance(metric_name, str) or not metric_name:
             raise TypeError(
@@ -349,12 +348,9 @@ class VIB(Sampling):
         Returns:
             A float32 scalar.
         """
-        batch_mean_per_dim = _batch_mean(per_dim_kl, weights)
-        if self.free_bits == 0.0:
-            return ops.sum(batch_mean_per_dim)
-        if self.free_bits_mode == "per_dim":
-            return ops.sum(ops.relu(batch_mean_per_dim - self.free_bits))
-        return ops.relu(ops.sum(batch_mean_per_dim) - self.free_bits)
+        return vib_ops.free_bits_penalty(
+            _batch_mean(per_dim_kl, weights), self.free_bits, self.free_bits_mode
+        )
 
     def call(self, inputs, training=None, mask=None):
         z_mean, z_log_var = self._check_inputs(inputs)

@@ -228,3 +228,37 @@ def reparameterize(mean, log_var, seed=None, num_samples=None):
         shape = (num_samples,) + tuple(shape)
     eps = keras.random.normal(shape, dtype=mean.dtype, seed=seed)
     return mean + ops.exp(0.5 * log_var) * eps
+
+
+#: The modes of `free_bits_penalty`.
+FREE_BITS_MODES = ("total", "per_dim")
+
+
+def free_bits_penalty(batch_mean_per_dim_kl, free_bits=0.0, mode="total"):
+    """The KL term before its weight, thresholded by `free_bits` nats.
+
+    `sum_d KL_d` when `free_bits == 0`; `max(sum_d KL_d - free_bits, 0)` for
+    `mode="total"`; `sum_d max(KL_d - free_bits, 0)` for `mode="per_dim"`
+    (Kingma et al. 2016), where `KL_d` is the batch-mean KL of latent
+    dimension d. Below the threshold the term and its gradient are zero.
+    Shared by `keras_vib.layers.VIB` and `keras_vib.models.VAE`.
+
+    Args:
+        batch_mean_per_dim_kl: float32 tensor `(latent_dim,)`.
+        free_bits: float >= 0, the threshold in nats.
+        mode: `"total"` or `"per_dim"`.
+
+    Returns:
+        A float32 scalar.
+
+    Example:
+
+    >>> kl = keras.ops.convert_to_tensor([0.5, 2.0])
+    >>> float(free_bits_penalty(kl, free_bits=1.0, mode="per_dim"))  # 2.0 - 1.0
+    1.0
+    """
+    if free_bits == 0.0:
+        return ops.sum(batch_mean_per_dim_kl)
+    if mode == "per_dim":
+        return ops.sum(ops.relu(batch_mean_per_dim_kl - free_bits))
+    return ops.relu(ops.sum(batch_mean_per_dim_kl) - free_bits)

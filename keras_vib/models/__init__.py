@@ -7,4 +7,3 @@ from keras_vib.models.likelihoods import Gaussian
 from keras_vib.models.likelihoods import Likelihood
 from keras_vib.models.log_likelihood import log_likelihood
 from keras_vib.models.vae import VAE
-from keras_vib.models.vae import free_bits_penalty

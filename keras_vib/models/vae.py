@@ -8,31 +8,6 @@ from keras_vib import ops as vib_ops
 from keras_vib._validation import check_choice, check_non_negative_float
 from keras_vib.models._base import LatentVariableModel, weighted_mean
 
-FREE_BITS_MODES = ("total", "per_dim")
-
-
-def free_bits_penalty(batch_mean_per_dim_kl, free_bits=0.0, mode="total"):
-    """The KL term before `kl_weight`, thresholded by `free_bits` nats.
-
-    The same rule as `keras_vib.layers.VIB.kl_penalty`: `sum_d KL_d` when
-    `free_bits == 0`; `max(sum_d KL_d - free_bits, 0)` for `mode="total"`;
-    `sum_d max(KL_d - free_bits, 0)` for `mode="per_dim"`, where `KL_d` is the
-    batch-mean KL of latent dimension d.
-
-    Args:
-        batch_mean_per_dim_kl: float32 tensor `(latent_dim,)`.
-        free_bits: float >= 0, the threshold in nats.
-        mode: `"total"` or `"per_dim"`.
-
-    Returns:
-        A float32 scalar.
-    """
-    if free_bits == 0.0:
-        return ops.sum(batch_mean_per_dim_kl)
-    if mode == "per_dim":
-        return ops.sum(ops.relu(batch_mean_per_dim_kl - free_bits))
-    return ops.relu(ops.sum(batch_mean_per_dim_kl) - free_bits)
-
 
 @keras.saving.register_keras_serializable(package="keras_vib")
 class VAE(LatentVariableModel):
@@ -52,7 +27,7 @@ class VAE(LatentVariableModel):
     `kl_weight` is a non-trainable float32 variable (`model.kl_weight`),
     saved with the model; `keras_vib.callbacks` schedules assign it during
     training. With `free_bits > 0` the KL term becomes thresholded exactly as
-    in `keras_vib.layers.VIB` (see `free_bits_penalty`).
+    in `keras_vib.layers.VIB` (see `keras_vib.ops.free_bits_penalty`).
 
     `predict(x)` and `model(x)` return reconstructions: the mean of p(x|z) at
     z = z_mean (probabilities for `"bernoulli"`). In training mode `call`
@@ -112,7 +87,7 @@ class VAE(LatentVariableModel):
     ):
         initial_kl_weight = check_non_negative_float("kl_weight", kl_weight)
         free_bits = check_non_negative_float("free_bits", free_bits)
-        check_choice("free_bits_mode", free_bits_mode, FREE_BITS_MODES)
+        check_choice("free_bits_mode", free_bits_mode, vib_ops.FREE_BITS_MODES)
         super().__init__(encoder, decoder, likelihood=likelihood, seed=seed, **kwargs)
         self.free_bits = free_bits
         self.free_bits_mode = free_bits_mode
@@ -146,7 +121,7 @@ class VAE(LatentVariableModel):
         per_dim_kl = vib_ops.gaussian_kl(z_mean, z_log_var, axis=None)
         per_dim_kl = ops.reshape(per_dim_kl, (ops.shape(per_dim_kl)[0], -1))
         kl = ops.sum(per_dim_kl, axis=-1)
-        penalty = free_bits_penalty(
+        penalty = vib_ops.free_bits_penalty(
             weighted_mean(per_dim_kl, sample_weight),
             self.free_bits,
             self.free_bits_mode,
