@@ -5,6 +5,7 @@ import keras
 from keras import ops
 
 from keras_vib import ops as vib_ops
+from keras_vib._seed_state import SeedStateSavingMixin
 from keras_vib._validation import check_bool
 from keras_vib._validation import check_choice
 from keras_vib._validation import check_float_tensor
@@ -14,7 +15,6 @@ from keras_vib._validation import check_positive_int
 
 # Largest finite values of the half-precision dtypes (see `Sampling._sample`).
 _HALF_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38}
-_SEED_STATE_KEY = "seed_generator_state"
 
 
 def _shape_tuple(shape):
@@ -51,7 +51,7 @@ def _batch_mean(per_dim, weights=None):
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
-class Sampling(keras.layers.Layer):
+class Sampling(SeedStateSavingMixin, keras.layers.Layer):
     """Reparameterized sample from a diagonal Gaussian.
 
     Takes `[z_mean, z_log_var]`. While training it returns
@@ -166,21 +166,6 @@ class Sampling(keras.layers.Layer):
             {"seed": self.seed, "sample_at_inference": self.sample_at_inference}
         )
         return config
-
-    # Keras does not write `SeedGenerator` state to `.keras` files. Store it
-    # with the layer's variables so that training resumed from a file draws
-    # the same noise as an uninterrupted run. Files without it still load.
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        store[_SEED_STATE_KEY] = self.seed_generator.state
-
-    def load_own_variables(self, store):
-        keys = list(store.keys())
-        if _SEED_STATE_KEY in keys:
-            state = self.seed_generator.state
-            state.assign(ops.cast(store[_SEED_STATE_KEY], state.dtype))
-            store = {key: store[key] for key in keys if key != _SEED_STATE_KEY}
-        super().load_own_variables(store)
 
 
 def _replica_sum_variable(name):

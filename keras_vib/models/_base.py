@@ -6,9 +6,9 @@ import keras
 from keras import ops
 
 from keras_vib import ops as vib_ops
+from keras_vib._seed_state import SeedStateSavingMixin
 from keras_vib.models import likelihoods
 
-_SEED_STATE_KEY = "seed_generator_state"
 
 
 def _static_shape(tensor):
@@ -75,7 +75,7 @@ class _Slot:
     value = None
 
 
-class LatentVariableModel(keras.Model):
+class LatentVariableModel(SeedStateSavingMixin, keras.Model):
     """Base class of `VAE` and `IWAE`: x -> q(z|x) -> z -> p(x|z).
 
     Subclasses implement `compute_loss`. See `VAE` for the arguments.
@@ -308,22 +308,6 @@ class LatentVariableModel(keras.Model):
         for key in ("encoder", "decoder", "likelihood"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
-
-    # Keras does not write `SeedGenerator` state to `.keras` files. Store it
-    # with the model's own variables so that training resumed from a file
-    # draws the same noise as an uninterrupted run (as `Sampling` does).
-    # Files without it still load.
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        store[_SEED_STATE_KEY] = self.seed_generator.state
-
-    def load_own_variables(self, store):
-        keys = list(store.keys())
-        if _SEED_STATE_KEY in keys:
-            state = self.seed_generator.state
-            state.assign(ops.cast(store[_SEED_STATE_KEY], state.dtype))
-            store = {key: store[key] for key in keys if key != _SEED_STATE_KEY}
-        super().load_own_variables(store)
 
 
 def weighted_mean(values, sample_weight=None):
