@@ -398,3 +398,25 @@ def rss_peak_mb():
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def iwae_paper_networks(data_dim=784, hidden=200, latent=50):
+    """The IWAE paper's one-stochastic-layer MLPs (784-200-200-50, tanh).
+
+    Returns:
+        `(encoder, decoder)`: x -> (z_mean, z_log_var) and z -> Bernoulli
+        logits, as functional `keras.Model`s (shared by iwae_scaling.py and
+        loglik.py).
+    """
+    import keras
+
+    layers = keras.layers
+    x = keras.Input((data_dim,))
+    h = layers.Dense(hidden, activation="tanh")(x)
+    h = layers.Dense(hidden, activation="tanh")(h)
+    encoder = keras.Model(x, [layers.Dense(latent)(h), layers.Dense(latent)(h)])
+    z = keras.Input((latent,))
+    h = layers.Dense(hidden, activation="tanh")(z)
+    h = layers.Dense(hidden, activation="tanh")(h)
+    decoder = keras.Model(z, layers.Dense(data_dim)(h))
+    return encoder, decoder

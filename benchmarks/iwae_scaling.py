@@ -44,19 +44,9 @@ def _batches(count):
 
 
 def _keras_iwae(k):
-    import keras
-
     from keras_vib.models import IWAE
 
-    layers = keras.layers
-    x = keras.Input((DATA_DIM,))
-    h = layers.Dense(HIDDEN, activation="tanh")(x)
-    h = layers.Dense(HIDDEN, activation="tanh")(h)
-    encoder = keras.Model(x, [layers.Dense(LATENT)(h), layers.Dense(LATENT)(h)])
-    z = keras.Input((LATENT,))
-    h = layers.Dense(HIDDEN, activation="tanh")(z)
-    h = layers.Dense(HIDDEN, activation="tanh")(h)
-    decoder = keras.Model(z, layers.Dense(DATA_DIM)(h))
+    encoder, decoder = _common.iwae_paper_networks(DATA_DIM, HIDDEN, LATENT)
     return IWAE(encoder, decoder, num_samples=k, seed=0)
 
 
