@@ -23,7 +23,6 @@ import os
 import time
 
 import keras
-import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
