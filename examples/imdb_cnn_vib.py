@@ -126,7 +126,7 @@ def build_model(args, vib, seed):
     if vib:
         z_mean = keras.layers.Dense(128, name="z_mean")(x)
         z_log_var = keras.layers.Dense(128, name="z_log_var")(x)
-        z = kv.VIB(kl_weight=args.kl_weight, seed=seed, name="vib")(
+        z = kv.layers.VIB(kl_weight=args.kl_weight, seed=seed, name="vib")(
             [z_mean, z_log_var]
         )
         outputs = decoder(z)

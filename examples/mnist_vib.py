@@ -97,7 +97,7 @@ def build_model(args, steps_per_epoch):
     else:
         z_mean = keras.layers.Dense(args.latent_dim, name="z_mean")(h)
         z_log_var = keras.layers.Dense(args.latent_dim, name="z_log_var")(h)
-        z = kv.VIB(kl_weight=args.kl_weight, seed=args.seed, name="vib")(
+        z = kv.layers.VIB(kl_weight=args.kl_weight, seed=args.seed, name="vib")(
             [z_mean, z_log_var]
         )
         outputs = decoder(z)

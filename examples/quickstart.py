@@ -6,7 +6,7 @@ images, shipped with scikit-learn, so nothing is downloaded):
     64 pixels -> Dense(128, relu) -> 2-D code -> Dense(10, softmax)
 
 - deterministic: the 2-D code is `Dense(2)`;
-- VIB: two `Dense(2)` heads give `z_mean` and `z_log_var`, and `keras_vib.VIB`
+- VIB: two `Dense(2)` heads give `z_mean` and `z_log_var`, and `keras_vib.layers.VIB`
   samples `z` while training and adds `kl_weight * KL(q(z|x) || N(0, I))` to
   the loss. At inference it returns `z_mean`.
 
@@ -50,7 +50,7 @@ def build(vib, kl_weight, seed):
     if vib:
         z_mean = keras.layers.Dense(2, name="z_mean")(h)
         z_log_var = keras.layers.Dense(2, name="z_log_var")(h)
-        z = kv.VIB(kl_weight=kl_weight, seed=seed, name="vib")([z_mean, z_log_var])
+        z = kv.layers.VIB(kl_weight=kl_weight, seed=seed, name="vib")([z_mean, z_log_var])
         code = z_mean
     else:
         z = code = keras.layers.Dense(2, name="code")(h)

@@ -1,25 +1,48 @@
-"""keras_vib: variational bottlenecks for Keras 3, on TensorFlow, JAX and PyTorch."""
+"""keras_vib: variational bottlenecks for Keras 3, on TensorFlow, JAX and
+PyTorch.
 
+One public path per symbol:
+
+- `keras_vib.layers`: `Sampling`, `VIB`, `GaussianBottleneck`,
+  `find_bottlenecks`.
+- `keras_vib.models`: `VAE`, `IWAE`, `log_likelihood`.
+- `keras_vib.likelihoods`: `Bernoulli`, `Gaussian`, `CallableLikelihood`,
+  `Likelihood`, `get`.
+- `keras_vib.losses`: `iwae_bound`, `iwae_log_weights`.
+- `keras_vib.ops`: Gaussian and Bernoulli densities, KL, sampling.
+- `keras_vib.schedules`: `LinearWarmup`, `CyclicalAnnealing`.
+- `keras_vib.callbacks`: `KLWeightScheduler`, `AdaptiveKLWeight`.
+- `keras_vib.prediction`: `predict_mc`.
+- `keras_vib.export`: `classifier`, `vae` (TensorFlow SavedModels).
+"""
+
+from keras_vib import _deprecation
+from keras_vib import callbacks
+from keras_vib import export
 from keras_vib import layers
-from keras_vib import ops
-from keras_vib.layers import GaussianBottleneck
-from keras_vib.layers import Sampling
-from keras_vib.layers import VIB
-
-# section: models (keep each helper's imports inside its own section)
+from keras_vib import likelihoods
 from keras_vib import losses
 from keras_vib import models
-from keras_vib.models import IWAE
-from keras_vib.models import VAE
-# end section: models
+from keras_vib import ops
+from keras_vib import prediction
+from keras_vib import schedules
 
-# section: kl-controls
-from keras_vib import callbacks
-from keras_vib.prediction import predict_mc
-# end section: kl-controls
+__version__ = "0.2.0.dev0"
 
-# section: export
-from keras_vib import export
-# end section: export
-
-__version__ = "0.1.0"
+__getattr__ = _deprecation.module_getattr(
+    __name__,
+    {
+        "Sampling": ("keras_vib.layers.Sampling", lambda: layers.Sampling),
+        "VIB": ("keras_vib.layers.VIB", lambda: layers.VIB),
+        "GaussianBottleneck": (
+            "keras_vib.layers.GaussianBottleneck",
+            lambda: layers.GaussianBottleneck,
+        ),
+        "VAE": ("keras_vib.models.VAE", lambda: models.VAE),
+        "IWAE": ("keras_vib.models.IWAE", lambda: models.IWAE),
+        "predict_mc": (
+            "keras_vib.prediction.predict_mc",
+            lambda: prediction.predict_mc,
+        ),
+    },
+)

@@ -47,13 +47,98 @@ def check_positive_int(name, value):
     return int(value)
 
 
-def check_optional_int(name, value):
-    """Return `value` as an int or `None`, or raise (used for seeds)."""
+def check_int(name, value, minimum=0):
+    """Return `value` as an int, or raise if it is not an int >= `minimum`."""
+    if not _is_int(value):
+        raise _wrong_type(name, f"an int >= {minimum}", value)
+    if value < minimum:
+        raise _invalid(name, f"an int >= {minimum}", value)
+    return int(value)
+
+
+def check_optional_positive_int(name, value):
+    """Return `value` as an int >= 1 or `None`, or raise."""
+    return None if value is None else check_positive_int(name, value)
+
+
+def check_seed(name, value):
+    """Return a seed: an int or `None` (the one meaning of `seed=`)."""
     if value is None:
         return None
     if not _is_int(value):
         raise _wrong_type(name, "an int or None", value)
     return int(value)
+
+
+def check_finite_float(name, value):
+    """Return `value` as a float, or raise if it is not a finite float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _wrong_type(name, "a finite float", value)
+    value = float(value)
+    if not math.isfinite(value):
+        raise _invalid(name, "a finite float", value)
+    return value
+
+
+def check_positive_float(name, value):
+    """Return `value` as a float, or raise if it is not a finite float > 0."""
+    value = check_non_negative_float(name, value)
+    if value == 0.0:
+        raise _invalid(name, "a finite float > 0", value)
+    return value
+
+
+def check_log_name(name, value, allow_none=True):
+    """Return a log key (a non-empty str, or `None` if allowed), or raise."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, str) or not value:
+        expected = "a non-empty str or None" if allow_none else "a non-empty str"
+        raise _wrong_type(name, expected, value)
+    return value
+
+
+def check_verbose(value):
+    """Return `verbose` (0, 1 or 2), or raise."""
+    if not _is_int(value) or value not in (0, 1, 2):
+        raise _invalid("verbose", "0, 1 or 2", value)
+    return int(value)
+
+
+def check_num_examples(name, array):
+    """Raise unless `array` holds at least one example; return the count."""
+    shape = getattr(array, "shape", None)
+    if shape is None or len(shape) == 0:
+        raise _invalid(name, "an array (n, ...) with n >= 1", array)
+    if shape[0] == 0:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected at "
+            f"least one example. Received: {name}.shape={tuple(shape)}"
+        )
+    return int(shape[0])
+
+
+def check_broadcastable(names, tensors):
+    """Raise a `ValueError` naming the arguments if static shapes clash.
+
+    Only dimensions known on both sides are compared (broadcasting rules:
+    equal, or one of them 1).
+    """
+    shapes = [tuple(getattr(t, "shape", ())) for t in tensors]
+    rank = max(len(s) for s in shapes)
+    padded = [(1,) * (rank - len(s)) + s for s in shapes]
+    for axis in range(rank):
+        sizes = {d for d in (s[axis] for s in padded) if d is not None}
+        sizes.discard(1)
+        if len(sizes) > 1:
+            received = ", ".join(
+                f"{n}.shape={s}" for n, s in zip(names, shapes)
+            )
+            raise ValueError(
+                "Invalid shapes received for arguments "
+                f"{', '.join(f'`{n}`' for n in names)}. Expected shapes that "
+                f"broadcast together. Received: {received}"
+            )
 
 
 def check_bool(name, value):

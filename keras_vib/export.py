@@ -6,11 +6,12 @@ with the JAX backend (through `jax2tf`). The PyTorch backend cannot write a
 SavedModel without `torch_xla`; save a `.keras` file there, load it with
 `KERAS_BACKEND=tensorflow` and export from that process.
 
-- `export_classifier` writes a deterministic `serve` endpoint (every
-  `Sampling`/`VIB` layer returns its mean) and, optionally, a Monte Carlo
-  endpoint `serve_mc(x, seed)`.
-- `export_vae` writes `encode`, `decode` and `generate(n, seed)` endpoints for
-  `keras_vib.models.VAE` / `IWAE` (or any model with `encode` and `decode`).
+- `keras_vib.export.classifier` writes a deterministic `serve` endpoint
+  (every `Sampling`/`VIB` layer returns its mean) and, optionally, a Monte
+  Carlo endpoint `serve_mc(x, seed)`.
+- `keras_vib.export.vae` writes `encode`, `decode` and `generate(n, seed)`
+  endpoints for `keras_vib.models.VAE` / `IWAE` (or any model with `encode`
+  and `decode`).
 
 A reloaded artifact needs TensorFlow only, not Keras nor keras_vib:
 
@@ -22,20 +23,13 @@ draws = served.serve_mc(x, tf.constant(7))     # (num_samples, batch, ...)
 ```
 """
 
-import contextlib
-
 import keras
-from keras import ops
 
-from keras_vib._validation import check_positive_int
-from keras_vib.layers import Sampling
+from keras_vib import _deprecation
+from keras_vib import _monte_carlo
+from keras_vib._validation import check_optional_positive_int
 
 SUPPORTED_BACKENDS = ("tensorflow", "jax")
-
-# Offsets between the noise streams of successive `Sampling` layers in
-# `_monte_carlo_call`: a layer advances its stream by 1 per draw, so streams
-# this far apart never meet.
-_STREAM_STRIDE = 1 << 20
 
 
 def _check_backend():
@@ -63,127 +57,6 @@ def _check_model(model):
         )
 
 
-def _sampling_layers(model):
-    # `_flatten_layers` is Keras's own recursive walk; `model.layers` would
-    # miss bottlenecks nested in other layers (e.g. `GaussianBottleneck`).
-    return [
-        layer
-        for layer in model._flatten_layers(include_self=True, recursive=True)
-        if isinstance(layer, Sampling)
-    ]
-
-
-@contextlib.contextmanager
-def _sample_at_inference(model, enabled):
-    """Temporarily set `sample_at_inference` on every `Sampling` layer.
-
-    Export traces the endpoint functions inside this context, so the choice
-    is baked into the graph and the model itself is left as it was.
-    """
-    layers = _sampling_layers(model)
-    previous = [layer.sample_at_inference for layer in layers]
-    for layer in layers:
-        layer.sample_at_inference = enabled
-    try:
-        yield layers
-    finally:
-        for layer, value in zip(layers, previous):
-            layer.sample_at_inference = value
-
-
-def _stateless_call(model, fn, seed_states=()):
-    """Run `fn()` with the model's variables read-only.
-
-    Serving must not change state: `VIB` accumulates its KL metric in
-    variables and `Sampling` advances its seed. Inside a `keras.StatelessScope`
-    those assignments are discarded. Every variable is mapped to its current
-    value (not only the overridden seeds) so that, under the JAX exporter's
-    own stateless scope, weights stay variables instead of becoming constants.
-    """
-    overrides = {id(variable): value for variable, value in seed_states}
-    mapping = [
-        (variable, overrides.get(id(variable), variable.value))
-        for variable in model.variables
-    ]
-    with keras.StatelessScope(state_mapping=mapping):
-        return fn()
-
-
-def _tile_batch(x, num_samples):
-    return ops.tile(x, (num_samples,) + (1,) * (len(x.shape) - 1))
-
-
-def _untile_batch(y, num_samples):
-    return ops.reshape(y, (num_samples, -1) + tuple(ops.shape(y)[1:]))
-
-
-def _deterministic_call(model, x):
-    """The computation of the exported `serve` endpoint.
-
-    Runs `model(x, training=False)` with every `Sampling` layer (and so every
-    `VIB` and `GaussianBottleneck`) returning its mean, whatever its
-    `sample_at_inference` setting, and without updating any variable.
-
-    Args:
-        model: a built `keras.Model`.
-        x: the model's input (a tensor or the structure the model takes).
-
-    Returns:
-        The model's output.
-    """
-    with _sample_at_inference(model, False):
-        return _stateless_call(model, lambda: model(x, training=False))
-
-
-def _monte_carlo_call(model, x, num_samples, seed):
-    """The computation of the exported `serve_mc` endpoint.
-
-    Runs the model `num_samples` times on `x` with every `Sampling` layer
-    sampling (`training=False` otherwise, so dropout and batch normalization
-    stay in inference mode), in a single batched call on `x` tiled
-    `num_samples` times. The noise depends only on `seed`, not on the layers'
-    seed state, which is left untouched, so the same `(x, seed)` always gives
-    the same draws.
-
-    Args:
-        model: a built single-input `keras.Model`.
-        x: input batch `(batch, ...)`.
-        num_samples: int >= 1, the number of Monte Carlo draws.
-        seed: int or int32 scalar tensor.
-
-    Returns:
-        The draws, each output with a new leading axis:
-        `(num_samples, batch, ...)`. Average over axis 0 for the Monte Carlo
-        prediction.
-
-    Example:
-
-    >>> draws = _monte_carlo_call(model, x, num_samples=12, seed=0)
-    >>> probs = keras.ops.mean(draws, axis=0)
-    """
-    num_samples = check_positive_int("num_samples", num_samples)
-    with _sample_at_inference(model, True) as layers:
-        seed_states = []
-        for index, layer in enumerate(layers):
-            state = layer.seed_generator.state
-            stream = ops.stack(
-                [
-                    ops.cast(seed, "int32"),
-                    ops.convert_to_tensor(index * _STREAM_STRIDE, "int32"),
-                ]
-            )
-            seed_states.append((state, ops.cast(stream, state.dtype)))
-        tiled = keras.tree.map_structure(
-            lambda t: _tile_batch(t, num_samples), x
-        )
-        outputs = _stateless_call(
-            model, lambda: model(tiled, training=False), seed_states
-        )
-    return keras.tree.map_structure(
-        lambda y: _untile_batch(y, num_samples), outputs
-    )
-
-
 def _input_spec(model, input_signature, name="x"):
     """A `tf.TensorSpec` with a free batch size for the model's one input."""
     import tensorflow as tf
@@ -206,7 +79,7 @@ def _input_spec(model, input_signature, name="x"):
     )
 
 
-def export_classifier(
+def classifier(
     model,
     filepath,
     num_samples=None,
@@ -217,14 +90,15 @@ def export_classifier(
 
     Endpoints (also signatures, for TF Serving and `saved_model_cli`):
 
-    - `serve(x)`: the deterministic prediction, with every bottleneck
-      returning its mean (see `_deterministic_call`). It is also the
+    - `serve(x)`: the deterministic prediction, `model(x, training=False)`
+      with every bottleneck returning its mean. It is also the
       `serving_default` signature. Calls change no state: repeated calls give
       identical outputs.
     - `serve_mc(x, seed)`, only if `num_samples` is given: `num_samples`
       Monte Carlo draws stacked on a new leading axis,
       `(num_samples, batch, ...)`, with noise determined by the int32 scalar
-      `seed` (see `_monte_carlo_call`).
+      `seed`: the same computation as `keras_vib.prediction.predict_mc`
+      (average over the first axis for its mean).
 
     Args:
         model: a built, single-input `keras.Model`.
@@ -239,13 +113,18 @@ def export_classifier(
 
     Example:
 
-    >>> export_classifier(model, "/tmp/vib_classifier", num_samples=12)
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     kv.layers.GaussianBottleneck(units=2, seed=0),
+    ...     keras.layers.Dense(3, activation="softmax"),
+    ... ])
+    >>> path = tempfile.mkdtemp()
+    >>> kv.export.classifier(model, path, num_samples=12)  # doctest: +SKIP
     ['serve', 'serve_mc']
     """
     _check_backend()
     _check_model(model)
-    if num_samples is not None:
-        num_samples = check_positive_int("num_samples", num_samples)
+    num_samples = check_optional_positive_int("num_samples", num_samples)
     import tensorflow as tf
 
     x_spec = _input_spec(model, input_signature)
@@ -253,7 +132,7 @@ def export_classifier(
     archive.track(model)
     archive.add_endpoint(
         "serve",
-        lambda x: _deterministic_call(model, x),
+        lambda x: _monte_carlo.deterministic_call(model, x),
         input_signature=[x_spec],
     )
     endpoints = ["serve"]
@@ -261,7 +140,9 @@ def export_classifier(
         endpoints.append("serve_mc")
         archive.add_endpoint(
             "serve_mc",
-            lambda x, seed: _monte_carlo_call(model, x, num_samples, seed),
+            lambda x, seed: _monte_carlo.monte_carlo_call(
+                model, x, num_samples, seed
+            ),
             input_signature=[x_spec, tf.TensorSpec((), "int32", name="seed")],
         )
     archive.write_out(str(filepath), verbose=verbose)
@@ -283,13 +164,14 @@ def _latent_shape(model):
     return tuple(shape)
 
 
-def export_vae(model, filepath, input_signature=None, verbose=False):
+def vae(model, filepath, input_signature=None, verbose=False):
     """Export a `VAE` or `IWAE` as a TensorFlow SavedModel.
 
     Endpoints (also signatures, for TF Serving and `saved_model_cli`):
 
-    - `encode(x)`: `{"mean": z_mean, "log_var": z_log_var}` of q(z|x), as
-      `model.encode(x)`. Also the `serving_default` signature.
+    - `encode(x)`: `{"z_mean": ..., "z_log_var": ...}` of q(z|x), as
+      `model.encode(x)`. Also the `serving_default` signature. (keras_vib
+      0.1 named the outputs `mean` and `log_var`.)
     - `decode(z)`: `model.decode(z)`, the mean of p(x|z).
     - `generate(n, seed)`: `n` (int32 scalar) draws decoded from the prior,
       `decode(z)` with `z = tf.random.stateless_normal((n,) + latent_shape,
@@ -314,7 +196,12 @@ def export_vae(model, filepath, input_signature=None, verbose=False):
 
     Example:
 
-    >>> export_vae(vae, "/tmp/vae")
+    >>> x_in = keras.Input((6,))
+    >>> encoder = keras.Model(
+    ...     x_in, [keras.layers.Dense(2)(x_in), keras.layers.Dense(2)(x_in)])
+    >>> decoder = keras.Sequential([keras.Input((2,)), keras.layers.Dense(6)])
+    >>> model = kv.models.VAE(encoder, decoder)
+    >>> kv.export.vae(model, tempfile.mkdtemp())  # doctest: +SKIP
     ['encode', 'decode', 'generate']
     """
     _check_backend()
@@ -334,13 +221,15 @@ def export_vae(model, filepath, input_signature=None, verbose=False):
     z_spec = tf.TensorSpec((None,) + latent_shape, "float32", name="z")
 
     def encode(x):
-        with _sample_at_inference(model, False):
-            z_mean, z_log_var = _stateless_call(model, lambda: model.encode(x))
-        return {"mean": z_mean, "log_var": z_log_var}
+        with _monte_carlo.sample_at_inference(model, False):
+            z_mean, z_log_var = _monte_carlo.stateless_call(
+                model, lambda: model.encode(x)
+            )
+        return {"z_mean": z_mean, "z_log_var": z_log_var}
 
     def decode(z):
-        with _sample_at_inference(model, False):
-            return _stateless_call(model, lambda: model.decode(z))
+        with _monte_carlo.sample_at_inference(model, False):
+            return _monte_carlo.stateless_call(model, lambda: model.decode(z))
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -366,3 +255,23 @@ def export_vae(model, filepath, input_signature=None, verbose=False):
     endpoints = ["encode", "decode", "generate"]
     archive.write_out(str(filepath), verbose=verbose)
     return endpoints
+
+
+def _export_classifier(*args, **kwargs):
+    return classifier(*args, **kwargs)
+
+
+def _export_vae(*args, **kwargs):
+    return vae(*args, **kwargs)
+
+
+__getattr__ = _deprecation.module_getattr(
+    __name__,
+    {
+        "export_classifier": (
+            "keras_vib.export.classifier",
+            lambda: _export_classifier,
+        ),
+        "export_vae": ("keras_vib.export.vae", lambda: _export_vae),
+    },
+)

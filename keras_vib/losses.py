@@ -13,17 +13,12 @@ import math
 import keras
 from keras import ops
 
+from keras_vib import likelihoods
 from keras_vib import ops as vib_ops
-from keras_vib._validation import check_choice, check_positive_int
+from keras_vib._validation import check_choice
+from keras_vib._validation import check_positive_int
 
 GRADIENT_ESTIMATORS = ("iwae", "dreg")
-
-
-def _likelihood(likelihood):
-    # Imported here: keras_vib.models imports this module.
-    from keras_vib.models import likelihoods
-
-    return likelihoods.get(likelihood)
 
 
 def _call_decoder(decoder, z, training):
@@ -57,7 +52,7 @@ def iwae_log_weights(
             `(n,) + latent_shape` to `(n,) + data_shape` (logits or means).
         noise: standard normal draws, `(k, batch) + latent_shape`.
         likelihood: `"bernoulli"`, `"gaussian"`, a
-            `keras_vib.models.Likelihood` or a callable (see `VAE`).
+            `keras_vib.likelihoods.Likelihood` or a callable (see `VAE`).
         stop_posterior_gradient: evaluate log q(z|x) with the variational
             parameters behind `stop_gradient` (z itself keeps its
             gradient), as DReG requires.
@@ -69,7 +64,7 @@ def iwae_log_weights(
     Returns:
         float32 tensor `(k, batch)`.
     """
-    likelihood = _likelihood(likelihood)
+    likelihood = likelihoods.get(likelihood)
     x, z_mean, z_log_var, noise = (
         ops.convert_to_tensor(t) for t in (x, z_mean, z_log_var, noise)
     )
@@ -142,7 +137,7 @@ def iwae_bound(
             logits (`"bernoulli"`) or means (`"gaussian"`).
         num_samples: int >= 1, k.
         likelihood: `"bernoulli"`, `"gaussian"`, a
-            `keras_vib.models.Likelihood` or a callable `fn(x, outputs)`.
+            `keras_vib.likelihoods.Likelihood` or a callable `fn(x, outputs)`.
         gradient_estimator: `"iwae"` or `"dreg"`.
         seed: a `keras.random.SeedGenerator`, an int or `None`: how the
             noise is drawn. Inside a jitted train step on JAX pass a

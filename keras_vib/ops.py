@@ -12,14 +12,20 @@ Reductions, stated once for the whole module:
 - `log_mean_exp` reduces the sample axis it is given.
 """
 
+import functools
 import math
 
 import keras
 from keras import ops
 
+from keras_vib import _deprecation
+from keras_vib._validation import check_broadcastable
+from keras_vib._validation import check_optional_positive_int
+
 #: `log_var` is clamped to this range before `exp`. exp(20) ~ 4.9e8 and
-#: exp(-30) ~ 9.4e-14 are far from float32's limits, so the KL, the sample and
-#: their gradients stay finite; outside the range the gradient is zero.
+#: exp(-30) ~ 9.4e-14 are far from float32's limits, so for finite inputs
+#: with |mean| < 1.8e19 the KL, the sample and their gradients stay finite;
+#: outside the range the gradient with respect to `log_var` is zero.
 LOG_VAR_MIN = -30.0
 LOG_VAR_MAX = 20.0
 
@@ -28,6 +34,23 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 def _float32(x):
     return ops.cast(x, "float32")
+
+
+def _renamed_arguments(**renamed):
+    """Accept the 0.1 keyword names (`old=new`) with a deprecation warning."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for old, new in renamed.items():
+                if old in kwargs:
+                    _deprecation.warn(f"{fn.__name__}({old}=)", f"{new}=")
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def clip_log_var(log_var, min_value=LOG_VAR_MIN, max_value=LOG_VAR_MAX):
@@ -54,29 +77,36 @@ def _exp_minus_one_minus(r):
     return ops.relu(ops.expm1(r) - r)
 
 
+@_renamed_arguments(mean="z_mean", log_var="z_log_var")
 def gaussian_kl(
-    mean,
-    log_var,
+    z_mean,
+    z_log_var,
     prior_mean=None,
     prior_log_var=None,
     axis=-1,
 ):
-    """KL(N(mean, exp(log_var)) || prior) for diagonal Gaussians, in nats.
+    """KL(N(z_mean, exp(z_log_var)) || prior) for diagonal Gaussians, in nats.
 
     With no prior given the prior is N(0, I) and
 
-    `KL = 0.5 * sum(mean**2 + exp(log_var) - log_var - 1)`.
+    `KL = 0.5 * sum(z_mean**2 + exp(z_log_var) - z_log_var - 1)`.
 
     With a diagonal Gaussian prior N(m, exp(v)):
 
-    `KL = 0.5 * sum(v - log_var + (exp(log_var) + (mean - m)**2) / exp(v) - 1)`.
+    `KL = 0.5 * sum(v - z_log_var + (exp(z_log_var) + (z_mean - m)**2)
+    / exp(v) - 1)`.
+
+    The result is finite for finite inputs with `|z_mean| < 1.8e19` (its
+    square must fit in float32); beyond that it is `inf`, and a NaN input
+    gives NaN (no check is made, to keep the op cheap).
 
     Args:
-        mean: tensor, posterior means.
-        log_var: tensor of the same shape, posterior log-variances. Clamped
-            to `[LOG_VAR_MIN, LOG_VAR_MAX]`.
-        prior_mean: optional tensor broadcastable to `mean`.
-        prior_log_var: optional tensor broadcastable to `mean` (clamped too).
+        z_mean: tensor, posterior means.
+        z_log_var: tensor of the same shape, posterior log-variances.
+            Clamped to `[LOG_VAR_MIN, LOG_VAR_MAX]`.
+        prior_mean: optional tensor broadcastable to `z_mean`.
+        prior_log_var: optional tensor broadcastable to `z_mean` (clamped
+            too).
         axis: axis or tuple of axes to sum over (the latent dimensions).
             `None` returns the per-dimension KL without summing.
 
@@ -86,12 +116,18 @@ def gaussian_kl(
 
     Example:
 
-    >>> kl = gaussian_kl(keras.ops.zeros((4, 8)), keras.ops.zeros((4, 8)))
+    >>> kl = kv.ops.gaussian_kl(keras.ops.zeros((4, 8)), keras.ops.ones((4, 8)))
     >>> kl.shape
     (4,)
+    >>> round(float(kl[0]), 4)  # 8 * 0.5 * (e - 1 - 1)
+    2.8731
     """
-    mean = _float32(mean)
-    log_var = clip_log_var(_float32(log_var))
+    check_broadcastable(
+        ("z_mean", "z_log_var", "prior_mean", "prior_log_var"),
+        (z_mean, z_log_var, prior_mean, prior_log_var),
+    )
+    mean = _float32(z_mean)
+    log_var = clip_log_var(_float32(z_log_var))
     if prior_mean is None and prior_log_var is None:
         per_dim = 0.5 * (ops.square(mean) + _exp_minus_one_minus(log_var))
         return _sum(per_dim, axis)
@@ -121,9 +157,11 @@ def gaussian_log_prob(x, mean, log_var, axis=-1):
     Example:
 
     >>> x = keras.ops.zeros((2, 3))
-    >>> gaussian_log_prob(x, x, x)  # 3 * -0.5 * log(2 pi) per row
-    [-2.7568, -2.7568]
+    >>> log_p = kv.ops.gaussian_log_prob(x, x, x)  # 3 * -0.5 * log(2 pi)
+    >>> keras.ops.convert_to_numpy(log_p).round(4)
+    array([-2.7568, -2.7568], dtype=float32)
     """
+    check_broadcastable(("x", "mean", "log_var"), (x, mean, log_var))
     x = _float32(x)
     mean = _float32(mean)
     log_var = clip_log_var(_float32(log_var))
@@ -134,28 +172,34 @@ def gaussian_log_prob(x, mean, log_var, axis=-1):
 
 
 def standard_normal_log_prob(x, axis=-1):
-    """log N(x; 0, I), in nats, summed over `axis`. Returns float32."""
+    """log N(x; 0, I), in nats, summed over `axis`.
+
+    Args:
+        x: tensor of values.
+        axis: axis or tuple of axes to sum over; `None` keeps every axis.
+
+    Returns:
+        A float32 tensor of log-densities.
+
+    Example:
+
+    >>> float(kv.ops.standard_normal_log_prob(keras.ops.zeros((1,)), axis=0))
+    -0.9189385175704956
+    """
     x = _float32(x)
     return _sum(-0.5 * (_LOG_2PI + ops.square(x)), axis)
-
-
-def _softplus(x):
-    # On JAX, `ops.softplus` (jax.nn.softplus, a logaddexp) costs ~5x this
-    # equivalent stable form on CPU, which XLA fuses into one loop; it showed
-    # as ~40% of `log_likelihood` (benchmarks/loglik.py). Written with
-    # 0.5 * (x + |x|) rather than max(x, 0) so the gradient at 0 is 0.5.
-    # Eager torch and TF keep their own fused kernel, faster there.
-    if keras.backend.backend() == "jax":
-        return 0.5 * (x + ops.abs(x)) + ops.log1p(ops.exp(-ops.abs(x)))
-    return ops.softplus(x)
 
 
 def bernoulli_log_prob(x, logits, axis=-1):
     """log Bernoulli(x; sigmoid(logits)), in nats, summed over `axis`.
 
-    Written as `x * logits - softplus(logits)`, which is exact for any `x` in
-    [0, 1] (also non-binary "continuous Bernoulli-like" targets) and finite
-    for any finite logits.
+    Computed as `x * l - max(l, 0) - log1p(exp(-|l|))` (the form of
+    `keras.losses.binary_crossentropy(from_logits=True)`), which is accurate
+    to float32 round-off in both tails for binary `x` (e.g. `x = 1` with a
+    large positive logit, where `x * l - softplus(l)` cancels), works for
+    any `x` in [0, 1] (also non-binary targets), and is finite for any
+    finite logits. `max(l, 0)` is written `(l + |l|) / 2` so that the
+    gradient at `l = 0` is the true `x - 1/2`.
 
     Args:
         x: tensor of targets in [0, 1].
@@ -168,12 +212,20 @@ def bernoulli_log_prob(x, logits, axis=-1):
     Example:
 
     >>> x = keras.ops.ones((2, 4))
-    >>> bernoulli_log_prob(x, keras.ops.zeros((2, 4)))  # 4 * log(1/2)
-    [-2.7726, -2.7726]
+    >>> log_p = kv.ops.bernoulli_log_prob(x, keras.ops.zeros((2, 4)))
+    >>> keras.ops.convert_to_numpy(log_p).round(4)  # 4 * log(1/2)
+    array([-2.7726, -2.7726], dtype=float32)
     """
+    check_broadcastable(("x", "logits"), (x, logits))
     x = _float32(x)
     logits = _float32(logits)
-    return _sum(x * logits - _softplus(logits), axis)
+    magnitude = ops.abs(logits)
+    log_p = (
+        x * logits
+        - 0.5 * (logits + magnitude)
+        - ops.log1p(ops.exp(-magnitude))
+    )
+    return _sum(log_p, axis)
 
 
 def log_mean_exp(x, axis=0, keepdims=False):
@@ -185,44 +237,52 @@ def log_mean_exp(x, axis=0, keepdims=False):
         keepdims: keep the reduced axis with size 1.
 
     Returns:
-        A tensor with `axis` reduced.
+        A float32 tensor with `axis` reduced (float32 like every density in
+        this module, also for half-precision inputs).
 
     Example:
 
     >>> log_w = keras.ops.log(keras.ops.convert_to_tensor([[1.0], [3.0]]))
-    >>> log_mean_exp(log_w, axis=0)  # log((1 + 3) / 2)
-    [0.6931]
+    >>> float(kv.ops.log_mean_exp(log_w, axis=0)[0])  # log((1 + 3) / 2)
+    0.6931471824645996
     """
+    x = _float32(x)
     n = ops.shape(x)[axis]
     return ops.logsumexp(x, axis=axis, keepdims=keepdims) - ops.log(
-        ops.cast(n, x.dtype)
+        ops.cast(n, "float32")
     )
 
 
-def reparameterize(mean, log_var, seed=None, num_samples=None):
-    """Draw `z = mean + exp(log_var / 2) * eps` with `eps ~ N(0, I)`.
+@_renamed_arguments(mean="z_mean", log_var="z_log_var")
+def reparameterize(z_mean, z_log_var, seed=None, num_samples=None):
+    """Draw `z = z_mean + exp(z_log_var / 2) * eps` with `eps ~ N(0, I)`.
 
     Args:
-        mean: tensor of means.
-        log_var: tensor of log-variances, the same shape (clamped).
-        seed: a `keras.random.SeedGenerator`, an int or `None`. Pass the
-            layer's `SeedGenerator` for reproducible, stateful sampling.
+        z_mean: tensor of means.
+        z_log_var: tensor of log-variances, the same shape (clamped).
+        seed: what `keras.random` functions take: a
+            `keras.random.SeedGenerator` (stateful: pass a layer's generator
+            for reproducible sampling that advances on each call), an int
+            (the same int gives the same draws) or `None`.
         num_samples: `None` for one sample of the shape of `mean`, or an int
             k for k samples stacked on a new leading axis: `(k,) + shape`.
 
     Returns:
-        The sample(s), in the dtype of `mean`.
+        The sample(s), in the dtype of `z_mean`.
 
     Example:
 
     >>> rng = keras.random.SeedGenerator(0)
-    >>> z = reparameterize(keras.ops.zeros((4, 2)), keras.ops.zeros((4, 2)),
-    ...                    seed=rng, num_samples=10)
+    >>> z = kv.ops.reparameterize(
+    ...     keras.ops.zeros((4, 2)), keras.ops.zeros((4, 2)), seed=rng,
+    ...     num_samples=10)
     >>> z.shape
     (10, 4, 2)
     """
-    mean = ops.convert_to_tensor(mean)
-    log_var = clip_log_var(ops.cast(log_var, mean.dtype))
+    num_samples = check_optional_positive_int("num_samples", num_samples)
+    check_broadcastable(("z_mean", "z_log_var"), (z_mean, z_log_var))
+    mean = ops.convert_to_tensor(z_mean)
+    log_var = clip_log_var(ops.cast(z_log_var, mean.dtype))
     shape = ops.shape(mean)
     if num_samples is not None:
         shape = (num_samples,) + tuple(shape)
@@ -254,7 +314,7 @@ def free_bits_penalty(batch_mean_per_dim_kl, free_bits=0.0, mode="total"):
     Example:
 
     >>> kl = keras.ops.convert_to_tensor([0.5, 2.0])
-    >>> float(free_bits_penalty(kl, free_bits=1.0, mode="per_dim"))  # 2.0 - 1.0
+    >>> float(kv.ops.free_bits_penalty(kl, free_bits=1.0, mode="per_dim"))
     1.0
     """
     if free_bits == 0.0:

@@ -87,7 +87,7 @@ def make_vib_model(features=8, latent=4, classes=2, kl_weight=0.1, seed=0):
     h = keras.layers.Dense(16, activation="tanh")(inputs)
     z_mean = keras.layers.Dense(latent)(h)
     z_log_var = keras.layers.Dense(latent)(h)
-    z = kv.VIB(kl_weight=kl_weight, seed=seed, name="vib")([z_mean, z_log_var])
+    z = kv.layers.VIB(kl_weight=kl_weight, seed=seed, name="vib")([z_mean, z_log_var])
     outputs = keras.layers.Dense(classes, activation="softmax")(z)
     model = keras.Model(inputs, outputs)
     return model, keras.Model(inputs, [z_mean, z_log_var])

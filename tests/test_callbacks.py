@@ -24,7 +24,7 @@ def _frozen_model(kl_weight=0.0):
     model = keras.Sequential(
         [
             keras.Input((1,)),
-            kv.GaussianBottleneck(
+            kv.layers.GaussianBottleneck(
                 2, kl_weight=kl_weight, seed=0, kernel_initializer="ones", name="bn"
             ),
             keras.layers.Dense(1, kernel_initializer="zeros"),  # outputs 0
@@ -41,8 +41,8 @@ def _data():
 
 def _two_bottleneck_model():
     inputs = keras.Input((3,))
-    z = kv.GaussianBottleneck(2, kl_weight=0.05, metric_name="kl_a", name="a")(inputs)
-    z = kv.GaussianBottleneck(2, kl_weight=0.05, metric_name="kl_b", name="b")(z)
+    z = kv.layers.GaussianBottleneck(2, kl_weight=0.05, log_name="kl_a", name="a")(inputs)
+    z = kv.layers.GaussianBottleneck(2, kl_weight=0.05, log_name="kl_b", name="b")(z)
     model = keras.Model(inputs, keras.layers.Dense(1)(z))
     model.compile("sgd", "mse")
     return model
@@ -67,17 +67,17 @@ def _weight(model, name="bn"):
 
 
 def test_linear_warmup_values():
-    assert [kvc.linear_warmup(4)(t) for t in range(6)] == [0, 0.25, 0.5, 0.75, 1, 1]
-    schedule = kvc.linear_warmup(2, initial=0.1, final=0.5, delay=3)
+    assert [kv.schedules.LinearWarmup(4)(t) for t in range(6)] == [0, 0.25, 0.5, 0.75, 1, 1]
+    schedule = kv.schedules.LinearWarmup(2, initial=0.1, final=0.5, delay=3)
     np.testing.assert_allclose(
         [schedule(t) for t in range(7)], [0.1, 0.1, 0.1, 0.1, 0.3, 0.5, 0.5]
     )
 
 
 def test_cyclical_values():
-    schedule = kvc.cyclical(period=4, ratio=0.5)
+    schedule = kv.schedules.CyclicalAnnealing(period=4, ratio=0.5)
     assert [schedule(t) for t in range(9)] == [0, 0.5, 1, 1, 0, 0.5, 1, 1, 0]
-    schedule = kvc.cyclical(period=5, ratio=1.0, final=2.0, num_cycles=2)
+    schedule = kv.schedules.CyclicalAnnealing(period=5, ratio=1.0, final=2.0, num_cycles=2)
     np.testing.assert_allclose(
         [schedule(t) for t in range(12)],
         [0, 0.4, 0.8, 1.2, 1.6, 0, 0.4, 0.8, 1.2, 1.6, 2.0, 2.0],
@@ -85,7 +85,7 @@ def test_cyclical_values():
 
 
 @pytest.mark.parametrize(
-    "schedule", [kvc.linear_warmup(3, 0.2, 0.4, delay=1), kvc.cyclical(6, 0.25, num_cycles=3)]
+    "schedule", [kv.schedules.LinearWarmup(3, 0.2, 0.4, delay=1), kv.schedules.CyclicalAnnealing(6, 0.25, num_cycles=3)]
 )
 def test_schedules_serialize(schedule):
     restored = keras.saving.deserialize_keras_object(
@@ -99,13 +99,13 @@ def test_schedules_serialize(schedule):
 @pytest.mark.parametrize(
     "make, error, match",
     [
-        (lambda: kvc.linear_warmup(0), ValueError, "warmup"),
-        (lambda: kvc.linear_warmup(2, delay=-1), ValueError, "delay"),
-        (lambda: kvc.linear_warmup(2, final=float("inf")), ValueError, "final"),
-        (lambda: kvc.cyclical(0), ValueError, "period"),
-        (lambda: kvc.cyclical(4, ratio=0.0), ValueError, "ratio"),
-        (lambda: kvc.cyclical(4, ratio=1.5), ValueError, "ratio"),
-        (lambda: kvc.cyclical(4, num_cycles=0), ValueError, "num_cycles"),
+        (lambda: kv.schedules.LinearWarmup(0), ValueError, "warmup"),
+        (lambda: kv.schedules.LinearWarmup(2, delay=-1), ValueError, "delay"),
+        (lambda: kv.schedules.LinearWarmup(2, final=float("inf")), ValueError, "final"),
+        (lambda: kv.schedules.CyclicalAnnealing(0), ValueError, "period"),
+        (lambda: kv.schedules.CyclicalAnnealing(4, ratio=0.0), ValueError, "ratio"),
+        (lambda: kv.schedules.CyclicalAnnealing(4, ratio=1.5), ValueError, "ratio"),
+        (lambda: kv.schedules.CyclicalAnnealing(4, num_cycles=0), ValueError, "num_cycles"),
     ],
 )
 def test_schedule_bad_arguments(make, error, match):
@@ -118,7 +118,7 @@ def test_schedule_bad_arguments(make, error, match):
 
 def test_scheduler_per_epoch():
     model = _frozen_model()
-    scheduler = kvc.KLWeightScheduler(kvc.linear_warmup(3, final=0.3))
+    scheduler = kvc.KLWeightScheduler(kv.schedules.LinearWarmup(3, final=0.3))
     history = model.fit(*_data(), batch_size=BATCH, epochs=4, verbose=0, callbacks=[scheduler])
     weights = [0.0, 0.1, 0.2, 0.3]
     np.testing.assert_allclose(history.history["kl_weight"], weights, rtol=1e-6)
@@ -151,7 +151,7 @@ def test_scheduler_per_batch_with_any_callable():
 
 def test_scheduler_resumes_after_reload_per_epoch(tmp_path):
     model = _frozen_model()
-    scheduler = kvc.KLWeightScheduler(kvc.linear_warmup(4, final=0.4))
+    scheduler = kvc.KLWeightScheduler(kv.schedules.LinearWarmup(4, final=0.4))
     model.fit(*_data(), batch_size=BATCH, epochs=2, verbose=0, callbacks=[scheduler])
     path = str(tmp_path / "model.keras")
     model.save(path)
@@ -170,7 +170,7 @@ def test_scheduler_resumes_after_reload_per_epoch(tmp_path):
 
 def test_scheduler_resumes_after_reload_per_batch(tmp_path):
     model = _frozen_model()
-    scheduler = kvc.KLWeightScheduler(kvc.linear_warmup(8, final=0.8), update_per="batch")
+    scheduler = kvc.KLWeightScheduler(kv.schedules.LinearWarmup(8, final=0.8), update_per="batch")
     model.fit(*_data(), batch_size=BATCH, epochs=1, verbose=0, callbacks=[scheduler])
     path = str(tmp_path / "model.keras")
     model.save(path)
@@ -209,7 +209,7 @@ def test_scheduler_model_without_bottleneck():
     with pytest.raises(ValueError, match="no KL bottleneck"):
         model.fit(
             np.ones((4, 3)), np.zeros((4, 1)), epochs=1, verbose=0,
-            callbacks=[kvc.KLWeightScheduler(kvc.linear_warmup(2))],
+            callbacks=[kvc.KLWeightScheduler(kv.schedules.LinearWarmup(2))],
         )
 
 
@@ -232,14 +232,14 @@ def test_scheduler_bad_schedule_value():
     ],
 )
 def test_scheduler_bad_arguments(kwargs, error, match):
-    kwargs = {"schedule": kvc.linear_warmup(2), **kwargs}
+    kwargs = {"schedule": kv.schedules.LinearWarmup(2), **kwargs}
     with pytest.raises(error, match=match):
         kvc.KLWeightScheduler(**kwargs)
 
 
 def test_scheduler_config_round_trip():
     scheduler = kvc.KLWeightScheduler(
-        kvc.cyclical(10, 0.5), layer_names=["bn"], update_per="batch", log_name="beta"
+        kv.schedules.CyclicalAnnealing(10, 0.5), layer_names=["bn"], update_per="batch", log_name="beta"
     )
     restored = keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(scheduler)
@@ -261,7 +261,9 @@ def _dual_ascent(w, steps, target, step_size):
 
 def test_adaptive_per_batch_follows_dual_ascent():
     model = _frozen_model()
-    adaptive = kvc.AdaptiveKLWeight(target_kl=1.0, step_size=0.5, initial_weight=1.0)
+    adaptive = kvc.AdaptiveKLWeight(
+        target_kl=1.0, step_size=0.5, update_per="batch", initial_weight=1.0
+    )
     batch_logs = _BatchLogs()
     history = model.fit(
         *_data(), batch_size=BATCH, epochs=2, verbose=0, callbacks=[adaptive, batch_logs]
@@ -281,7 +283,9 @@ def test_adaptive_per_batch_follows_dual_ascent():
 def test_adaptive_weight_never_negative():
     model = _frozen_model()
     # KL < target: the weight falls and is clipped at exactly 0.
-    adaptive = kvc.AdaptiveKLWeight(target_kl=5.0, step_size=0.5, initial_weight=2.0)
+    adaptive = kvc.AdaptiveKLWeight(
+        target_kl=5.0, step_size=0.5, update_per="batch", initial_weight=2.0
+    )
     batch_logs = _BatchLogs()
     model.fit(*_data(), batch_size=BATCH, epochs=2, verbose=0, callbacks=[adaptive, batch_logs])
     want, _ = _dual_ascent(2.0, 8, target=5.0, step_size=0.5)
@@ -315,10 +319,10 @@ def test_adaptive_reaches_target_kl():
     # y = x through a 1-d bottleneck: the KL falls as the weight grows, and
     # dual ascent must find the weight whose KL is the target.
     x = np.random.default_rng(0).normal(size=(256, 1)).astype("float32")
-    model = keras.Sequential([keras.Input((1,)), kv.GaussianBottleneck(1, kl_weight=0.0, seed=0)])
+    model = keras.Sequential([keras.Input((1,)), kv.layers.GaussianBottleneck(1, kl_weight=0.0, seed=0)])
     model.compile(keras.optimizers.SGD(learning_rate=0.5), "mse")
     target = 1.0
-    adaptive = kvc.AdaptiveKLWeight(target_kl=target, step_size=0.5)
+    adaptive = kvc.AdaptiveKLWeight(target_kl=target, step_size=0.5, update_per="batch")
     batch_logs = _BatchLogs()
     # 48 steps in all.
     history = model.fit(x, x, batch_size=64, epochs=12, verbose=0, callbacks=[adaptive, batch_logs])
@@ -354,7 +358,7 @@ def test_adaptive_several_bottlenecks_log_each_weight():
     ],
 )
 def test_adaptive_arguments(kwargs, error, match):
-    kwargs = {"target_kl": 1.0, "step_size": 0.1, **kwargs}
+    kwargs = {"target_kl": 1.0, "step_size": 0.1, "update_per": "batch", **kwargs}
     if error is None:
         adaptive = kvc.AdaptiveKLWeight(**kwargs)
         assert adaptive.layer_names == ["bn"]
@@ -367,7 +371,7 @@ def test_adaptive_arguments(kwargs, error, match):
 
 def test_adaptive_unknown_layer_name_is_a_clear_error():
     model = _frozen_model()
-    adaptive = kvc.AdaptiveKLWeight(1.0, 0.1, layer_names=["encoder"])
+    adaptive = kvc.AdaptiveKLWeight(1.0, 0.1, "batch", layer_names=["encoder"])
     with pytest.raises(ValueError, match=r"layer_names.*'bn'.*encoder"):
         model.fit(*_data(), batch_size=BATCH, epochs=1, verbose=0, callbacks=[adaptive])
 
@@ -399,15 +403,23 @@ def _frozen_vae():
 def test_callbacks_drive_a_vae():
     model, kl, reconstruction = _frozen_vae()
     x = np.ones((N, 2), "float32")
-    scheduler = kvc.KLWeightScheduler(kvc.linear_warmup(2, final=0.2))
+    scheduler = kvc.KLWeightScheduler(kv.schedules.LinearWarmup(2, final=0.2))
     history = model.fit(x, batch_size=BATCH, epochs=2, verbose=0, callbacks=[scheduler])
     np.testing.assert_allclose(history.history["kl_weight"], [0.0, 0.1], rtol=1e-6)
     np.testing.assert_allclose(
         history.history["loss"], reconstruction + kl * np.array([0.0, 0.1]), rtol=1e-5
     )
     # Per-batch dual ascent reads the VAE's own KL tracker.
-    adaptive = kvc.AdaptiveKLWeight(target_kl=1.0, step_size=0.1, initial_weight=0.5)
+    adaptive = kvc.AdaptiveKLWeight(
+        target_kl=1.0, step_size=0.1, update_per="batch", initial_weight=0.5
+    )
     batch_logs = _BatchLogs()
     model.fit(x, batch_size=BATCH, epochs=1, verbose=0, callbacks=[adaptive, batch_logs])
     want = [0.5 + 0.1 * (kl - 1.0) * i for i in range(4)]
     np.testing.assert_allclose(batch_logs.values, want, rtol=1e-5)
+
+
+def test_adaptive_without_update_per_warns_of_the_new_default():
+    with pytest.warns(DeprecationWarning, match="update_per"):
+        adaptive = kvc.AdaptiveKLWeight(target_kl=1.0, step_size=0.1)
+    assert adaptive.update_per == "epoch"

@@ -51,7 +51,7 @@ _SCRIPT = textwrap.dedent(
     def vib():
         inputs = keras.Input((8,))
         h = keras.layers.Dense(16, activation="tanh")(inputs)
-        z = kv.VIB(kl_weight=0.5, seed=1)([keras.layers.Dense(4)(h), log_var_head(4)(h)])
+        z = kv.layers.VIB(kl_weight=0.5, seed=1)([keras.layers.Dense(4)(h), log_var_head(4)(h)])
         return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(z))
 
     def autoencoder(cls, **kwargs):

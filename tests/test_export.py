@@ -64,8 +64,8 @@ _LOADER = textwrap.dedent(
     if len(sys.argv) > 3:
         vae = tf.saved_model.load(sys.argv[3])
         enc = vae.encode(tf.constant(ref["vae_x"]))
-        out["encode_mean"] = err(enc["mean"], ref["vae_mean"])
-        out["encode_log_var"] = err(enc["log_var"], ref["vae_log_var"])
+        out["encode_mean"] = err(enc["z_mean"], ref["vae_mean"])
+        out["encode_log_var"] = err(enc["z_log_var"], ref["vae_log_var"])
         out["decode"] = err(vae.decode(tf.constant(ref["vae_z"])), ref["vae_decode"])
         gen = vae.generate(tf.constant(%(gen_n)d), tf.constant(%(seed_a)d)).numpy()
         out["generate_shape"] = list(gen.shape)
@@ -114,7 +114,7 @@ def _saved_model_cli():
 def _classifier(sample_at_inference=False):
     inputs = keras.Input((FEATURES,))
     h = keras.layers.Dense(16, activation="tanh")(inputs)
-    z = kv.GaussianBottleneck(
+    z = kv.layers.GaussianBottleneck(
         LATENT, kl_weight=0.1, seed=3, sample_at_inference=sample_at_inference,
         name="bottleneck",
     )(h)
@@ -155,7 +155,7 @@ def exported(tmp_path_factory):
     # A model set up for Monte Carlo prediction must still serve the mean.
     model.get_layer("bottleneck").vib.sample_at_inference = True
     ref["mc"] = _np(kv_export._monte_carlo_call(model, x, MC_SAMPLES, SEED_A))
-    endpoints = kv_export.export_classifier(
+    endpoints = kv_export.classifier(
         model, root / "classifier", num_samples=MC_SAMPLES
     )
     assert model.get_layer("bottleneck").vib.sample_at_inference is True
@@ -173,9 +173,9 @@ def exported(tmp_path_factory):
         vae_z=z, vae_decode=_np(vae.decode(z)),
     )
     if BACKEND == "tensorflow":
-        # Same RNG as the endpoint only on TensorFlow (see `export_vae`).
+        # Same RNG as the endpoint only on TensorFlow (see `vae`).
         ref["vae_generate"] = _np(vae.generate(GEN_N, seed=SEED_A))
-    paths["vae_endpoints"] = kv_export.export_vae(vae, root / "vae")
+    paths["vae_endpoints"] = kv_export.vae(vae, root / "vae")
     paths["vae"] = root / "vae"
     np.savez(root / "ref.npz", **ref)
     paths["ref"] = root / "ref.npz"
@@ -273,7 +273,7 @@ def test_monte_carlo_call_has_the_posterior_moments():
     # Output z itself: the draws must be N(z_mean, exp(z_log_var)), and the
     # layer's seed state and KL accumulators must not move.
     inputs = keras.Input((FEATURES,))
-    bottleneck = kv.GaussianBottleneck(
+    bottleneck = kv.layers.GaussianBottleneck(
         2, seed=1, log_var_bias_initializer=keras.initializers.Constant(-1.0)
     )
     model = keras.Model(inputs, bottleneck(inputs))
@@ -296,14 +296,14 @@ def test_monte_carlo_call_has_the_posterior_moments():
 def test_export_argument_errors(tmp_path):
     model = _classifier()
     with pytest.raises(ValueError, match="num_samples"):
-        kv_export.export_classifier(model, tmp_path / "a", num_samples=0)
+        kv_export.classifier(model, tmp_path / "a", num_samples=0)
     with pytest.raises(TypeError, match="model"):
-        kv_export.export_classifier("not a model", tmp_path / "b")
+        kv_export.classifier("not a model", tmp_path / "b")
     unbuilt = keras.Sequential([keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="not been built"):
-        kv_export.export_classifier(unbuilt, tmp_path / "c")
+        kv_export.classifier(unbuilt, tmp_path / "c")
     with pytest.raises(TypeError, match="encode"):
-        kv_export.export_vae(model, tmp_path / "d")
+        kv_export.vae(model, tmp_path / "d")
 
 
 @pytest.mark.skipif(
@@ -312,4 +312,4 @@ def test_export_argument_errors(tmp_path):
 def test_unsupported_backend_raises_clear_error(tmp_path):
     model = _classifier()
     with pytest.raises(RuntimeError, match="needs the TensorFlow or JAX backend"):
-        kv_export.export_classifier(model, tmp_path / "m")
+        kv_export.classifier(model, tmp_path / "m")

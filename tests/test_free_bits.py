@@ -19,7 +19,7 @@ MEAN_BIAS = np.array([0.3, 2.0, 0.1, 3.0])
 
 
 def _bottleneck(free_bits=0.0, mode="total"):
-    layer = kv.GaussianBottleneck(
+    layer = kv.layers.GaussianBottleneck(
         UNITS, kl_weight=WEIGHT, seed=0, free_bits=free_bits, free_bits_mode=mode
     )
     layer.build((None, FEATURES))
@@ -168,8 +168,8 @@ def test_logged_kl_is_true_kl(mode, free_bits):
 
 
 def test_vib_free_bits_round_trip():
-    layer = kv.VIB(kl_weight=0.1, free_bits=2.0, free_bits_mode="per_dim")
-    restored = kv.VIB.from_config(layer.get_config())
+    layer = kv.layers.VIB(kl_weight=0.1, free_bits=2.0, free_bits_mode="per_dim")
+    restored = kv.layers.VIB.from_config(layer.get_config())
     assert restored.free_bits == 2.0 and restored.free_bits_mode == "per_dim"
 
 
@@ -184,4 +184,4 @@ def test_vib_free_bits_round_trip():
 )
 def test_bad_free_bits_arguments(kwargs, error):
     with pytest.raises(error, match="free_bits"):
-        kv.VIB(**kwargs)
+        kv.layers.VIB(**kwargs)

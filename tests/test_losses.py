@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from keras_vib import likelihoods
 from keras_vib import losses
 from keras_vib import models
 
@@ -81,7 +82,7 @@ class LinearGaussian:
         return model
 
     def likelihood(self):
-        return models.Gaussian(variance=self.s2)
+        return likelihoods.Gaussian(variance=self.s2)
 
 
 def linear_gaussian(seed=0):

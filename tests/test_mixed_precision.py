@@ -41,7 +41,7 @@ def _vib_model(features=8, latent=4):
     h = keras.layers.Dense(16, activation="tanh")(inputs)
     z_mean = keras.layers.Dense(latent)(h)
     z_log_var = keras.layers.Dense(latent)(h)
-    z = kv.VIB(kl_weight=0.1, seed=0, name="vib")([z_mean, z_log_var])
+    z = kv.layers.VIB(kl_weight=0.1, seed=0, name="vib")([z_mean, z_log_var])
     return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(z))
 
 
@@ -76,7 +76,7 @@ def test_gaussian_bottleneck_sequential_trains(policy):
         [
             keras.Input((8,)),
             keras.layers.Dense(16, activation="tanh"),
-            kv.GaussianBottleneck(4, kl_weight=0.1, seed=0),
+            kv.layers.GaussianBottleneck(4, kl_weight=0.1, seed=0),
             keras.layers.Dense(2, activation="softmax"),
         ]
     )
@@ -89,7 +89,7 @@ def test_gaussian_bottleneck_sequential_trains(policy):
 @pytest.mark.parametrize("policy", POLICIES)
 def test_kl_is_float32_and_exact(policy):
     keras.config.set_dtype_policy(policy)
-    layer = kv.VIB(kl_weight=1.0, seed=0)
+    layer = kv.layers.VIB(kl_weight=1.0, seed=0)
     rng = np.random.default_rng(0)
     mean = keras.ops.cast(rng.normal(size=(16, 5)), HALF[policy])
     log_var = keras.ops.cast(rng.normal(size=(16, 5)), HALF[policy])
@@ -108,7 +108,7 @@ def test_kl_is_float32_and_exact(policy):
 @pytest.mark.parametrize("training", [True, False])
 def test_extreme_inputs_stay_finite(policy, training):
     keras.config.set_dtype_policy(policy)
-    layer = kv.VIB(kl_weight=1.0, seed=0, sample_at_inference=True)
+    layer = kv.layers.VIB(kl_weight=1.0, seed=0, sample_at_inference=True)
     # mean up to 1e4 and log_var up to 1e4 (clamped to 20 before exp):
     # mean + exp(10) * eps passes float16's max 65504 for |eps| > 2.5.
     mean = np.tile([1e4, -1e4, 0.0, 1e4, 3.0, 0.0], (256, 1))
@@ -140,7 +140,7 @@ def test_float16_loss_scaling_recovers_from_overflow():
         2, kernel_initializer=keras.initializers.Constant(2500.0), name="mean"
     )(inputs)
     z_log_var = keras.layers.Dense(2, kernel_initializer="zeros")(inputs)
-    z = kv.VIB(kl_weight=1.0, seed=0)([z_mean, z_log_var])
+    z = kv.layers.VIB(kl_weight=1.0, seed=0)([z_mean, z_log_var])
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(z))
     model.compile(keras.optimizers.SGD(1e-3), "sparse_categorical_crossentropy")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)

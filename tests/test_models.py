@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from keras_vib import likelihoods
 from keras_vib import layers
 from keras_vib import models
 from keras_vib import ops as vib_ops
@@ -200,7 +201,7 @@ def test_save_load_round_trip(tmp_path, which):
 def test_gaussian_likelihood_learned_variance_and_callable():
     lg = linear_gaussian()
     x = lg.sample_x(256)
-    lik = models.Gaussian(variance=2.0, learn_variance=True)
+    lik = likelihoods.Gaussian(variance=2.0, learn_variance=True)
     model = models.VAE(lg.encoder(0.7), lg.decoder(), likelihood=lik, seed=0)
     assert any(v is lik.log_var for v in model.trainable_variables)
     model.compile(optimizer=keras.optimizers.Adam(0.05))

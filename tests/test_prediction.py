@@ -1,4 +1,4 @@
-"""Tests for `keras_vib.predict_mc` (Monte Carlo prediction)."""
+"""Tests for `keras_vib.prediction.predict_mc` (Monte Carlo prediction)."""
 
 import keras
 import numpy as np
@@ -25,7 +25,7 @@ def _linear_model(seed=0):
     inputs = keras.Input((FEATURES,))
     mean_head = keras.layers.Dense(LATENT)
     log_var_head = keras.layers.Dense(LATENT)
-    z = kv.VIB(kl_weight=1.0, seed=3)([mean_head(inputs), log_var_head(inputs)])
+    z = kv.layers.VIB(kl_weight=1.0, seed=3)([mean_head(inputs), log_var_head(inputs)])
     # Dropout must stay off in Monte Carlo prediction.
     h = keras.layers.Dropout(0.5)(_CountCalls()(z))
     decoder = keras.layers.Dense(OUTPUTS)
@@ -57,7 +57,7 @@ def test_matches_analytic_mean_and_std():
     x = np.random.default_rng(1).normal(size=(8, FEATURES)).astype("float32")
     k = 4000
     # Two batches of examples x four chunks of samples, combined.
-    mean, std = kv.predict_mc(
+    mean, std = kv.prediction.predict_mc(
         model, x, num_samples=k, return_std=True, batch_size=4,
         samples_per_pass=1000, seed=11,
     )
@@ -74,24 +74,24 @@ def test_one_forward_pass_per_chunk():
     # Every pass below has 12 rows, so JAX compiles its ops once.
     x = np.zeros((8, FEATURES), "float32")
     _CountCalls.calls = 0
-    kv.predict_mc(model, x, num_samples=9, batch_size=4, samples_per_pass=3)
+    kv.prediction.predict_mc(model, x, num_samples=9, batch_size=4, samples_per_pass=3)
     # 8 / 4 batches x 9 / 3 sample chunks.
     assert _CountCalls.calls == 2 * 3
     _CountCalls.calls = 0
-    kv.predict_mc(model, x[:4], num_samples=3, batch_size=4)
+    kv.prediction.predict_mc(model, x[:4], num_samples=3, batch_size=4)
     assert _CountCalls.calls == 1
 
 
 def test_seed_reproducible_and_state_restored():
     model, params = _linear_model()
     x = np.random.default_rng(2).normal(size=(4, FEATURES)).astype("float32")
-    vib = [l for l in model.layers if isinstance(l, kv.VIB)][0]
+    vib = [l for l in model.layers if isinstance(l, kv.layers.VIB)][0]
     kl_state = [float(v.numpy()) for v in (vib._kl_total, vib._kl_count)]
-    first = kv.predict_mc(model, x, num_samples=3, seed=5)
+    first = kv.prediction.predict_mc(model, x, num_samples=3, seed=5)
     # The running KL metric is left as it was.
     assert [float(v.numpy()) for v in (vib._kl_total, vib._kl_count)] == kl_state
-    second = kv.predict_mc(model, x, num_samples=3, seed=5)
-    other = kv.predict_mc(model, x, num_samples=3, seed=6)
+    second = kv.prediction.predict_mc(model, x, num_samples=3, seed=5)
+    other = kv.prediction.predict_mc(model, x, num_samples=3, seed=6)
     np.testing.assert_array_equal(first, second)
     assert not np.allclose(first, other)
     # Back to deterministic serving afterwards.
@@ -104,7 +104,7 @@ def test_seed_reproducible_and_state_restored():
 def test_single_sample_has_zero_std():
     model, _ = _linear_model()
     x = np.ones((12, FEATURES), "float32")
-    mean, std = kv.predict_mc(model, x, num_samples=1, return_std=True, batch_size=12)
+    mean, std = kv.prediction.predict_mc(model, x, num_samples=1, return_std=True, batch_size=12)
     assert mean.shape == (12, OUTPUTS)
     np.testing.assert_array_equal(std, 0.0)
 
@@ -113,12 +113,12 @@ def test_gaussian_bottleneck_in_sequential_samples():
     model = keras.Sequential(
         [
             keras.Input((FEATURES,)),
-            kv.GaussianBottleneck(LATENT, seed=0),
+            kv.layers.GaussianBottleneck(LATENT, seed=0),
             keras.layers.Dense(OUTPUTS),
         ]
     )
     x = np.ones((4, FEATURES), "float32")
-    _, std = kv.predict_mc(model, x, num_samples=3, return_std=True, seed=0)
+    _, std = kv.prediction.predict_mc(model, x, num_samples=3, return_std=True, seed=0)
     assert np.all(std > 0)
 
 
@@ -137,10 +137,10 @@ def test_gaussian_bottleneck_in_sequential_samples():
 def test_bad_arguments(kwargs, error, match):
     model, _ = _linear_model()
     with pytest.raises(error, match=match):
-        kv.predict_mc(model, np.zeros((2, FEATURES), "float32"), **kwargs)
+        kv.prediction.predict_mc(model, np.zeros((2, FEATURES), "float32"), **kwargs)
 
 
 def test_model_without_bottleneck():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="stochastic bottleneck"):
-        kv.predict_mc(model, np.zeros((2, 3), "float32"))
+        kv.prediction.predict_mc(model, np.zeros((2, 3), "float32"))

@@ -19,7 +19,7 @@ RTOL, ATOL = 1e-5, 1e-6
 def _vib_classifier():
     inputs = keras.Input((8,))
     h = keras.layers.Dense(16, activation="tanh")(inputs)
-    z = kv.VIB(kl_weight=0.1, seed=3, name="vib")(
+    z = kv.layers.VIB(kl_weight=0.1, seed=3, name="vib")(
         [keras.layers.Dense(4)(h), keras.layers.Dense(4)(h)]
     )
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(z))
@@ -32,7 +32,7 @@ def _sequential():
         [
             keras.Input((8,)),
             keras.layers.Dense(16, activation="tanh"),
-            kv.GaussianBottleneck(4, kl_weight=0.1, seed=3, name="bottleneck"),
+            kv.layers.GaussianBottleneck(4, kl_weight=0.1, seed=3, name="bottleneck"),
             keras.layers.Dense(2, activation="softmax"),
         ]
     )
@@ -65,7 +65,7 @@ CASES = {
 
 def _kl_weight(model):
     for layer in model._flatten_layers():
-        if isinstance(layer, kv.VIB) or hasattr(layer, "kl_weight") and hasattr(
+        if isinstance(layer, kv.layers.VIB) or hasattr(layer, "kl_weight") and hasattr(
             layer.kl_weight, "assign"
         ):
             return layer.kl_weight
@@ -138,7 +138,7 @@ def test_resume_from_keras_file_matches_uninterrupted(case, tmp_path):
 
 def test_seed_state_round_trips_and_old_files_still_load(tmp_path):
     keras.utils.set_random_seed(0)
-    layer = kv.Sampling(seed=11)
+    layer = kv.layers.Sampling(seed=11)
     inputs = [keras.Input((3,)), keras.Input((3,))]
     model = keras.Model(inputs, layer(inputs))
     mean, log_var = np.zeros((5, 3), "float32"), np.zeros((5, 3), "float32")
@@ -154,7 +154,7 @@ def test_seed_state_round_trips_and_old_files_still_load(tmp_path):
     )
     # A weights store without the seed entry (files written before it was
     # added) still loads, leaving the seed state as constructed.
-    fresh = kv.VIB(seed=11)
+    fresh = kv.layers.VIB(seed=11)
     fresh.build([(None, 3), (None, 3)])
     store = {}
     fresh.save_own_variables(store)

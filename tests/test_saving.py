@@ -29,7 +29,7 @@ def test_functional_vib_model_round_trips_through_keras_file(tmp_path):
     loaded = keras.saving.load_model(path)
 
     vib = loaded.get_layer("vib")
-    assert isinstance(vib, kv.VIB)
+    assert isinstance(vib, kv.layers.VIB)
     assert vib.get_config() == model.get_layer("vib").get_config()
     assert vib.get_config()["kl_weight"] == 0.25
     assert float(to_numpy(vib.kl_weight.value)) == 0.25
@@ -45,7 +45,7 @@ def test_sequential_gaussian_bottleneck_round_trips(tmp_path):
     model = keras.Sequential(
         [
             keras.Input((8,)),
-            kv.GaussianBottleneck(units=3, kl_weight=0.5, seed=4, name="bottleneck"),
+            kv.layers.GaussianBottleneck(units=3, kl_weight=0.5, seed=4, name="bottleneck"),
             keras.layers.Dense(2),
         ]
     )

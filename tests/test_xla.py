@@ -38,7 +38,7 @@ def _log_var_head(units):
 def _vib_model():
     inputs = keras.Input((8,))
     h = keras.layers.Dense(16, activation="tanh")(inputs)
-    z = kv.VIB(kl_weight=0.1, seed=1)([keras.layers.Dense(4)(h), _log_var_head(4)(h)])
+    z = kv.layers.VIB(kl_weight=0.1, seed=1)([keras.layers.Dense(4)(h), _log_var_head(4)(h)])
     return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(z))
 
 
@@ -47,7 +47,7 @@ def _sequential_model():
         [
             keras.Input((8,)),
             keras.layers.Dense(16, activation="tanh"),
-            kv.GaussianBottleneck(
+            kv.layers.GaussianBottleneck(
                 4, kl_weight=0.1, seed=1,
                 log_var_bias_initializer=keras.initializers.Constant(LOG_VAR_BIAS),
             ),

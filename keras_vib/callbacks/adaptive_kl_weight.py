@@ -5,13 +5,14 @@ import math
 import keras
 from keras import ops
 
+from keras_vib import _deprecation
 from keras_vib._validation import check_choice
+from keras_vib._validation import check_log_name
 from keras_vib._validation import check_non_negative_float
+from keras_vib._validation import check_positive_float
 from keras_vib.callbacks import _bottlenecks
 
-
-def _read(variable):
-    return float(ops.convert_to_numpy(variable.value))
+_DEFAULT = object()
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
@@ -24,25 +25,27 @@ class AdaptiveKLWeight(keras.callbacks.Callback):
 
     `w <- max(0, w + step_size * (mean KL - target_kl))`,
 
-    after every training batch (`update_per="batch"`, the mean KL of that
-    batch) or every epoch (`update_per="epoch"`, the epoch's mean training
-    KL from the logs). Each bottleneck (any layer or model with a
-    `kl_weight` variable; all of them, or those in `layer_names`) is updated
-    from its own KL. The weight a logged loss was computed with is written
-    to the logs as `log_name` (`<layer>_<log_name>` with several
-    bottlenecks), so it shows in `History`.
+    after every epoch (`update_per="epoch"`, the epoch's mean training KL
+    from the logs) or every training batch (`update_per="batch"`, the mean
+    KL of that batch). Each bottleneck (see
+    `keras_vib.layers.find_bottlenecks`; all of them, or those in
+    `layer_names`) is updated from its own KL. The weight a logged loss was
+    computed with is written to the logs as `log_name`
+    (`<layer>_<log_name>` with several bottlenecks), so it shows in
+    `History`.
 
-    The per-batch KL is read from the bottleneck's running-KL variables
-    (`VIB` keeps them); per-epoch mode reads the bottleneck's KL metric
-    (its `metric_name`, `"kl"` by default) from the epoch logs. Under JAX,
-    per-batch updates re-sync the model state from the jitted loop
-    (`model.jax_state_sync()`) after each batch.
+    The per-batch KL is read from the bottleneck's `running_kl()`;
+    per-epoch mode reads the bottleneck's KL (its `log_name`) from the
+    epoch logs. Under JAX, per-batch updates re-sync the model state from
+    the jitted loop (`model.jax_state_sync()`) after each batch.
 
     Args:
         target_kl: finite float >= 0, the KL target `I_c` in nats (per
             example, summed over latent dimensions, like the logged `kl`).
         step_size: finite float > 0, the dual step size `alpha`.
-        update_per: `"batch"` or `"epoch"`.
+        update_per: `"epoch"` (the default, as in `KLWeightScheduler`) or
+            `"batch"`. keras_vib 0.1 defaulted to `"batch"`: leaving it
+            unset warns for one release.
         layer_names: `None` (all bottlenecks) or a list of layer names.
         initial_weight: `None` (start from the current weight) or a finite
             float >= 0 assigned when training starts.
@@ -50,77 +53,70 @@ class AdaptiveKLWeight(keras.callbacks.Callback):
 
     Example:
 
-    >>> import keras_vib as kv
-    >>> adaptive = kv.callbacks.AdaptiveKLWeight(target_kl=2.0, step_size=1e-3)
-    >>> # model.fit(x, y, epochs=10, callbacks=[adaptive])
-    >>> # history.history["kl"] -> close to 2.0; history.history["kl_weight"]
+    >>> adaptive = kv.callbacks.AdaptiveKLWeight(
+    ...     target_kl=2.0, step_size=1e-3, update_per="batch")
+    >>> adaptive.update_per
+    'batch'
     """
 
     def __init__(
         self,
         target_kl,
         step_size,
-        update_per="batch",
+        update_per=_DEFAULT,
         layer_names=None,
         initial_weight=None,
         log_name="kl_weight",
     ):
         super().__init__()
         self.target_kl = check_non_negative_float("target_kl", target_kl)
-        self.step_size = check_non_negative_float("step_size", step_size)
-        if self.step_size == 0.0:
-            raise ValueError(
-                "Invalid value received for argument `step_size`. Expected a "
-                f"finite float > 0. Received: step_size={step_size!r}"
+        self.step_size = check_positive_float("step_size", step_size)
+        if update_per is _DEFAULT:
+            _deprecation.warn(
+                "AdaptiveKLWeight() without `update_per` (the default is "
+                "now 'epoch', it was 'batch')",
+                "AdaptiveKLWeight(update_per='epoch' or 'batch')",
             )
-        self.update_per = check_choice("update_per", update_per, ("batch", "epoch"))
+            update_per = "epoch"
+        self.update_per = check_choice(
+            "update_per", update_per, ("epoch", "batch")
+        )
         self.layer_names = _bottlenecks.check_layer_names(layer_names)
         self.initial_weight = (
             None
             if initial_weight is None
             else check_non_negative_float("initial_weight", initial_weight)
         )
-        if not isinstance(log_name, str) or not log_name:
-            raise TypeError(
-                "Invalid value received for argument `log_name`. Expected a "
-                f"non-empty str. Received: log_name={log_name!r}"
-            )
-        self.log_name = log_name
+        self.log_name = check_log_name("log_name", log_name, allow_none=False)
         self._targets = None
 
     def on_train_begin(self, logs=None):
-        self._targets = _bottlenecks.find_bottlenecks(self.model, self.layer_names)
-        names = [name for name, _ in self._targets]
-        self._keys = _bottlenecks.log_keys(names, self.log_name)
-        self._kl_vars = []
-        for name, layer in self._targets:
-            kl_vars = _bottlenecks.kl_variables(layer)
-            if kl_vars is None and self.update_per == "batch":
-                raise ValueError(
-                    f"`AdaptiveKLWeight(update_per='batch')` cannot read the "
-                    f"per-batch KL of bottleneck `{name}`: it has no running-KL "
-                    "variables `_kl_total`/`_kl_count`. Use update_per='epoch', "
-                    "which reads the KL metric from the epoch logs."
-                )
-            self._kl_vars.append(kl_vars)
-        self._metric_names = [_bottlenecks.metric_name(layer) for _, layer in self._targets]
+        self._targets = _bottlenecks.find_bottlenecks(
+            self.model, self.layer_names
+        )
+        self._keys = _bottlenecks.log_keys(self._targets, self.log_name)
+        self._kl_keys = [layer.log_name for layer in self._targets]
         _bottlenecks.sync_state(self.model)
         if self.initial_weight is not None:
-            for _, layer in self._targets:
+            for layer in self._targets:
                 _bottlenecks.set_weight(layer, self.initial_weight)
-        self._weights = [_bottlenecks.get_weight(layer) for _, layer in self._targets]
+        self._weights = [
+            _bottlenecks.read(layer.kl_weight) for layer in self._targets
+        ]
         self._in_effect = list(self._weights)
 
     def _step(self, index, kl):
         # Dual ascent, projected onto w >= 0.
         new = max(0.0, self._weights[index] + self.step_size * (kl - self.target_kl))
         self._weights[index] = new
-        _bottlenecks.set_weight(self._targets[index][1], new)
+        _bottlenecks.set_weight(self._targets[index], new)
 
     def _snapshot(self):
-        return [
-            (_read(total), _read(count)) for total, count in self._kl_vars
-        ]
+        snapshot = []
+        for layer in self._targets:
+            total, count = layer.running_kl()
+            snapshot.append((_bottlenecks.read(total), _bottlenecks.read(count)))
+        return snapshot
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.update_per == "batch":
@@ -147,13 +143,13 @@ class AdaptiveKLWeight(keras.callbacks.Callback):
         if self.update_per == "epoch":
             self._in_effect = list(self._weights)
             logs = logs if logs is not None else {}
-            for index, key in enumerate(self._metric_names):
+            for index, key in enumerate(self._kl_keys):
                 kl = logs.get(key)
                 kl = None if kl is None else float(ops.convert_to_numpy(kl))
                 if kl is None or not math.isfinite(kl):
                     raise ValueError(
                         "`AdaptiveKLWeight(update_per='epoch')` needs the mean "
-                        f"training KL of bottleneck `{self._targets[index][0]}` "
+                        f"training KL of bottleneck `{self._targets[index].name}` "
                         f"in the epoch logs under `{key}`. Received: "
                         f"{key}={logs.get(key)!r}, log keys {sorted(logs)}"
                     )

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_vib._validation import check_choice
+from keras_vib._validation import check_log_name
 from keras_vib.callbacks import _bottlenecks
 
 
@@ -15,11 +16,10 @@ class KLWeightScheduler(keras.callbacks.Callback):
 
     At the start of every epoch (`update_per="epoch"`) or every training
     batch (`update_per="batch"`) it assigns `schedule(index)` to the
-    `kl_weight` variable of every bottleneck in the model (any layer or
-    model with a `kl_weight` variable: `VIB`, `GaussianBottleneck`, the
-    keras_vib models), or of the ones in `layer_names`. The weight in effect
-    is written to the logs as `log_name`, so it shows in the progress bar and
-    in `History`.
+    `kl_weight` variable of every bottleneck of the model (see
+    `keras_vib.layers.find_bottlenecks`), or of the ones in `layer_names`.
+    The weight in effect is written to the logs as `log_name`, so it shows
+    in the progress bar and in `History`.
 
     Resuming: with `update_per="epoch"` the index is the epoch, so
     `fit(initial_epoch=k)` continues the schedule at epoch `k`. With
@@ -33,11 +33,11 @@ class KLWeightScheduler(keras.callbacks.Callback):
     little time per batch.
 
     Args:
-        schedule: a callable `index -> weight` (finite float >= 0), e.g.
-            `keras_vib.callbacks.linear_warmup(...)`,
-            `keras_vib.callbacks.cyclical(...)` or any function. The
-            built-in schedules serialize with `get_config`; a function of
-            your own must be registered with
+        schedule: a `keras.optimizers.schedules.LearningRateSchedule`
+            (`keras_vib.schedules.LinearWarmup`, `CyclicalAnnealing`, or one
+            of Keras's own) or any callable `index -> weight` (a finite
+            float >= 0). Schedule objects serialize with `get_config`; a
+            plain function must be registered with
             `keras.saving.register_keras_serializable` to deserialize.
         layer_names: `None` (all bottlenecks) or a list of layer names.
             Naming a layer that is not a bottleneck of the model raises
@@ -48,14 +48,27 @@ class KLWeightScheduler(keras.callbacks.Callback):
 
     Example:
 
-    >>> import keras_vib as kv
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     kv.layers.GaussianBottleneck(units=2, seed=0),
+    ...     keras.layers.Dense(1),
+    ... ])
+    >>> model.compile("adam", "mse")
     >>> scheduler = kv.callbacks.KLWeightScheduler(
-    ...     kv.callbacks.linear_warmup(warmup=10, final=1e-3))
-    >>> # model.fit(x, y, epochs=20, callbacks=[scheduler])
-    >>> # history.history["kl_weight"] -> [0.0, 1e-4, ..., 1e-3, ...]
+    ...     kv.schedules.LinearWarmup(warmup=2, final=1e-3))
+    >>> x, y = np.ones((8, 4)), np.ones((8, 1))
+    >>> history = model.fit(x, y, epochs=3, callbacks=[scheduler], verbose=0)
+    >>> history.history["kl_weight"]
+    [0.0, 0.0005, 0.001]
     """
 
-    def __init__(self, schedule, layer_names=None, update_per="epoch", log_name="kl_weight"):
+    def __init__(
+        self,
+        schedule,
+        layer_names=None,
+        update_per="epoch",
+        log_name="kl_weight",
+    ):
         super().__init__()
         if not callable(schedule):
             raise TypeError(
@@ -64,15 +77,12 @@ class KLWeightScheduler(keras.callbacks.Callback):
                 "`keras_vib.callbacks.linear_warmup(10)`. Received: "
                 f"schedule={schedule!r}"
             )
-        if not isinstance(log_name, str) or not log_name:
-            raise TypeError(
-                "Invalid value received for argument `log_name`. Expected a "
-                f"non-empty str. Received: log_name={log_name!r}"
-            )
+        self.log_name = check_log_name("log_name", log_name, allow_none=False)
         self.schedule = schedule
         self.layer_names = _bottlenecks.check_layer_names(layer_names)
-        self.update_per = check_choice("update_per", update_per, ("epoch", "batch"))
-        self.log_name = log_name
+        self.update_per = check_choice(
+            "update_per", update_per, ("epoch", "batch")
+        )
         self._targets = None
         self._current = None
         self._epoch_start_step = 0
@@ -95,12 +105,14 @@ class KLWeightScheduler(keras.callbacks.Callback):
         value = self._weight_at(index)
         if value != self._current:
             _bottlenecks.sync_state(self.model)
-            for _, layer in self._targets:
+            for layer in self._targets:
                 _bottlenecks.set_weight(layer, value)
             self._current = value
 
     def on_train_begin(self, logs=None):
-        self._targets = _bottlenecks.find_bottlenecks(self.model, self.layer_names)
+        self._targets = _bottlenecks.find_bottlenecks(
+            self.model, self.layer_names
+        )
         self._current = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -138,5 +150,7 @@ class KLWeightScheduler(keras.callbacks.Callback):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        config["schedule"] = keras.saving.deserialize_keras_object(
+            config["schedule"]
+        )
         return cls(**config)

@@ -1,9 +1,18 @@
-"""Latent-variable models: `VAE`, `IWAE`, their likelihoods and log p(x)."""
+"""Latent-variable models: `VAE`, `IWAE`, and log p(x) estimation."""
 
+from keras_vib import _deprecation
+from keras_vib import likelihoods as _likelihoods
 from keras_vib.models.iwae import IWAE
-from keras_vib.models.likelihoods import Bernoulli
-from keras_vib.models.likelihoods import CallableLikelihood
-from keras_vib.models.likelihoods import Gaussian
-from keras_vib.models.likelihoods import Likelihood
 from keras_vib.models.log_likelihood import log_likelihood
 from keras_vib.models.vae import VAE
+
+__getattr__ = _deprecation.module_getattr(
+    __name__,
+    {
+        name: (
+            f"keras_vib.likelihoods.{name}",
+            lambda name=name: getattr(_likelihoods, name),
+        )
+        for name in ("Bernoulli", "CallableLikelihood", "Gaussian", "Likelihood")
+    },
+)

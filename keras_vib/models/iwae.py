@@ -2,12 +2,13 @@
 
 import keras
 from keras import ops
-from keras.src.losses.loss import scale_loss_for_distribution
 
 from keras_vib import losses as vib_losses
 from keras_vib import ops as vib_ops
-from keras_vib._validation import check_choice, check_positive_int
-from keras_vib.models._base import LatentVariableModel, weighted_mean
+from keras_vib._validation import check_choice
+from keras_vib._validation import check_positive_int
+from keras_vib.models.latent_variable_model import LatentVariableModel
+from keras_vib.models.latent_variable_model import weighted_mean
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
@@ -44,13 +45,18 @@ class IWAE(LatentVariableModel):
 
     Example:
 
-    ```python
-    iwae = keras_vib.models.IWAE(encoder, decoder, num_samples=50,
-                                 gradient_estimator="dreg")
-    iwae.compile(optimizer=keras.optimizers.Adam(1e-3))
-    history = iwae.fit(x_train, epochs=10, validation_data=(x_test,))
-    history.history["val_iwae_bound"]
-    ```
+    >>> x_in = keras.Input((20,))
+    >>> h = keras.layers.Dense(16, activation="tanh")(x_in)
+    >>> encoder = keras.Model(
+    ...     x_in, [keras.layers.Dense(2)(h), keras.layers.Dense(2)(h)])
+    >>> decoder = keras.Sequential([keras.Input((2,)), keras.layers.Dense(20)])
+    >>> iwae = kv.models.IWAE(
+    ...     encoder, decoder, num_samples=5, gradient_estimator="dreg", seed=0)
+    >>> iwae.compile(optimizer="adam")
+    >>> x = (np.random.uniform(size=(32, 20)) > 0.5).astype("float32")
+    >>> history = iwae.fit(x, epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['iwae_bound', 'kl', 'loss']
     """
 
     def __init__(
@@ -73,10 +79,8 @@ class IWAE(LatentVariableModel):
         self.iwae_bound_tracker = keras.metrics.Mean(name="iwae_bound")
         self.kl_tracker = keras.metrics.Mean(name="kl")
 
-    def compute_loss(
-        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
-    ):
-        z_mean, z_log_var, _ = self._posterior(x, training)
+    def _loss(self, x, forward, sample_weight, training):
+        z_mean, z_log_var = forward["z_mean"], forward["z_log_var"]
         bound = vib_losses.iwae_bound(
             x,
             z_mean,
@@ -88,7 +92,6 @@ class IWAE(LatentVariableModel):
             seed=self.seed_generator,
             training=training,
         )
-        loss = -weighted_mean(bound, sample_weight) + self._loss_terms_from_layers()
         kl = vib_ops.gaussian_kl(
             ops.reshape(z_mean, (ops.shape(z_mean)[0], -1)),
             ops.reshape(z_log_var, (ops.shape(z_log_var)[0], -1)),
@@ -97,11 +100,10 @@ class IWAE(LatentVariableModel):
             ops.stop_gradient(bound), sample_weight=sample_weight
         )
         self.kl_tracker.update_state(kl, sample_weight=sample_weight)
-        # Keras divides its compiled losses by the number of tf.distribute
-        # replicas (replica gradients are summed); a custom compute_loss must
-        # too, or MirroredStrategy doubles the loss and the update on 2
-        # replicas. A no-op on one device and on JAX/torch.
-        return scale_loss_for_distribution(loss)
+        return (
+            -weighted_mean(bound, sample_weight)
+            + self._loss_terms_from_layers()
+        )
 
     def get_config(self):
         config = super().get_config()

@@ -16,14 +16,18 @@ backend. They depend on `seed` and `batch_size`.
 """
 
 import math
-
-import numpy as np
+import weakref
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_vib import losses as vib_losses
+from keras_vib._validation import check_num_examples
+from keras_vib._validation import check_optional_positive_int
 from keras_vib._validation import check_positive_int
+from keras_vib._validation import check_seed
+from keras_vib._validation import check_verbose
 
 #: Noise granularity in samples (independent of `chunk_size`).
 NOISE_BLOCK = 32
@@ -36,17 +40,39 @@ def _block_seed(seed, batch_index, block_index):
     return int(state[0])
 
 
-def _chunk_function(model):
+#: One compiled chunk function per model, reused across calls (one trace
+#: per shape). Weak keys: the cache does not keep a model alive.
+_CHUNK_FUNCTIONS = weakref.WeakKeyDictionary()
+
+
+def _cached_chunk_function(model):
+    try:
+        function = _CHUNK_FUNCTIONS.get(model)
+    except TypeError:  # not weak-referenceable
+        return _chunk_function(model.decoder, model.likelihood)
+    if function is None:
+        function = _chunk_function(model.decoder, model.likelihood)
+        _CHUNK_FUNCTIONS[model] = function
+    return function
+
+
+def _chunk_function(decoder, likelihood):
     """`(x, z_mean, z_log_var, noise) -> logsumexp_j log w_j`, compiled.
 
     JAX: `jax.jit` of a pure function of the variable values; TensorFlow:
-    `tf.function`; torch: eager under `no_grad`.
+    `tf.function`; torch: eager under `no_grad`. It holds the decoder and
+    the likelihood, not the model.
     """
 
     def chunk_logsumexp(x, z_mean, z_log_var, noise, sample_mask):
         log_w = vib_losses.iwae_log_weights(
-            x, z_mean, z_log_var, model.decoder, noise,
-            likelihood=model.likelihood, training=False,
+            x,
+            z_mean,
+            z_log_var,
+            decoder,
+            noise,
+            likelihood=likelihood,
+            training=False,
         )
         # sample_mask is 0 for real samples and -inf for padding.
         return ops.logsumexp(log_w + sample_mask[:, None], axis=0)
@@ -55,7 +81,7 @@ def _chunk_function(model):
     if backend == "jax":
         import jax
 
-        variables = list(model.decoder.variables) + list(model.likelihood.variables)
+        variables = list(decoder.variables) + list(likelihood.variables)
 
         @jax.jit
         def pure(values, *args):
@@ -77,10 +103,6 @@ def _chunk_function(model):
 
         return run
     return chunk_logsumexp
-
-
-def _check_positive_or_none(name, value):
-    return None if value is None else check_positive_int(name, value)
 
 
 def log_likelihood(
@@ -108,9 +130,9 @@ def log_likelihood(
             sees `chunk_size * batch_size` rows). `None` picks about 16384
             rows. It changes memory and speed, not the result (see the
             module docstring).
-        seed: int or `None`. The same seed and `batch_size` give the same
-            draws (on every backend) and so the same result; `None` draws a
-            fresh seed.
+        seed: int or `None`. The same int (with the same `batch_size`) gives
+            the same draws, on every backend, and so the same result; `None`
+            draws a fresh seed.
         verbose: 0 (silent), 1 (progress bar) or 2 (one line at the end).
 
     Returns:
@@ -118,22 +140,33 @@ def log_likelihood(
 
     Example:
 
-    >>> log_px = vae.log_likelihood(x_test, num_samples=5000, seed=0)
-    >>> nll = -log_px.mean()
+    A VAE on 20 binary pixels (`model.log_likelihood` calls this function):
+
+    >>> x_in = keras.Input((20,))
+    >>> encoder = keras.Model(
+    ...     x_in, [keras.layers.Dense(2)(x_in), keras.layers.Dense(2)(x_in)])
+    >>> decoder = keras.Sequential([keras.Input((2,)), keras.layers.Dense(20)])
+    >>> vae = kv.models.VAE(encoder, decoder)
+    >>> x = (np.random.uniform(size=(10, 20)) > 0.5).astype("float32")
+    >>> log_px = kv.models.log_likelihood(
+    ...     vae, x, num_samples=100, seed=0, verbose=0)
+    >>> log_px.shape, bool((log_px < 0).all())
+    ((10,), True)
     """
+    for attribute in ("encode", "decoder", "likelihood"):
+        if not hasattr(model, attribute):
+            raise TypeError(
+                "Invalid value received for argument `model`. Expected a "
+                "`keras_vib.models.VAE` or `IWAE` (a model with `encode`, "
+                f"`decoder` and `likelihood`). Received: model={model!r}"
+            )
     num_samples = check_positive_int("num_samples", num_samples)
     batch_size = check_positive_int("batch_size", batch_size)
-    chunk_size = _check_positive_or_none("chunk_size", chunk_size)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(
-            "Invalid value received for argument `seed`. Expected an int or "
-            f"None. Received: seed={seed!r}"
-        )
-    if verbose not in (0, 1, 2):
-        raise ValueError(
-            "Invalid value received for argument `verbose`. Expected 0, 1 or "
-            f"2. Received: verbose={verbose!r}"
-        )
+    chunk_size = check_optional_positive_int("chunk_size", chunk_size)
+    seed = check_seed("seed", seed)
+    check_verbose(verbose)
+    x = np.asarray(x)
+    check_num_examples("x", x)
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     seed = seed % (2**32)
@@ -143,7 +176,6 @@ def log_likelihood(
             chunk_size -= chunk_size % NOISE_BLOCK
     chunk_size = min(chunk_size, num_samples)
 
-    x = np.asarray(x)
     n = x.shape[0]
     batch_size = min(batch_size, n)
     num_batches = math.ceil(n / batch_size)
@@ -153,14 +185,7 @@ def log_likelihood(
         progbar = keras.utils.Progbar(
             num_batches * num_chunks, verbose=verbose, unit_name="chunk"
         )
-    slot = getattr(model, "_compiled", None)
-    if slot is None:
-        chunk_fn = _chunk_function(model)
-    else:
-        # Reuse the compiled function across calls (one trace per shape).
-        if slot.value is None:
-            slot.value = _chunk_function(model)
-        chunk_fn = slot.value
+    chunk_fn = _cached_chunk_function(model)
     log_k = math.log(num_samples)
     results = []
     for b in range(num_batches):

@@ -2,11 +2,12 @@
 
 import keras
 from keras import ops
-from keras.src.losses.loss import scale_loss_for_distribution
 
 from keras_vib import ops as vib_ops
-from keras_vib._validation import check_choice, check_non_negative_float
-from keras_vib.models._base import LatentVariableModel, weighted_mean
+from keras_vib._validation import check_choice
+from keras_vib._validation import check_non_negative_float
+from keras_vib.models.latent_variable_model import LatentVariableModel
+from keras_vib.models.latent_variable_model import weighted_mean
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
@@ -30,8 +31,12 @@ class VAE(LatentVariableModel):
     in `keras_vib.layers.VIB` (see `keras_vib.ops.free_bits_penalty`).
 
     `predict(x)` and `model(x)` return reconstructions: the mean of p(x|z) at
-    z = z_mean (probabilities for `"bernoulli"`). In training mode `call`
-    decodes a sample z ~ q(z|x) instead.
+    z = z_mean (probabilities for `"bernoulli"`). In training mode,
+    `model(x, training=True)` returns the forward pass the loss needs, a dict
+    with `z_mean`, `z_log_var` and `decoder_outputs` (of one sample
+    z ~ q(z|x)); Keras passes it to `compute_loss` as `y_pred`.
+
+    `fit(x)` takes no targets: passing `y` raises a `ValueError`.
 
     Args:
         encoder: a `keras.Model` mapping x to `(z_mean, z_log_var)`, two
@@ -40,14 +45,15 @@ class VAE(LatentVariableModel):
         decoder: a `keras.Model` mapping z to `(batch,) + data_shape`:
             logits for `"bernoulli"` (no sigmoid), means for `"gaussian"`.
         likelihood: `"bernoulli"` (binary or [0, 1] data), `"gaussian"`
-            (unit variance), a `keras_vib.models.Gaussian(variance=...,
-            learn_variance=...)` or other `keras_vib.models.Likelihood`, or a
+            (unit variance), a `keras_vib.likelihoods.Gaussian(variance=...,
+            learn_variance=...)` or other `keras_vib.likelihoods.Likelihood`, or a
             callable `fn(x, outputs) -> (n,)` log-probabilities.
-        kl_weight: finite float >= 0, the weight (beta) of the KL term.
+        kl_weight: finite float >= 0, the initial weight (beta) of the KL
+            term.
         free_bits: finite float >= 0, KL threshold in nats (0 disables).
         free_bits_mode: `"total"` or `"per_dim"`.
         seed: int or `None`, seeds the model's `SeedGenerator` (sampling in
-            training and `generate`).
+            training, and `generate` without a seed of its own).
         **kwargs: `keras.Model` keyword arguments (`name`, ...).
 
     Call arguments:
@@ -59,19 +65,24 @@ class VAE(LatentVariableModel):
 
     Example:
 
-    ```python
-    encoder_inputs = keras.Input((784,))
-    h = keras.layers.Dense(256, activation="relu")(encoder_inputs)
-    encoder = keras.Model(
-        encoder_inputs, [keras.layers.Dense(16)(h), keras.layers.Dense(16)(h)])
-    decoder = keras.Sequential([
-        keras.Input((16,)), keras.layers.Dense(256, activation="relu"),
-        keras.layers.Dense(784)])                      # logits
-    vae = keras_vib.models.VAE(encoder, decoder, likelihood="bernoulli")
-    vae.compile(optimizer="adam")
-    vae.fit(x_train, epochs=10, validation_data=(x_test,))
-    log_px = vae.log_likelihood(x_test, num_samples=5000)   # nats
-    ```
+    >>> encoder_inputs = keras.Input((784,))
+    >>> h = keras.layers.Dense(64, activation="relu")(encoder_inputs)
+    >>> encoder = keras.Model(
+    ...     encoder_inputs, [keras.layers.Dense(8)(h), keras.layers.Dense(8)(h)])
+    >>> decoder = keras.Sequential([
+    ...     keras.Input((8,)),
+    ...     keras.layers.Dense(64, activation="relu"),
+    ...     keras.layers.Dense(784),  # logits: no sigmoid
+    ... ])
+    >>> vae = kv.models.VAE(encoder, decoder, likelihood="bernoulli", seed=0)
+    >>> vae.compile(optimizer="adam")
+    >>> x = (np.random.uniform(size=(64, 784)) > 0.5).astype("float32")
+    >>> history = vae.fit(x, epochs=1, batch_size=32, verbose=0)
+    >>> sorted(history.history)
+    ['kl', 'loss', 'reconstruction_loss']
+    >>> log_px = vae.log_likelihood(x[:4], num_samples=16, seed=0, verbose=0)
+    >>> log_px.shape
+    (4,)
     """
 
     def __init__(
@@ -85,7 +96,9 @@ class VAE(LatentVariableModel):
         seed=None,
         **kwargs,
     ):
-        initial_kl_weight = check_non_negative_float("kl_weight", kl_weight)
+        self._initial_kl_weight = check_non_negative_float(
+            "kl_weight", kl_weight
+        )
         free_bits = check_non_negative_float("free_bits", free_bits)
         check_choice("free_bits_mode", free_bits_mode, vib_ops.FREE_BITS_MODES)
         super().__init__(encoder, decoder, likelihood=likelihood, seed=seed, **kwargs)
@@ -95,7 +108,7 @@ class VAE(LatentVariableModel):
         # autocast=False keeps it float32 under mixed precision.
         self.kl_weight = self.add_weight(
             shape=(),
-            initializer=keras.initializers.Constant(initial_kl_weight),
+            initializer=keras.initializers.Constant(self._initial_kl_weight),
             trainable=False,
             autocast=False,
             dtype="float32",
@@ -108,16 +121,28 @@ class VAE(LatentVariableModel):
         )
         self.kl_tracker = keras.metrics.Mean(name="kl")
 
-    def compute_loss(
-        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
-    ):
-        z_mean, z_log_var, outputs = self._posterior(x, training)
-        if outputs is None:
-            z = vib_ops.reparameterize(
-                z_mean, ops.cast(z_log_var, z_mean.dtype), seed=self.seed_generator
-            )
-            outputs = self.decoder(z, training=training)
-        reconstruction = -self.likelihood.log_prob(x, outputs)
+    # -- the bottleneck interface (see keras_vib.layers.find_bottlenecks) --
+
+    @property
+    def log_name(self):
+        """The key of the KL in `fit` logs and `History`: `"kl"`."""
+        return self.kl_tracker.name
+
+    def running_kl(self):
+        """`(total, count)` variables of the running KL (see `VIB`)."""
+        return self.kl_tracker.total, self.kl_tracker.count
+
+    # -- training -----------------------------------------------------------
+
+    def _training_forward(self, x, z_mean, z_log_var, training):
+        z = self._sample_z(z_mean, z_log_var)
+        return {"decoder_outputs": self.decoder(z, training=training)}
+
+    def _loss(self, x, forward, sample_weight, training):
+        z_mean, z_log_var = forward["z_mean"], forward["z_log_var"]
+        reconstruction = -self.likelihood.log_prob(
+            x, forward["decoder_outputs"]
+        )
         per_dim_kl = vib_ops.gaussian_kl(z_mean, z_log_var, axis=None)
         per_dim_kl = ops.reshape(per_dim_kl, (ops.shape(per_dim_kl)[0], -1))
         kl = ops.sum(per_dim_kl, axis=-1)
@@ -126,26 +151,22 @@ class VAE(LatentVariableModel):
             self.free_bits,
             self.free_bits_mode,
         )
-        loss = (
-            weighted_mean(reconstruction, sample_weight)
-            + self.kl_weight * penalty
-            + self._loss_terms_from_layers()
-        )
         self.reconstruction_loss_tracker.update_state(
             reconstruction, sample_weight=sample_weight
         )
         self.kl_tracker.update_state(kl, sample_weight=sample_weight)
-        # Keras divides its compiled losses by the number of tf.distribute
-        # replicas (replica gradients are summed); a custom compute_loss must
-        # too, or MirroredStrategy doubles the loss and the update on 2
-        # replicas. A no-op on one device and on JAX/torch.
-        return scale_loss_for_distribution(loss)
+        return (
+            weighted_mean(reconstruction, sample_weight)
+            + self.kl_weight * penalty
+            + self._loss_terms_from_layers()
+        )
 
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "kl_weight": float(ops.convert_to_numpy(self.kl_weight.value)),
+                # The constructor's value; the current one is in the weights.
+                "kl_weight": self._initial_kl_weight,
                 "free_bits": self.free_bits,
                 "free_bits_mode": self.free_bits_mode,
             }

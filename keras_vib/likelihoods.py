@@ -1,4 +1,4 @@
-"""Observation models p(x | decoder output) for `VAE` and `IWAE`.
+"""Observation models p(x | decoder output) for `VAE`, `IWAE` and the losses.
 
 A likelihood turns the decoder's output into a per-example log-probability
 of the data, summed over every data axis. The models accept a name
@@ -17,7 +17,8 @@ import keras
 from keras import ops
 
 from keras_vib import ops as vib_ops
-from keras_vib._validation import check_non_negative_float
+from keras_vib._validation import check_bool
+from keras_vib._validation import check_positive_float
 
 _NAMES = ("bernoulli", "gaussian")
 
@@ -93,7 +94,11 @@ class Bernoulli(Likelihood):
 
     Example:
 
-    >>> vae = keras_vib.models.VAE(encoder, decoder, likelihood=Bernoulli())
+    >>> likelihood = kv.likelihoods.Bernoulli()
+    >>> x = keras.ops.ones((2, 3))
+    >>> logits = keras.ops.zeros((2, 3))
+    >>> keras.ops.convert_to_numpy(likelihood.log_prob(x, logits)).round(4)
+    array([-2.0794, -2.0794], dtype=float32)
     """
 
     def _log_prob_elementwise(self, x, outputs):
@@ -119,25 +124,15 @@ class Gaussian(Likelihood):
 
     Example:
 
-    >>> vae = keras_vib.models.VAE(
-    ...     encoder, decoder, likelihood=Gaussian(learn_variance=True))
+    >>> likelihood = kv.likelihoods.Gaussian(variance=0.5, learn_variance=True)
+    >>> [v.name for v in likelihood.trainable_variables]
+    ['log_var']
     """
 
     def __init__(self, variance=1.0, learn_variance=False, **kwargs):
         super().__init__(**kwargs)
-        variance = check_non_negative_float("variance", variance)
-        if variance == 0.0:
-            raise ValueError(
-                "Invalid value received for argument `variance`. Expected a "
-                f"finite float > 0. Received: variance={variance!r}"
-            )
-        if not isinstance(learn_variance, bool):
-            raise TypeError(
-                "Invalid value received for argument `learn_variance`. "
-                f"Expected a bool. Received: learn_variance={learn_variance!r}"
-            )
-        self.variance = variance
-        self.learn_variance = learn_variance
+        self.variance = check_positive_float("variance", variance)
+        self.learn_variance = check_bool("learn_variance", learn_variance)
         self.log_var = self.add_weight(
             shape=(),
             initializer=keras.initializers.Constant(math.log(variance)),
@@ -202,7 +197,21 @@ class CallableLikelihood(Likelihood):
 
 
 def get(identifier):
-    """Resolve `likelihood=`: a name, a `Likelihood`, or a callable."""
+    """Resolve `likelihood=`: a name, a `Likelihood`, or a callable.
+
+    Args:
+        identifier: `"bernoulli"`, `"gaussian"`, a `Likelihood` instance, its
+            serialized config (a dict), or a callable
+            `fn(x, outputs) -> (n,)` log-probabilities.
+
+    Returns:
+        A `Likelihood`.
+
+    Example:
+
+    >>> type(kv.likelihoods.get("bernoulli")).__name__
+    'Bernoulli'
+    """
     if isinstance(identifier, Likelihood):
         return identifier
     if isinstance(identifier, str):
@@ -216,6 +225,6 @@ def get(identifier):
         return CallableLikelihood(identifier, name="likelihood")
     raise ValueError(
         "Invalid value received for argument `likelihood`. Expected one of "
-        f"{list(_NAMES)}, a `keras_vib.models.Likelihood` or a callable "
+        f"{list(_NAMES)}, a `keras_vib.likelihoods.Likelihood` or a callable "
         f"fn(x, outputs). Received: likelihood={identifier!r}"
     )

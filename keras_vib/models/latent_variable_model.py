@@ -1,14 +1,18 @@
-"""Shared machinery of `VAE` and `IWAE`: encoder/decoder plumbing and methods."""
+"""`LatentVariableModel`: what `VAE` and `IWAE` share (x -> z -> x)."""
 
 import math
 
 import keras
 from keras import ops
 
+from keras_vib import _compat
+from keras_vib import likelihoods
 from keras_vib import ops as vib_ops
 from keras_vib._seed_state import SeedStateSavingMixin
-from keras_vib.models import likelihoods
-
+from keras_vib._validation import check_int
+from keras_vib._validation import check_positive_int
+from keras_vib._validation import check_seed
+from keras_vib.models.log_likelihood import log_likelihood
 
 
 def _static_shape(tensor):
@@ -41,67 +45,33 @@ def _describe(outputs):
     return repr(outputs)
 
 
-class _ForwardCache:
-    """Hands the forward pass of `call()` to `compute_loss()`.
-
-    Keras's train and test steps run `y_pred = model(x)` and then
-    `model.compute_loss(x, ..., y_pred)` on the same `x` in the same trace.
-    `call()` stores the encoder output (and in training, the decoder output
-    of its sample) here, keyed by the identity of `x`, so the loss does not
-    run the networks a second time. On any mismatch the loss recomputes.
-    A plain object, so Keras does not track the tensors it holds.
-    """
-
-    def __init__(self):
-        self.clear()
-
-    def store(self, x, **tensors):
-        self.x = x
-        self.tensors = tensors
-
-    def pop(self, x):
-        found = self.tensors if self.x is x else None
-        self.clear()
-        return found
-
-    def clear(self):
-        self.x = None
-        self.tensors = None
-
-
-class _Slot:
-    """An untracked attribute holder (Keras does not track what it holds)."""
-
-    value = None
-
-
 class LatentVariableModel(SeedStateSavingMixin, keras.Model):
     """Base class of `VAE` and `IWAE`: x -> q(z|x) -> z -> p(x|z).
 
-    Subclasses implement `compute_loss`. See `VAE` for the arguments.
+    How the loss gets the forward pass: in training, `call` returns a dict
+    (`z_mean`, `z_log_var` and whatever `_training_forward` adds), which
+    Keras hands to `compute_loss` as `y_pred`, on every backend. In
+    evaluation `call` returns the reconstruction (what `predict` must
+    return), so `compute_loss` encodes `x` itself. Subclasses implement
+    `_training_forward` and `_loss`. See `VAE` for the arguments.
     """
 
-    def __init__(self, encoder, decoder, likelihood="bernoulli", seed=None, **kwargs):
+    def __init__(
+        self, encoder, decoder, likelihood="bernoulli", seed=None, **kwargs
+    ):
         super().__init__(**kwargs)
         for arg, value in (("encoder", encoder), ("decoder", decoder)):
             if not isinstance(value, keras.layers.Layer):
                 raise TypeError(
-                    f"Invalid value received for argument `{arg}`. Expected a "
-                    f"keras.Model (or keras.layers.Layer). Received: {arg}={value!r}"
+                    f"Invalid value received for argument `{arg}`. Expected "
+                    "a keras.Model (or keras.layers.Layer). Received: "
+                    f"{arg}={value!r}"
                 )
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(
-                "Invalid value received for argument `seed`. Expected an int "
-                f"or None. Received: seed={seed!r}"
-            )
         self.encoder = encoder
         self.decoder = decoder
         self.likelihood = likelihoods.get(likelihood)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self._forward_cache = _ForwardCache()
-        # The compiled log-likelihood chunk function, built on first use.
-        self._compiled = _Slot()
+        self.seed = check_seed("seed", seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
         self._latent_shape = None
         self._check_networks()
         if encoder.built and decoder.built:
@@ -150,13 +120,18 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
             self._latent_shape = _static_shape(z_mean)[1:]
         return z_mean, z_log_var
 
-    def _posterior(self, x, training):
-        """(z_mean, z_log_var, cached decoder output of a sample or None)."""
-        cached = self._forward_cache.pop(x)
-        if cached is not None:
-            return cached["z_mean"], cached["z_log_var"], cached.get("sample_outputs")
-        z_mean, z_log_var = self._encode(x, training=training)
-        return z_mean, z_log_var, None
+    def _sample_z(self, z_mean, z_log_var):
+        return vib_ops.reparameterize(
+            z_mean, ops.cast(z_log_var, z_mean.dtype), seed=self.seed_generator
+        )
+
+    def _training_forward(self, x, z_mean, z_log_var, training):
+        """Extra tensors the loss needs from the forward pass (a dict)."""
+        return {}
+
+    def _loss(self, x, forward, sample_weight, training):
+        """The loss from `x` and the forward-pass dict; updates metrics."""
+        raise NotImplementedError
 
     def build(self, input_shape=None):
         if not self.encoder.built and input_shape is not None:
@@ -164,21 +139,36 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
         self.built = True
 
     def call(self, inputs, training=None):
-        """Reconstruction: the mean of p(x|z), with z = z_mean at inference
-        and z ~ q(z|x) in training."""
         z_mean, z_log_var = self._encode(inputs, training=training)
         if training:
-            z = vib_ops.reparameterize(
-                z_mean, ops.cast(z_log_var, z_mean.dtype), seed=self.seed_generator
+            forward = {"z_mean": z_mean, "z_log_var": z_log_var}
+            forward.update(
+                self._training_forward(inputs, z_mean, z_log_var, training)
             )
-            outputs = self.decoder(z, training=training)
-            self._forward_cache.store(
-                inputs, z_mean=z_mean, z_log_var=z_log_var, sample_outputs=outputs
+            return forward
+        return self.likelihood.mean(self.decoder(z_mean, training=training))
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        if y is not None:
+            raise ValueError(
+                f"`{type(self).__name__}` learns to reconstruct its input: "
+                "call `fit(x)` / `evaluate(x)` without targets (and "
+                "`validation_data=(x_val,)`). Received: targets `y` of "
+                f"shape {tuple(getattr(y, 'shape', ()))}"
             )
+        if isinstance(y_pred, dict):
+            forward = y_pred
         else:
-            outputs = self.decoder(z_mean, training=training)
-            self._forward_cache.store(inputs, z_mean=z_mean, z_log_var=z_log_var)
-        return self.likelihood.mean(outputs)
+            # Evaluation: `call` returned the reconstruction only.
+            z_mean, z_log_var = self._encode(x, training=training)
+            forward = {"z_mean": z_mean, "z_log_var": z_log_var}
+            forward.update(
+                self._training_forward(x, z_mean, z_log_var, training)
+            )
+        loss = self._loss(x, forward, sample_weight, training)
+        return _compat.scale_loss_for_distribution(loss)
 
     def _loss_terms_from_layers(self):
         # Regularizers and add_loss() terms of the encoder and decoder.
@@ -211,15 +201,14 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
 
         Args:
             n: int >= 1, how many samples.
-            seed: int for reproducible draws; `None` uses the model's
-                `SeedGenerator` (different draws on each call).
+            seed: int or `None`. The same int gives the same draws; `None`
+                uses the model's `SeedGenerator` (new draws on each call).
 
         Returns:
             Tensor `(n,) + data_shape`: the means of p(x|z).
         """
-        from keras_vib._validation import check_positive_int
-
         n = check_positive_int("n", n)
+        seed = check_seed("seed", seed)
         if self._latent_shape is None:
             raise ValueError(
                 "The latent shape is unknown: call the model on data first, "
@@ -246,14 +235,7 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
         Returns:
             Tensor `(batch, steps) + data_shape`.
         """
-        from keras_vib._validation import check_positive_int
-
-        steps = check_positive_int("steps", steps)
-        if steps < 2:
-            raise ValueError(
-                "Invalid value received for argument `steps`. Expected an int "
-                f">= 2. Received: steps={steps}"
-            )
+        steps = check_int("steps", steps, minimum=2)
         z1 = self._encode(x1, training=False)[0]
         z2 = self._encode(x2, training=False)[0]
         if tuple(z1.shape) != tuple(z2.shape):
@@ -281,10 +263,8 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
     ):
         """Importance-sampled estimate of log p(x) per example, in nats.
 
-        See `keras_vib.models.log_likelihood` for the details.
+        See `keras_vib.models.log_likelihood` for the arguments.
         """
-        from keras_vib.models.log_likelihood import log_likelihood
-
         return log_likelihood(
             self, x, num_samples=num_samples, batch_size=batch_size,
             chunk_size=chunk_size, seed=seed, verbose=verbose,
@@ -293,14 +273,18 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
     # -- serialization ------------------------------------------------------
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "encoder": keras.saving.serialize_keras_object(self.encoder),
-            "decoder": keras.saving.serialize_keras_object(self.decoder),
-            "likelihood": keras.saving.serialize_keras_object(self.likelihood),
-            "seed": self.seed,
-        }
+        config = super().get_config()
+        config.update(
+            {
+                "encoder": keras.saving.serialize_keras_object(self.encoder),
+                "decoder": keras.saving.serialize_keras_object(self.decoder),
+                "likelihood": keras.saving.serialize_keras_object(
+                    self.likelihood
+                ),
+                "seed": self.seed,
+            }
+        )
+        return config
 
     @classmethod
     def from_config(cls, config):

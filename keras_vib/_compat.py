@@ -1,0 +1,87 @@
+"""Every use of Keras's private API in keras_vib, in one place.
+
+Keras has no public equivalent for what these functions do. Each one is
+covered by `tests/test_compat.py`, which fails with a message naming the
+function if a Keras upgrade removes or changes what it relies on.
+"""
+
+import keras
+
+try:  # Private: divides a loss by the number of tf.distribute replicas.
+    from keras.src.losses.loss import (
+        scale_loss_for_distribution as _scale_loss_for_distribution,
+    )
+except ImportError:  # pragma: no cover - only on an incompatible Keras
+    _scale_loss_for_distribution = None
+
+
+def _missing(what):
+    return RuntimeError(
+        f"keras_vib relies on {what}, which this Keras version "
+        f"({keras.__version__}) does not have. Please report it at "
+        "keras_vib's issue tracker, with the Keras version."
+    )
+
+
+def scale_loss_for_distribution(loss):
+    """Divide `loss` by the number of `tf.distribute` replicas in sync.
+
+    Keras's compiled losses do this (replica gradients are summed); a model
+    that overrides `compute_loss` must too. A no-op on one device and on JAX
+    and PyTorch.
+    """
+    if _scale_loss_for_distribution is None:
+        raise _missing("keras.src.losses.loss.scale_loss_for_distribution")
+    return _scale_loss_for_distribution(loss)
+
+
+def flatten_layers(layer):
+    """`layer` and every layer nested in it, recursively, each once.
+
+    `Model.layers` lists only direct children and misses layers held by
+    other layers (e.g. the heads of a `GaussianBottleneck`).
+    """
+    if not hasattr(layer, "_flatten_layers"):
+        raise _missing("Layer._flatten_layers")
+    return list(layer._flatten_layers(include_self=True, recursive=True))
+
+
+def is_detached(variable):
+    """Whether a variable's value is detached (JAX, inside a jitted epoch).
+
+    Under JAX, Keras moves variable values into the jitted training state
+    during `fit` and reattaches them at the end of the epoch; in between,
+    the variable object holds no value.
+    """
+    if keras.backend.backend() != "jax":
+        return False
+    if not hasattr(variable, "_value"):
+        raise _missing("Variable._value")
+    return variable._value is None
+
+
+def connected_operations(tensors):
+    """Every operation in the functional graph connected to `tensors`.
+
+    Walks the Keras functional graph (upstream and downstream) from the
+    `KerasTensor`s in `tensors`. Returns an empty list for eager tensors.
+    """
+    stack = []
+    for tensor in keras.tree.flatten(tensors):
+        history = getattr(tensor, "_keras_history", None)
+        if history is not None:
+            stack.append(history.operation)
+    seen, found = set(), []
+    while stack:
+        operation = stack.pop()
+        if id(operation) in seen:
+            continue
+        seen.add(id(operation))
+        found.append(operation)
+        if not hasattr(operation, "_inbound_nodes"):
+            raise _missing("Operation._inbound_nodes / _outbound_nodes")
+        for node in operation._inbound_nodes + operation._outbound_nodes:
+            stack.append(node.operation)
+            for tensor in node.input_tensors:
+                stack.append(tensor._keras_history.operation)
+    return found

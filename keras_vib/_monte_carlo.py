@@ -1,0 +1,117 @@
+"""The one Monte Carlo forward pass, shared by `predict_mc` and export.
+
+Both run the model with every `Sampling` layer (so every `VIB` and
+`GaussianBottleneck`) sampling and every other layer in inference mode,
+on the batch tiled `num_samples` times, with noise fixed by a seed and
+without changing any state of the model.
+"""
+
+import contextlib
+
+import keras
+from keras import ops
+
+from keras_vib import _compat
+from keras_vib.layers import Sampling
+
+# Offsets between the noise streams of successive `Sampling` layers: a layer
+# advances its stream by 1 per draw, so streams this far apart never meet.
+_STREAM_STRIDE = 1 << 20
+
+
+def sampling_layers(model):
+    """Every `Sampling` layer of `model` (nested ones too), each once."""
+    return [
+        layer
+        for layer in _compat.flatten_layers(model)
+        if isinstance(layer, Sampling)
+    ]
+
+
+@contextlib.contextmanager
+def sample_at_inference(model, enabled):
+    """Temporarily set `sample_at_inference` on every `Sampling` layer.
+
+    Yields the layers. Export traces its endpoints inside this context, so
+    the choice is baked into the graph and the model is left as it was.
+    """
+    layers = sampling_layers(model)
+    previous = [layer.sample_at_inference for layer in layers]
+    for layer in layers:
+        layer.sample_at_inference = enabled
+    try:
+        yield layers
+    finally:
+        for layer, value in zip(layers, previous):
+            layer.sample_at_inference = value
+
+
+def stateless_call(model, fn, overrides=()):
+    """Run `fn()` with the model's variables read-only.
+
+    Serving and prediction must not change state: `VIB` accumulates its
+    running KL in variables and `Sampling` advances its seed. Inside a
+    `keras.StatelessScope` those assignments are discarded. Every variable
+    is mapped (not only the overridden ones) so that, under the JAX
+    exporter's own stateless scope, weights stay variables.
+
+    Args:
+        model: the model whose variables `fn` reads.
+        fn: a function of no arguments.
+        overrides: pairs `(variable, value)` to read instead.
+    """
+    replaced = {id(variable): value for variable, value in overrides}
+    mapping = [
+        (variable, replaced.get(id(variable), variable.value))
+        for variable in model.variables
+    ]
+    with keras.StatelessScope(state_mapping=mapping):
+        return fn()
+
+
+def deterministic_call(model, x):
+    """`model(x, training=False)` with every bottleneck returning its mean,
+    whatever its `sample_at_inference`, changing no state."""
+    with sample_at_inference(model, False):
+        return stateless_call(model, lambda: model(x, training=False))
+
+
+def monte_carlo_call(model, x, num_samples, seed):
+    """`num_samples` draws of the model's output, in one batched call.
+
+    Args:
+        model: a built `keras.Model` with `Sampling`-based bottlenecks.
+        x: the model's input (a tensor or a structure of tensors).
+        num_samples: int >= 1.
+        seed: int or int32 scalar tensor. The noise depends only on `seed`
+            (and `x`'s shape), not on the layers' seed state, which is left
+            untouched: the same `(x, seed)` always gives the same draws.
+
+    Returns:
+        The draws, each output with a new leading axis:
+        `(num_samples, batch, ...)`.
+    """
+    with sample_at_inference(model, True) as layers:
+        overrides = []
+        for index, layer in enumerate(layers):
+            state = layer.seed_generator.state
+            stream = ops.stack(
+                [
+                    ops.cast(seed, "int32"),
+                    ops.convert_to_tensor(index * _STREAM_STRIDE, "int32"),
+                ]
+            )
+            overrides.append((state, ops.cast(stream, state.dtype)))
+        tiled = keras.tree.map_structure(
+            lambda t: ops.tile(t, (num_samples,) + (1,) * (len(t.shape) - 1)),
+            x,
+        )
+        outputs = stateless_call(
+            model, lambda: model(tiled, training=False), overrides
+        )
+    return keras.tree.map_structure(
+        lambda y: ops.reshape(
+            y, (num_samples, -1) + tuple(ops.shape(y)[1:])
+        ),
+        outputs,
+    )

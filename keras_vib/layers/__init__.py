@@ -1,0 +1,6 @@
+"""Bottleneck layers: `Sampling`, `VIB`, `GaussianBottleneck`."""
+
+from keras_vib.layers.bottlenecks import find_bottlenecks
+from keras_vib.layers.gaussian_bottleneck import GaussianBottleneck
+from keras_vib.layers.sampling import Sampling
+from keras_vib.layers.vib import VIB

@@ -1,0 +1,168 @@
+"""`Sampling`: the reparameterization trick as a layer."""
+
+import keras
+from keras import ops
+
+from keras_vib import ops as vib_ops
+from keras_vib._seed_state import SeedStateSavingMixin
+from keras_vib._validation import check_bool
+from keras_vib._validation import check_float_tensor
+from keras_vib._validation import check_seed
+
+# Largest finite values of the half-precision dtypes (see `Sampling._sample`).
+_HALF_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38}
+
+
+def _shape_tuple(shape):
+    return tuple(shape) if shape is not None else None
+
+
+def _shapes_compatible(a, b):
+    if len(a) != len(b):
+        return False
+    return all(x is None or y is None or x == y for x, y in zip(a, b))
+
+
+def first_mask(mask):
+    """The first mask set, for `[z_mean, z_log_var]` with a list of masks."""
+    if isinstance(mask, (list, tuple)):
+        return next((m for m in mask if m is not None), None)
+    return mask
+
+
+@keras.saving.register_keras_serializable(package="keras_vib")
+class Sampling(SeedStateSavingMixin, keras.layers.Layer):
+    """Reparameterized sample from a diagonal Gaussian.
+
+    Takes `[z_mean, z_log_var]`. While training it returns
+    `z = z_mean + exp(z_log_var / 2) * eps` with `eps ~ N(0, I)`, so
+    gradients flow to both inputs. At inference it returns `z_mean` exactly,
+    which makes serving deterministic, unless `sample_at_inference=True`
+    (Monte Carlo prediction).
+
+    `z_log_var` is clamped to `[keras_vib.ops.LOG_VAR_MIN,
+    keras_vib.ops.LOG_VAR_MAX]` = [-30, 20] before `exp`. Under a
+    half-precision policy the sample is drawn in float32 and saturated to
+    the dtype's finite range.
+
+    Args:
+        seed: int or `None`. Seeds the layer's `keras.random.SeedGenerator`:
+            the same seed gives the same samples on the same backend. The
+            generator's state is saved in `.keras` files.
+        sample_at_inference: bool. If `True`, also sample when
+            `training=False`.
+        **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: a list `[z_mean, z_log_var]` of two float tensors of the
+            same shape `(batch, ..., latent_dim)`.
+        training: bool, whether to sample (`True`) or return the mean.
+
+    Input shape:
+        Two tensors `(batch, ..., latent_dim)`, rank >= 2.
+
+    Output shape:
+        The shape of `z_mean`.
+
+    Example:
+
+    >>> z_mean = keras.Input((16,))
+    >>> z_log_var = keras.Input((16,))
+    >>> z = kv.layers.Sampling(seed=0)([z_mean, z_log_var])
+    >>> z.shape
+    (None, 16)
+    """
+
+    def __init__(self, seed=None, sample_at_inference=False, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = check_seed("seed", seed)
+        self.sample_at_inference = check_bool(
+            "sample_at_inference", sample_at_inference
+        )
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
+        self.supports_masking = True
+
+    def _split_shapes(self, input_shape):
+        if (
+            not isinstance(input_shape, (list, tuple))
+            or len(input_shape) != 2
+            or not all(hasattr(s, "__len__") for s in input_shape)
+        ):
+            raise ValueError(
+                "Invalid value received for argument `inputs` of layer "
+                f"`{self.name}`. Expected a list of two tensors "
+                f"`[z_mean, z_log_var]`. Received: input_shape={input_shape}"
+            )
+        mean_shape, log_var_shape = map(_shape_tuple, input_shape)
+        if len(mean_shape) < 2:
+            raise ValueError(
+                "Invalid value received for argument `z_mean` of layer "
+                f"`{self.name}`. Expected a tensor of rank >= 2, "
+                "`(batch, ..., latent_dim)`; add a batch axis for a single "
+                f"example. Received: z_mean.shape={mean_shape}"
+            )
+        if not _shapes_compatible(mean_shape, log_var_shape):
+            raise ValueError(
+                "Invalid value received for argument `z_log_var` of layer "
+                f"`{self.name}`. Expected the shape of `z_mean`. Received: "
+                f"z_mean.shape={mean_shape}, z_log_var.shape={log_var_shape}"
+            )
+        return mean_shape, log_var_shape
+
+    def build(self, input_shape):
+        mean_shape, _ = self._split_shapes(input_shape)
+        # Checked once here; later calls are checked by Keras's InputSpec.
+        axes = {} if mean_shape[-1] is None else {-1: mean_shape[-1]}
+        self.input_spec = [
+            keras.InputSpec(ndim=len(mean_shape), axes=axes),
+            keras.InputSpec(ndim=len(mean_shape), axes=axes),
+        ]
+
+    def _check_inputs(self, inputs):
+        if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
+            raise ValueError(
+                "Invalid value received for argument `inputs` of layer "
+                f"`{self.name}`. Expected a list of two tensors "
+                f"`[z_mean, z_log_var]`. Received: inputs={inputs!r}"
+            )
+        z_mean, z_log_var = inputs
+        check_float_tensor("z_mean", z_mean, self.name)
+        check_float_tensor("z_log_var", z_log_var, self.name)
+        return z_mean, z_log_var
+
+    def _sample(self, z_mean, z_log_var, training):
+        if not (training or self.sample_at_inference):
+            return z_mean
+        dtype = keras.backend.standardize_dtype(z_mean.dtype)
+        if dtype not in _HALF_MAX:
+            return vib_ops.reparameterize(
+                z_mean,
+                ops.cast(z_log_var, z_mean.dtype),
+                seed=self.seed_generator,
+            )
+        # Half precision: sample in float32 and saturate before casting back.
+        # With log_var clamped at 20 the noise scale reaches exp(10) ~ 2.2e4,
+        # so `mean + std * eps` can pass float16's max (65504) and become inf.
+        z = vib_ops.reparameterize(
+            ops.cast(z_mean, "float32"),
+            ops.cast(z_log_var, "float32"),
+            seed=self.seed_generator,
+        )
+        return ops.cast(ops.clip(z, -_HALF_MAX[dtype], _HALF_MAX[dtype]), dtype)
+
+    def call(self, inputs, training=None):
+        z_mean, z_log_var = self._check_inputs(inputs)
+        return self._sample(z_mean, z_log_var, training)
+
+    def compute_output_shape(self, input_shape):
+        return self._split_shapes(input_shape)[0]
+
+    def compute_mask(self, inputs, mask=None):
+        return first_mask(mask)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"seed": self.seed, "sample_at_inference": self.sample_at_inference}
+        )
+        return config
