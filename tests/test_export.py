@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import keras_vib as kv
+from keras_vib import _monte_carlo
 from keras_vib import export as kv_export
 
 BACKEND = keras.backend.backend()
@@ -153,12 +154,12 @@ def exported(tmp_path_factory):
     model.fit(x_train, y_train, epochs=2, batch_size=16, verbose=0)
     ref = {"x": x, "predict": model.predict(x, verbose=0)}
     # A model set up for Monte Carlo prediction must still serve the mean.
-    model.get_layer("bottleneck").vib.sample_at_inference = True
-    ref["mc"] = _np(kv_export._monte_carlo_call(model, x, MC_SAMPLES, SEED_A))
+    model.get_layer("bottleneck").sample_at_inference = True
+    ref["mc"] = _np(_monte_carlo.monte_carlo_call(model, x, MC_SAMPLES, SEED_A))
     endpoints = kv_export.classifier(
         model, root / "classifier", num_samples=MC_SAMPLES
     )
-    assert model.get_layer("bottleneck").vib.sample_at_inference is True
+    assert model.get_layer("bottleneck").sample_at_inference is True
     paths = {"classifier": root / "classifier", "classifier_endpoints": endpoints}
 
     models = pytest.importorskip("keras_vib.models")
@@ -279,7 +280,7 @@ def test_monte_carlo_call_has_the_posterior_moments():
     model = keras.Model(inputs, bottleneck(inputs))
     x = np.random.default_rng(1).normal(size=(3, FEATURES)).astype("float32")
     state_before = [_np(v) for v in model.non_trainable_variables]
-    draws = _np(kv_export._monte_carlo_call(model, x, 2000, seed=5))
+    draws = _np(_monte_carlo.monte_carlo_call(model, x, 2000, seed=5))
     assert draws.shape == (2000, 3, 2)
     mean, log_var = (_np(t) for t in bottleneck.encode(x))
     n = draws.shape[0]

@@ -1,5 +1,7 @@
 """Saving: `.keras` round trips and TensorFlow SavedModel export."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -31,7 +33,7 @@ def test_functional_vib_model_round_trips_through_keras_file(tmp_path):
     vib = loaded.get_layer("vib")
     assert isinstance(vib, kv.layers.VIB)
     assert vib.get_config() == model.get_layer("vib").get_config()
-    assert vib.get_config()["kl_weight"] == 0.25
+    assert vib.get_config()["kl_weight"] == 0.1  # the constructor value
     assert float(to_numpy(vib.kl_weight.value)) == 0.25
     np.testing.assert_array_equal(
         to_numpy(loaded.predict(X, verbose=0)), to_numpy(model.predict(X, verbose=0))
@@ -93,3 +95,37 @@ def test_exported_saved_model_serves_predict_outputs(tmp_path):
     )
     # Serving is deterministic: the bottleneck returns z_mean.
     np.testing.assert_array_equal(reloaded.serve(tf.constant(X)).numpy(), served)
+
+
+# --- files saved by keras_vib 0.1.0 ------------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize(
+    "name, key, data",
+    [
+        ("vib_classifier", "vib_classifier", "x"),
+        ("gaussian_bottleneck", "gaussian_bottleneck", "x"),
+        ("vae", "vae", "xb"),
+        ("iwae", "iwae", "xb"),
+    ],
+)
+def test_files_saved_by_keras_vib_0_1_load_and_predict_the_same(name, key, data):
+    expected = np.load(FIXTURES / "v0_1_0_expected.npz")
+    loaded = keras.saving.load_model(FIXTURES / f"{name}_v0_1_0.keras")
+    np.testing.assert_allclose(
+        to_numpy(loaded.predict(expected[data], verbose=0)),
+        expected[key],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    # The KL weight a 0.1 file was saved with comes back (it was assigned
+    # after training, so it differs from the constructor value).
+    weights = {"vib_classifier": 0.5, "gaussian_bottleneck": 0.3, "vae": 0.6}
+    if name in weights:
+        (bottleneck,) = kv.layers.find_bottlenecks(loaded)
+        assert float(to_numpy(bottleneck.kl_weight.value)) == pytest.approx(
+            weights[name]
+        )
+        assert bottleneck.log_name == "kl"
