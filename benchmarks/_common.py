@@ -89,7 +89,9 @@ def command_string(argv=None):
     """The command that reproduces this run, relative to the repository."""
     argv = sys.argv if argv is None else argv
     script = os.path.relpath(os.path.abspath(argv[0]), REPO_DIR)
-    return " ".join(["python", shlex.quote(script)] + [shlex.quote(a) for a in argv[1:]])
+    return " ".join(
+        ["python", shlex.quote(script)] + [shlex.quote(a) for a in argv[1:]]
+    )
 
 
 # --------------------------------------------------------------------- workers
@@ -238,7 +240,9 @@ def thread_env(threads):
     if threads == 1:
         # JAX's XLA CPU client: no multi-threaded Eigen kernels.
         flags = os.environ.get("XLA_FLAGS", "")
-        env["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
+        env["XLA_FLAGS"] = (
+            flags + " --xla_cpu_multi_thread_eigen=false"
+        ).strip()
     return env
 
 
@@ -258,7 +262,9 @@ def start_workers(script, specs, log_dir=None, echo=print, threads=0):
         echo(f"starting {label} ...")
         try:
             full_env = dict(thread_env(threads), **(env or {}))
-            workers.append(Worker(label, script, spec, env=full_env, log_dir=log_dir))
+            workers.append(
+                Worker(label, script, spec, env=full_env, log_dir=log_dir)
+            )
         except WorkerError as e:
             skipped[label] = str(e).strip().splitlines()[-1]
             echo(f"  skipped {label}: {skipped[label]}")
@@ -278,8 +284,11 @@ def interleave(workers, steps, repeats, warmup_steps, echo=print):
     for w in workers:
         echo(f"warm-up {w.label} ({warmup_steps} steps)")
         w.run(warmup_steps)
-    out = Timings({w.label: [] for w in workers}, {w.label: [] for w in workers},
-                  {w.label: [] for w in workers})
+    out = Timings(
+        {w.label: [] for w in workers},
+        {w.label: [] for w in workers},
+        {w.label: [] for w in workers},
+    )
     for r in range(repeats):
         order = workers if r % 2 == 0 else workers[::-1]
         for w in order:
@@ -363,11 +372,18 @@ def base_parser(description, steps, repeats, warmup):
         default="tensorflow,jax,torch",
         help="comma-separated Keras backends (default: all three)",
     )
-    parser.add_argument("--steps", type=int, default=steps, help="steps per timed block")
     parser.add_argument(
-        "--repeats", type=int, default=repeats, help="interleaved rounds (>= 5 for the docs)"
+        "--steps", type=int, default=steps, help="steps per timed block"
     )
-    parser.add_argument("--warmup", type=int, default=warmup, help="warm-up steps per worker")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=repeats,
+        help="interleaved rounds (>= 5 for the docs)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=warmup, help="warm-up steps per worker"
+    )
     parser.add_argument(
         "--output",
         default=DEFAULT_OUTPUT,

@@ -51,14 +51,16 @@ def _keras_iwae(k):
 
 
 def _setup_keras(spec):
-    import numpy as np
     import keras
+    import numpy as np
 
     keras.utils.set_random_seed(0)
     models = {}
     for k in spec["ks"]:
         model = _keras_iwae(k)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=spec["jit"])
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-3), jit_compile=spec["jit"]
+        )
         models[k] = model
     batches = _batches(spec["max_steps"])
 
@@ -75,9 +77,11 @@ def _setup_keras(spec):
 
 def _setup_pythae(spec):
     import torch
-    from pythae.models import IWAE, IWAEConfig
+    from pythae.models import IWAE
+    from pythae.models import IWAEConfig
     from pythae.models.base.base_utils import ModelOutput
-    from pythae.models.nn import BaseDecoder, BaseEncoder
+    from pythae.models.nn import BaseDecoder
+    from pythae.models.nn import BaseEncoder
     from torch import nn
 
     torch.manual_seed(0)
@@ -86,22 +90,30 @@ def _setup_pythae(spec):
         def __init__(self):
             super().__init__()
             self.body = nn.Sequential(
-                nn.Linear(DATA_DIM, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, HIDDEN), nn.Tanh()
+                nn.Linear(DATA_DIM, HIDDEN),
+                nn.Tanh(),
+                nn.Linear(HIDDEN, HIDDEN),
+                nn.Tanh(),
             )
             self.mean = nn.Linear(HIDDEN, LATENT)
             self.log_var = nn.Linear(HIDDEN, LATENT)
 
         def forward(self, x):
             h = self.body(x.reshape(x.shape[0], -1))
-            return ModelOutput(embedding=self.mean(h), log_covariance=self.log_var(h))
+            return ModelOutput(
+                embedding=self.mean(h), log_covariance=self.log_var(h)
+            )
 
     class Decoder(BaseDecoder):
         def __init__(self):
             super().__init__()
             self.body = nn.Sequential(
-                nn.Linear(LATENT, HIDDEN), nn.Tanh(),
-                nn.Linear(HIDDEN, HIDDEN), nn.Tanh(),
-                nn.Linear(HIDDEN, DATA_DIM), nn.Sigmoid(),
+                nn.Linear(LATENT, HIDDEN),
+                nn.Tanh(),
+                nn.Linear(HIDDEN, HIDDEN),
+                nn.Tanh(),
+                nn.Linear(HIDDEN, DATA_DIM),
+                nn.Sigmoid(),
             )
 
         def forward(self, z):
@@ -110,8 +122,10 @@ def _setup_pythae(spec):
     models = {}
     for k in spec["ks"]:
         config = IWAEConfig(
-            input_dim=(DATA_DIM,), latent_dim=LATENT,
-            reconstruction_loss="bce", number_samples=k,
+            input_dim=(DATA_DIM,),
+            latent_dim=LATENT,
+            reconstruction_loss="bce",
+            number_samples=k,
         )
         model = IWAE(config, encoder=Encoder(), decoder=Decoder())
         model.train()
@@ -140,12 +154,19 @@ def setup(spec):
 
 
 def main():
-    parser = _common.base_parser(__doc__.splitlines()[0], steps=2, repeats=7, warmup=2)
-    parser.add_argument("--k", default="1,5,50", help="comma-separated numbers of samples")
-    parser.add_argument("--jit", default="on,off", help="jit_compile settings: on,off")
+    parser = _common.base_parser(
+        __doc__.splitlines()[0], steps=2, repeats=7, warmup=2
+    )
+    parser.add_argument(
+        "--k", default="1,5,50", help="comma-separated numbers of samples"
+    )
+    parser.add_argument(
+        "--jit", default="on,off", help="jit_compile settings: on,off"
+    )
     parser.add_argument("--no-pythae", action="store_true", help="skip Pythae")
     parser.add_argument(
-        "--torch-compile", action="store_true",
+        "--torch-compile",
+        action="store_true",
         help="also time torch with jit_compile=True (torch.compile); off by "
         "default because compiling took over 12 minutes on the shared machine",
     )
@@ -158,7 +179,9 @@ def main():
     jits = [j.strip() for j in args.jit.split(",") if j.strip()]
     # Steps per block: --steps at the largest k, more at small k so that
     # every block does a similar amount of work.
-    steps_for = {k: max(args.steps, round(args.steps * (kmax / k) ** 0.5)) for k in ks}
+    steps_for = {
+        k: max(args.steps, round(args.steps * (kmax / k) ** 0.5)) for k in ks
+    }
     max_steps = max(max(steps_for.values()), args.warmup)
     notes = []
     specs = []
@@ -173,17 +196,28 @@ def main():
                 )
                 continue
             label = f"keras_vib {backend} jit {jit}"
-            spec = {"program": "keras_vib", "ks": ks, "jit": jit == "on",
-                    "max_steps": max_steps}
+            spec = {
+                "program": "keras_vib",
+                "ks": ks,
+                "jit": jit == "on",
+                "max_steps": max_steps,
+            }
             specs.append((label, spec, {"KERAS_BACKEND": backend}))
     if not args.no_pythae:
         if _common.package_version("pythae"):
-            specs.append(("pythae (torch)", {"program": "pythae", "ks": ks,
-                                             "max_steps": max_steps}, {}))
+            specs.append(
+                (
+                    "pythae (torch)",
+                    {"program": "pythae", "ks": ks, "max_steps": max_steps},
+                    {},
+                )
+            )
         else:
             notes.append("Pythae skipped: `pythae` is not installed.")
 
-    workers, skipped = _common.start_workers(os.path.abspath(__file__), specs, threads=args.threads)
+    workers, skipped = _common.start_workers(
+        os.path.abspath(__file__), specs, threads=args.threads
+    )
     for label, reason in skipped.items():
         notes.append(f"{label} skipped: {reason}")
     wall = {(w.label, k): [] for w in workers for k in ks}
@@ -202,51 +236,89 @@ def main():
                     wall[w.label, k].append(s / steps_for[k])
                     cpu[w.label, k].append(c / steps_for[k])
                     jit_used[w.label] = extra.get("jit_compile")
-            print(f"round {r + 1}/{args.repeats}: " + ", ".join(
-                f"{w.label} k={k} {cpu[w.label, k][-1] * 1e3:.1f} cpu-ms"
-                for w in workers for k in ks))
+            print(
+                f"round {r + 1}/{args.repeats}: "
+                + ", ".join(
+                    f"{w.label} k={k} {cpu[w.label, k][-1] * 1e3:.1f} cpu-ms"
+                    for w in workers
+                    for k in ks
+                )
+            )
     finally:
         for w in workers:
             w.close()
 
-    pythae = "pythae (torch)" if any(w.label == "pythae (torch)" for w in workers) else None
+    pythae = (
+        "pythae (torch)"
+        if any(w.label == "pythae (torch)" for w in workers)
+        else None
+    )
     rows = []
     for w in workers:
         for k in ks:
             key = (w.label, k)
             per_sample = [t / k for t in cpu[key]]
-            row = [w.label, str(jit_used.get(w.label)), str(k),
-                   _common.fmt_ms(wall[key]), _common.fmt_ms(cpu[key]),
-                   _common.fmt_ms(per_sample)]
+            row = [
+                w.label,
+                str(jit_used.get(w.label)),
+                str(k),
+                _common.fmt_ms(wall[key]),
+                _common.fmt_ms(cpu[key]),
+                _common.fmt_ms(per_sample),
+            ]
             if pythae and w.label != pythae:
-                row.append(_common.fmt_ratio(_common.paired_ratios(wall[key], wall[pythae, k])))
-                row.append(_common.fmt_ratio(_common.paired_ratios(cpu[key], cpu[pythae, k])))
+                row.append(
+                    _common.fmt_ratio(
+                        _common.paired_ratios(wall[key], wall[pythae, k])
+                    )
+                )
+                row.append(
+                    _common.fmt_ratio(
+                        _common.paired_ratios(cpu[key], cpu[pythae, k])
+                    )
+                )
             else:
                 row += ["–", "–"]
             rows.append(row)
     table = _common.markdown_table(
-        ["program", "jit_compile", "k", "wall ms/step", "CPU ms/step",
-         "CPU ms/step/k", "/ Pythae wall", "/ Pythae CPU"],
+        [
+            "program",
+            "jit_compile",
+            "k",
+            "wall ms/step",
+            "CPU ms/step",
+            "CPU ms/step/k",
+            "/ Pythae wall",
+            "/ Pythae CPU",
+        ],
         rows,
     )
     print(table)
     best = ""
     if pythae:
         finals = [
-            (_common.summary(_common.paired_ratios(cpu[w.label, kmax], cpu[pythae, kmax]))[0], w.label)
-            for w in workers if w.label != pythae
+            (
+                _common.summary(
+                    _common.paired_ratios(cpu[w.label, kmax], cpu[pythae, kmax])
+                )[0],
+                w.label,
+            )
+            for w in workers
+            if w.label != pythae
         ]
         if finals:
             ratio, label = min(finals)
-            best = (f"At k={kmax} the fastest keras_vib setting is {label}: "
-                    f"{ratio:.3f}x Pythae's CPU time per step "
-                    f"(median of same-round ratios).")
+            best = (
+                f"At k={kmax} the fastest keras_vib setting is {label}: "
+                f"{ratio:.3f}x Pythae's CPU time per step "
+                f"(median of same-round ratios)."
+            )
     body = "\n\n".join(
         [
             "## IWAE scaling: train-step time against k\n\n"
             "IWAE paper MNIST model (784-200-200-50 tanh, Bernoulli decoder, "
             "batch 100, Adam), `keras_vib.models.IWAE` (`gradient_estimator="
-            "\"iwae\"`) under each backend with `jit_compile` on and off "
+            '"iwae"`) under each backend with `jit_compile` on and off '
             "(on means XLA for TensorFlow, `jax.jit` for JAX, `torch.compile` "
             "for torch if `--torch-compile` is given; off means a `tf.function` graph, eager JAX ops, eager "
             "torch), and Pythae's `IWAE` (eager PyTorch) with the same "
@@ -256,8 +328,11 @@ def main():
             + f"; {args.repeats} rounds interleaving every process and every "
             f"k, after {args.warmup} warm-up steps per k; one process per row "
             "group"
-            + (f", limited to {args.threads} intra-op thread(s) (`--threads`)."
-               if args.threads else "."),
+            + (
+                f", limited to {args.threads} intra-op thread(s) (`--threads`)."
+                if args.threads
+                else "."
+            ),
             _common.machine_markdown(),
             f"Command: `{_common.command_string()}`",
             "Median (min–max) over rounds. *CPU* is the process's CPU time "

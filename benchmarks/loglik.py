@@ -65,8 +65,8 @@ def _model():
 
 def _matmul_reference(rows):
     """A compiled function running the decoder's three matmuls on `rows` rows."""
-    import numpy as np
     import keras
+    import numpy as np
 
     rng = np.random.default_rng(1)
     shapes = [(LATENT, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, DATA_DIM)]
@@ -77,7 +77,10 @@ def _matmul_reference(rows):
         import jax
 
         f = jax.jit(lambda a, b: [x @ y for x, y in zip(a, b)])
-        a, b = [jax.numpy.asarray(v) for v in lhs], [jax.numpy.asarray(v) for v in rhs]
+        a, b = (
+            [jax.numpy.asarray(v) for v in lhs],
+            [jax.numpy.asarray(v) for v in rhs],
+        )
         return lambda: jax.block_until_ready(f(a, b))
     if backend == "tensorflow":
         import tensorflow as tf
@@ -87,7 +90,10 @@ def _matmul_reference(rows):
         return lambda: [t.numpy() for t in f(a, b)][0][0, 0]
     import torch
 
-    a, b = [torch.from_numpy(v) for v in lhs], [torch.from_numpy(v) for v in rhs]
+    a, b = (
+        [torch.from_numpy(v) for v in lhs],
+        [torch.from_numpy(v) for v in rhs],
+    )
 
     def run():
         with torch.no_grad():
@@ -134,12 +140,19 @@ def setup(spec):
             return {"rows": _default_rows()}
         if task == "rss":
             # Compile once on a tiny input so the peak is the evaluation's.
-            log_likelihood(model, x[:2], num_samples=2, batch_size=BATCH, seed=0, verbose=0)
+            log_likelihood(
+                model, x[:2], num_samples=2, batch_size=BATCH, seed=0, verbose=0
+            )
             before = _rss_mb("VmRSS")
             reset = _reset_peak_rss()
             start = time.perf_counter()
             log_px = log_likelihood(
-                model, x, num_samples=params["K"], batch_size=BATCH, seed=0, verbose=0
+                model,
+                x,
+                num_samples=params["K"],
+                batch_size=BATCH,
+                seed=0,
+                verbose=0,
             )
             seconds = time.perf_counter() - start
             return {
@@ -156,12 +169,18 @@ def setup(spec):
             # Consecutive inputs, wrapping around (the warm-up also takes some).
             index = np.arange(lo, lo + n) % x.shape[0]
             log_px = log_likelihood(
-                model, x[index], num_samples=params["K"], batch_size=BATCH,
-                seed=state["calls"], verbose=0,
+                model,
+                x[index],
+                num_samples=params["K"],
+                batch_size=BATCH,
+                seed=state["calls"],
+                verbose=0,
             )
             state["calls"] += 1
-            return {"flops": float(n) * params["K"] * DECODER_FLOPS,
-                    "sum_log_px": float(log_px.sum())}
+            return {
+                "flops": float(n) * params["K"] * DECODER_FLOPS,
+                "sum_log_px": float(log_px.sum()),
+            }
         if task == "matmul":
             if reference is None or rows != params["rows"]:
                 rows = params["rows"]
@@ -192,21 +211,42 @@ def _default_rows():
 
 
 def main():
-    parser = _common.base_parser(__doc__.splitlines()[0], steps=0, repeats=5, warmup=0)
-    parser.add_argument("--data-dir", default=os.environ.get("KERAS_VIB_DATA"),
-                        help="directory with mnist.npz (default: synthetic inputs)")
-    parser.add_argument("--K", type=int, default=5000, help="importance samples")
-    parser.add_argument("--n", type=int, default=10000,
-                        help="inputs for the backends in --full-backends")
-    parser.add_argument("--n-small", type=int, default=1000,
-                        help="inputs for the other backends (rates only)")
-    parser.add_argument("--full-backends", default="jax",
-                        help="backends that evaluate all --n inputs")
+    parser = _common.base_parser(
+        __doc__.splitlines()[0], steps=0, repeats=5, warmup=0
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("KERAS_VIB_DATA"),
+        help="directory with mnist.npz (default: synthetic inputs)",
+    )
+    parser.add_argument(
+        "--K", type=int, default=5000, help="importance samples"
+    )
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=10000,
+        help="inputs for the backends in --full-backends",
+    )
+    parser.add_argument(
+        "--n-small",
+        type=int,
+        default=1000,
+        help="inputs for the other backends (rates only)",
+    )
+    parser.add_argument(
+        "--full-backends",
+        default="jax",
+        help="backends that evaluate all --n inputs",
+    )
     parser.add_argument("--rss-ks", default="500,5000,50000")
     parser.add_argument("--rss-n", type=int, default=100)
     parser.add_argument("--rss-backends", default="tensorflow,jax,torch")
-    parser.add_argument("--quick", action="store_true",
-                        help="K=500, fewer inputs, smaller memory runs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="K=500, fewer inputs, smaller memory runs",
+    )
     args = parser.parse_args()
     if args.worker:
         return _common.worker_main(setup)
@@ -214,14 +254,21 @@ def main():
         args.K, args.n, args.n_small = 500, 1000, 500
         args.rss_ks, args.rss_n = "50,500,5000", 50
     backends = _common.backends_arg(args.backends)
-    full = set(_common.backends_arg(args.full_backends)) if args.full_backends else set()
-    rss_backends = _common.backends_arg(args.rss_backends) if args.rss_backends else []
+    full = (
+        set(_common.backends_arg(args.full_backends))
+        if args.full_backends
+        else set()
+    )
+    rss_backends = (
+        _common.backends_arg(args.rss_backends) if args.rss_backends else []
+    )
     rss_ks = [int(k) for k in args.rss_ks.split(",") if k]
     script = os.path.abspath(__file__)
     rows = None
     data_note = (
         "real MNIST test digits, dynamically binarized"
-        if args.data_dir and os.path.exists(os.path.join(args.data_dir, "mnist.npz"))
+        if args.data_dir
+        and os.path.exists(os.path.join(args.data_dir, "mnist.npz"))
         else "synthetic binary inputs"
     )
 
@@ -231,13 +278,19 @@ def main():
         n = args.n if backend in full else args.n_small
         block = math.ceil(n / args.repeats / BATCH) * BATCH
         spec = {"n": block * args.repeats, "data_dir": args.data_dir}
-        print(f"=== throughput, backend {backend}: {block * args.repeats} inputs, K={args.K}")
+        print(
+            f"=== throughput, backend {backend}: {block * args.repeats} inputs, K={args.K}"
+        )
         workers, skipped = _common.start_workers(
-            script, [(f"loglik {backend}", spec, {"KERAS_BACKEND": backend})],
+            script,
+            [(f"loglik {backend}", spec, {"KERAS_BACKEND": backend})],
             threads=args.threads,
         )
         if not workers:
-            rate_rows.append([backend, "skipped: " + next(iter(skipped.values()))] + ["–"] * 6)
+            rate_rows.append(
+                [backend, "skipped: " + next(iter(skipped.values()))]
+                + ["–"] * 6
+            )
             continue
         w = workers[0]
         try:
@@ -245,7 +298,14 @@ def main():
             # Warm-up: compile the chunk function and the reference.
             w.run(1, task="loglik", n=BATCH, K=min(args.K, 2 * rows // BATCH))
             mm_reps = max(1, round(block * args.K / rows / 4))
-            mm_wall, mm_cpu, ll_wall, ll_cpu, ll_flops, mm_flops = [], [], [], [], [], []
+            mm_wall, mm_cpu, ll_wall, ll_cpu, ll_flops, mm_flops = (
+                [],
+                [],
+                [],
+                [],
+                [],
+                [],
+            )
             total_wall = total_cpu = 0.0
             w.run(1, task="matmul", rows=rows)
             for r in range(args.repeats + 1):
@@ -261,23 +321,31 @@ def main():
                 ll_wall.append(e["flops"] / s)
                 ll_cpu.append(e["flops"] / c)
                 ll_flops.append(e["flops"])
-                print(f"block {r + 1}/{args.repeats}: loglik {s:.1f} s wall, {c:.1f} s CPU, "
-                      f"{ll_cpu[-1] / 1e9:.1f} GFLOP/CPU-s; matmul {mm_cpu[-1] / 1e9:.1f}")
+                print(
+                    f"block {r + 1}/{args.repeats}: loglik {s:.1f} s wall, {c:.1f} s CPU, "
+                    f"{ll_cpu[-1] / 1e9:.1f} GFLOP/CPU-s; matmul {mm_cpu[-1] / 1e9:.1f}"
+                )
         finally:
             w.close()
         # Each L block against the mean of the two M blocks around it.
-        frac_cpu = [l / ((a + b) / 2) for l, a, b in zip(ll_cpu, mm_cpu, mm_cpu[1:])]
-        gf = lambda v: f"{_common.summary(v)[0] / 1e9:.1f} ({min(v) / 1e9:.1f}–{max(v) / 1e9:.1f})"
-        rate_rows.append([
-            backend,
-            f"{block * args.repeats:,} × {args.K:,}",
-            f"{total_wall:.0f} s wall, {total_cpu:.0f} s CPU",
-            gf(ll_cpu),
-            gf(mm_cpu),
-            _common.fmt_ratio(frac_cpu),
-            gf(ll_wall),
-            gf(mm_wall),
-        ])
+        frac_cpu = [
+            l / ((a + b) / 2) for l, a, b in zip(ll_cpu, mm_cpu, mm_cpu[1:])
+        ]
+        gf = lambda v: (
+            f"{_common.summary(v)[0] / 1e9:.1f} ({min(v) / 1e9:.1f}–{max(v) / 1e9:.1f})"
+        )
+        rate_rows.append(
+            [
+                backend,
+                f"{block * args.repeats:,} × {args.K:,}",
+                f"{total_wall:.0f} s wall, {total_cpu:.0f} s CPU",
+                gf(ll_cpu),
+                gf(mm_cpu),
+                _common.fmt_ratio(frac_cpu),
+                gf(ll_wall),
+                gf(mm_wall),
+            ]
+        )
 
     # 2. Memory against K, one fresh process per (backend, K).
     rss_rows = []
@@ -286,8 +354,14 @@ def main():
             label = f"rss {backend} K={k}"
             print(f"=== {label} on {args.rss_n} inputs")
             workers, skipped = _common.start_workers(
-                script, [(label, {"n": args.rss_n, "data_dir": args.data_dir},
-                          {"KERAS_BACKEND": backend})],
+                script,
+                [
+                    (
+                        label,
+                        {"n": args.rss_n, "data_dir": args.data_dir},
+                        {"KERAS_BACKEND": backend},
+                    )
+                ],
                 threads=args.threads,
             )
             if not workers:
@@ -297,53 +371,74 @@ def main():
                 _, _, e = workers[0].run(1, task="rss", K=k)
             finally:
                 workers[0].close()
-            rss_rows.append([
-                backend, f"{k:,}", f"{e['rss_before_mb']:.0f}",
-                f"{e['rss_peak_mb']:.0f}",
-                f"{e['rss_peak_mb'] - e['rss_before_mb']:.0f}",
-                f"{e['seconds']:.1f}",
-            ])
+            rss_rows.append(
+                [
+                    backend,
+                    f"{k:,}",
+                    f"{e['rss_before_mb']:.0f}",
+                    f"{e['rss_peak_mb']:.0f}",
+                    f"{e['rss_peak_mb'] - e['rss_before_mb']:.0f}",
+                    f"{e['seconds']:.1f}",
+                ]
+            )
 
     rate_table = _common.markdown_table(
-        ["Keras backend", "inputs × K", "total time",
-         "decoder GFLOP per CPU-s (median, min–max)",
-         "matmul reference GFLOP per CPU-s", "fraction of reference (CPU)",
-         "decoder GFLOP per wall-s", "matmul GFLOP per wall-s"],
+        [
+            "Keras backend",
+            "inputs × K",
+            "total time",
+            "decoder GFLOP per CPU-s (median, min–max)",
+            "matmul reference GFLOP per CPU-s",
+            "fraction of reference (CPU)",
+            "decoder GFLOP per wall-s",
+            "matmul GFLOP per wall-s",
+        ],
         rate_rows,
     )
     rss_table = _common.markdown_table(
-        ["Keras backend", "K", "RSS before (MiB)", "peak RSS (MiB)",
-         "peak − before (MiB)", "wall s"],
+        [
+            "Keras backend",
+            "K",
+            "RSS before (MiB)",
+            "peak RSS (MiB)",
+            "peak − before (MiB)",
+            "wall s",
+        ],
         rss_rows,
     )
     print(rate_table)
     print(rss_table)
-    body = "\n\n".join([
-        "## Log-likelihood estimation: throughput and memory\n\n"
-        "`keras_vib.models.log_likelihood(model, x, num_samples=K, "
-        f"batch_size={BATCH})` with the 784-200-200-50 model (random "
-        f"weights), on {data_note}, default chunking ({rows} decoder rows per "
-        "call), as a `VAE` (an `IWAE` shares the code path). Decoder FLOPs are counted as the three matmuls only, "
-        f"2 × (50·200 + 200·200 + 200·784) = {DECODER_FLOPS:,} per input and "
-        "sample; the achieved rate divides them by the time of the whole "
-        "estimate (encoder, noise, tanh, Bernoulli log-density, logsumexp "
-        "included). The reference is a plain compiled dense matmul of the "
-        f"same shapes ({rows} rows) in the same process, in blocks "
-        f"interleaved with {args.repeats} evaluation blocks (M L M L ... M); "
-        "each evaluation block is compared with the mean of its two "
-        "neighbours"
-        + (f". Every program is limited to {args.threads} intra-op thread(s)."
-           if args.threads else "."),
-        _common.machine_markdown(),
-        f"Command: `{_common.command_string()}`",
-        "Throughput. CPU-time rates are the ones to quote on this shared "
-        "machine; wall-time rates depend on what else was running:\n\n"
-        + rate_table,
-        f"Memory against K on {args.rss_n} inputs, one fresh process per "
-        "row. *Before* is the resident set after imports, model build and "
-        "compilation; *peak* is the high-water mark during the evaluation "
-        "(`VmHWM`, reset just before it):\n\n" + rss_table,
-    ])
+    body = "\n\n".join(
+        [
+            "## Log-likelihood estimation: throughput and memory\n\n"
+            "`keras_vib.models.log_likelihood(model, x, num_samples=K, "
+            f"batch_size={BATCH})` with the 784-200-200-50 model (random "
+            f"weights), on {data_note}, default chunking ({rows} decoder rows per "
+            "call), as a `VAE` (an `IWAE` shares the code path). Decoder FLOPs are counted as the three matmuls only, "
+            f"2 × (50·200 + 200·200 + 200·784) = {DECODER_FLOPS:,} per input and "
+            "sample; the achieved rate divides them by the time of the whole "
+            "estimate (encoder, noise, tanh, Bernoulli log-density, logsumexp "
+            "included). The reference is a plain compiled dense matmul of the "
+            f"same shapes ({rows} rows) in the same process, in blocks "
+            f"interleaved with {args.repeats} evaluation blocks (M L M L ... M); "
+            "each evaluation block is compared with the mean of its two "
+            "neighbours"
+            + (
+                f". Every program is limited to {args.threads} intra-op thread(s)."
+                if args.threads
+                else "."
+            ),
+            _common.machine_markdown(),
+            f"Command: `{_common.command_string()}`",
+            "Throughput. CPU-time rates are the ones to quote on this shared "
+            "machine; wall-time rates depend on what else was running:\n\n"
+            + rate_table,
+            f"Memory against K on {args.rss_n} inputs, one fresh process per "
+            "row. *Before* is the resident set after imports, model build and "
+            "compilation; *peak* is the high-water mark during the evaluation "
+            "(`VmHWM`, reset just before it):\n\n" + rss_table,
+        ]
+    )
     if not args.no_write:
         _common.write_section(args.output, "loglik", body)
         print(f"wrote section loglik of {args.output}")

@@ -23,12 +23,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common  # noqa: E402
 
-VARIANTS = {"a": "(a) keras_vib VIB", "b": "(b) floor", "c": "(c) bojone/vib port"}
+VARIANTS = {
+    "a": "(a) keras_vib VIB",
+    "b": "(b) floor",
+    "c": "(c) bojone/vib port",
+}
 
 
 def _model(variant):
     import keras
-
     import vib_overhead
 
     inputs = keras.Input((64,))
@@ -102,7 +105,9 @@ def setup(spec):
 
 
 def main():
-    parser = _common.base_parser(__doc__.splitlines()[0], steps=40, repeats=7, warmup=10)
+    parser = _common.base_parser(
+        __doc__.splitlines()[0], steps=40, repeats=7, warmup=10
+    )
     args = parser.parse_args()
     if args.worker:
         return _common.worker_main(setup)
@@ -111,30 +116,40 @@ def main():
     time_rows, prof_rows = [], []
     for backend in backends:
         env = {"KERAS_BACKEND": backend}
-        specs = [(f"{VARIANTS[v]} {backend}", {"task": "time", "variant": v}, env)
-                 for v in VARIANTS]
+        specs = [
+            (f"{VARIANTS[v]} {backend}", {"task": "time", "variant": v}, env)
+            for v in VARIANTS
+        ]
         print(f"=== {backend}")
         workers, _ = _common.start_workers(script, specs, threads=args.threads)
         try:
-            t = _common.interleave(workers, args.steps, args.repeats, args.warmup)
+            t = _common.interleave(
+                workers, args.steps, args.repeats, args.warmup
+            )
         finally:
             for w in workers:
                 w.close()
         label = {v: f"{VARIANTS[v]} {backend}" for v in VARIANTS}
         cpu = {v: t.cpu[label[v]] for v in VARIANTS if label[v] in t.cpu}
         if len(cpu) == 3:
-            time_rows.append([
-                backend,
-                *[_common.fmt_ms(cpu[v]) for v in VARIANTS],
-                _common.fmt_ms([a - c for a, c in zip(cpu["a"], cpu["c"])]),
-                _common.fmt_ratio(_common.paired_ratios(cpu["a"], cpu["c"])),
-            ])
+            time_rows.append(
+                [
+                    backend,
+                    *[_common.fmt_ms(cpu[v]) for v in VARIANTS],
+                    _common.fmt_ms([a - c for a, c in zip(cpu["a"], cpu["c"])]),
+                    _common.fmt_ratio(
+                        _common.paired_ratios(cpu["a"], cpu["c"])
+                    ),
+                ]
+            )
         if backend != "torch":
             # TF and JAX run the layer's Python once, when tracing; the steps
             # execute a compiled graph, so there is nothing to attribute.
             continue
         workers, _ = _common.start_workers(
-            script, [(f"cProfile {backend}", {"task": "profile"}, env)], threads=args.threads
+            script,
+            [(f"cProfile {backend}", {"task": "profile"}, env)],
+            threads=args.threads,
         )
         try:
             _, _, prof = workers[0].run(args.steps * 2)
@@ -143,33 +158,57 @@ def main():
                 w.close()
         for v in ("a", "c"):
             p = prof[v]
-            prof_rows.append([backend, VARIANTS[v], f"{p['total_ms']:.2f}",
-                              f"{p['layer_call_ms']:.3f}", f"{p['calls']:.0f}"])
+            prof_rows.append(
+                [
+                    backend,
+                    VARIANTS[v],
+                    f"{p['total_ms']:.2f}",
+                    f"{p['layer_call_ms']:.3f}",
+                    f"{p['calls']:.0f}",
+                ]
+            )
 
     time_table = _common.markdown_table(
-        ["Keras backend", "(a) CPU ms/step", "(b) CPU ms/step", "(c) CPU ms/step",
-         "(a) − (c) ms", "(a)/(c)"], time_rows)
+        [
+            "Keras backend",
+            "(a) CPU ms/step",
+            "(b) CPU ms/step",
+            "(c) CPU ms/step",
+            "(a) − (c) ms",
+            "(a)/(c)",
+        ],
+        time_rows,
+    )
     prof_table = _common.markdown_table(
-        ["Keras backend", "program", "profiled CPU ms/step",
-         "bottleneck `call` ms/step (forward)", "Python calls/step"], prof_rows)
+        [
+            "Keras backend",
+            "program",
+            "profiled CPU ms/step",
+            "bottleneck `call` ms/step (forward)",
+            "Python calls/step",
+        ],
+        prof_rows,
+    )
     print(time_table)
     print(prof_table)
-    body = "\n\n".join([
-        "### The bottleneck layer\n\n"
-        "A model in which the bottleneck dominates the step: Dense(64), "
-        "two Dense(128) heads, the bottleneck, Dense(1); batch 32, Adam. "
-        f"CPU time per `train_on_batch` step, {args.repeats} interleaved "
-        f"rounds of {args.steps} steps after {args.warmup} warm-up steps, "
-        "one process per program, 1 intra-op thread:",
-        _common.machine_markdown(),
-        f"Command: `{_common.command_string()}`",
-        time_table,
-        "`cProfile` (CPU clock) over "
-        f"{args.steps * 2} steps of (a) and (c) in one torch process (eager, "
-        "so the layer's Python runs every step; TF and JAX run it once while "
-        "tracing). Profiling inflates Python-heavy code, so compare the two "
-        "rows with each other, not with the table above:\n\n" + prof_table,
-    ])
+    body = "\n\n".join(
+        [
+            "### The bottleneck layer\n\n"
+            "A model in which the bottleneck dominates the step: Dense(64), "
+            "two Dense(128) heads, the bottleneck, Dense(1); batch 32, Adam. "
+            f"CPU time per `train_on_batch` step, {args.repeats} interleaved "
+            f"rounds of {args.steps} steps after {args.warmup} warm-up steps, "
+            "one process per program, 1 intra-op thread:",
+            _common.machine_markdown(),
+            f"Command: `{_common.command_string()}`",
+            time_table,
+            "`cProfile` (CPU clock) over "
+            f"{args.steps * 2} steps of (a) and (c) in one torch process (eager, "
+            "so the layer's Python runs every step; TF and JAX run it once while "
+            "tracing). Profiling inflates Python-heavy code, so compare the two "
+            "rows with each other, not with the table above:\n\n" + prof_table,
+        ]
+    )
     if not args.no_write:
         _common.write_section(args.output, "profiling-bottleneck", body)
         print(f"wrote section profiling-bottleneck of {args.output}")

@@ -59,7 +59,9 @@ def _data(steps):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    x = rng.integers(1, MAX_FEATURES, size=(steps * BATCH, MAXLEN), dtype="int32")
+    x = rng.integers(
+        1, MAX_FEATURES, size=(steps * BATCH, MAXLEN), dtype="int32"
+    )
     y = rng.integers(0, 2, size=(steps * BATCH, 1)).astype("float32")
     return x, y
 
@@ -79,11 +81,15 @@ def _bojone_vib_class():
         def call(self, inputs, training=None):
             z_mean, z_log_var = inputs
             kl_loss = -0.5 * ops.sum(
-                ops.mean(1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), 0)
+                ops.mean(
+                    1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), 0
+                )
             )
             self.add_loss(self.lamb * kl_loss)
             if training:
-                u = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+                u = keras.random.normal(
+                    ops.shape(z_mean), seed=self.seed_generator
+                )
                 return z_mean + ops.exp(z_log_var / 2) * u
             return z_mean
 
@@ -107,7 +113,9 @@ def _keras3_model(variant):
     if variant == "a":
         import keras_vib
 
-        z = keras_vib.layers.VIB(kl_weight=KL_WEIGHT, seed=0)([z_mean, z_log_var])
+        z = keras_vib.layers.VIB(kl_weight=KL_WEIGHT, seed=0)(
+            [z_mean, z_log_var]
+        )
     elif variant == "b":
         z = z_mean
     elif variant == "c":
@@ -149,7 +157,9 @@ def _tfp_model():
     h = layers.Dropout(0.2)(h)
     outputs = layers.Dense(1, activation="sigmoid")(h)
     model = tf_keras.Model(inputs, outputs)
-    model.compile(optimizer=tf_keras.optimizers.Adam(), loss="binary_crossentropy")
+    model.compile(
+        optimizer=tf_keras.optimizers.Adam(), loss="binary_crossentropy"
+    )
     return model
 
 
@@ -169,8 +179,10 @@ def setup(spec):
         model = _keras3_model(spec["variant"])
     steps = max(spec["steps"], spec["warmup"])
     x, y = _data(steps)
-    batches = [(x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH])
-               for i in range(steps)]
+    batches = [
+        (x[i * BATCH : (i + 1) * BATCH], y[i * BATCH : (i + 1) * BATCH])
+        for i in range(steps)
+    ]
     jit = getattr(model, "jit_compile", None)
     if spec["variant"] == "d":
         jit = bool(model._jit_compile)
@@ -189,9 +201,13 @@ def setup(spec):
 
 
 def main():
-    parser = _common.base_parser(__doc__.splitlines()[0], steps=5, repeats=9, warmup=5)
+    parser = _common.base_parser(
+        __doc__.splitlines()[0], steps=5, repeats=9, warmup=5
+    )
     parser.add_argument(
-        "--variants", default="a,b,c,d", help="comma-separated subset of a,b,c,d"
+        "--variants",
+        default="a,b,c,d",
+        help="comma-separated subset of a,b,c,d",
     )
     args = parser.parse_args()
     if args.worker:
@@ -199,7 +215,8 @@ def main():
     backends = _common.backends_arg(args.backends)
     variants = [v for v in args.variants.split(",") if v]
     have_tfp = all(
-        _common.package_version(p) for p in ("tensorflow-probability", "tf-keras")
+        _common.package_version(p)
+        for p in ("tensorflow-probability", "tf-keras")
     )
     notes = []
     if "d" in variants and not have_tfp:
@@ -216,12 +233,19 @@ def main():
         for v in variants:
             env = {"KERAS_BACKEND": backend}
             if v == "d":
-                env = {"TF_USE_LEGACY_KERAS": "1", "KERAS_BACKEND": "tensorflow"}
+                env = {
+                    "TF_USE_LEGACY_KERAS": "1",
+                    "KERAS_BACKEND": "tensorflow",
+                }
             specs.append((VARIANTS[v], dict(spec_base, variant=v), env))
         print(f"=== backend {backend} ===")
-        workers, skipped = _common.start_workers(script, specs, threads=args.threads)
+        workers, skipped = _common.start_workers(
+            script, specs, threads=args.threads
+        )
         try:
-            t = _common.interleave(workers, args.steps, args.repeats, args.warmup)
+            t = _common.interleave(
+                workers, args.steps, args.repeats, args.warmup
+            )
         finally:
             for w in workers:
                 w.close()
@@ -232,31 +256,50 @@ def main():
             if label not in t.wall:
                 continue
             jit = t.extra[label][0].get("jit_compile")
-            time_rows.append([
-                backend if v != "d" else "tensorflow (tf_keras)",
-                label,
-                str(jit),
-                _common.fmt_ms(t.wall[label]),
-                _common.fmt_ms(t.cpu[label]),
-            ])
+            time_rows.append(
+                [
+                    backend if v != "d" else "tensorflow (tf_keras)",
+                    label,
+                    str(jit),
+                    _common.fmt_ms(t.wall[label]),
+                    _common.fmt_ms(t.cpu[label]),
+                ]
+            )
         row = [backend]
         for num, den in (("a", "b"), ("a", "c"), ("a", "d"), ("b", "d")):
             num, den = VARIANTS[num], VARIANTS[den]
             for kind in (t.wall, t.cpu):
                 row.append(
-                    _common.fmt_ratio(_common.paired_ratios(kind[num], kind[den]))
-                    if num in kind and den in kind else "–"
+                    _common.fmt_ratio(
+                        _common.paired_ratios(kind[num], kind[den])
+                    )
+                    if num in kind and den in kind
+                    else "–"
                 )
         ratio_rows.append(row)
 
     table_times = _common.markdown_table(
-        ["Keras backend", "program", "jit_compile", "wall ms/step", "CPU ms/step"],
+        [
+            "Keras backend",
+            "program",
+            "jit_compile",
+            "wall ms/step",
+            "CPU ms/step",
+        ],
         time_rows,
     )
     table_ratios = _common.markdown_table(
-        ["Keras backend", "(a)/(b) wall", "(a)/(b) CPU", "(a)/(c) wall",
-         "(a)/(c) CPU", "(a)/(d) wall", "(a)/(d) CPU", "(b)/(d) wall",
-         "(b)/(d) CPU"],
+        [
+            "Keras backend",
+            "(a)/(b) wall",
+            "(a)/(b) CPU",
+            "(a)/(c) wall",
+            "(a)/(c) CPU",
+            "(a)/(d) wall",
+            "(a)/(d) CPU",
+            "(b)/(d) wall",
+            "(b)/(d) CPU",
+        ],
         ratio_rows,
     )
     print(table_times)
@@ -277,9 +320,13 @@ def main():
             f"{args.steps} steps; {args.repeats} interleaved rounds (A B C D, "
             f"D C B A, ...) after {args.warmup} warm-up steps, each program in "
             "its own process"
-            + (f", limited to {args.threads} intra-op thread(s) (`--threads`) "
-               "so that CPU time measures work rather than spinning thread "
-               "pools on a loaded machine." if args.threads else "."),
+            + (
+                f", limited to {args.threads} intra-op thread(s) (`--threads`) "
+                "so that CPU time measures work rather than spinning thread "
+                "pools on a loaded machine."
+                if args.threads
+                else "."
+            ),
             _common.machine_markdown(),
             f"Command: `{_common.command_string()}`",
             "Time per step, median (min–max) over rounds. *Wall* is elapsed "
@@ -292,8 +339,7 @@ def main():
             "are noisy; the interleaved ratios, and the CPU-time ratios above "
             "all, are the numbers to quote. (b)/(d) compares the floor with "
             "(d): the part of (a)/(d) that is Keras 3 against tf_keras, not "
-            "the bottleneck.\n\n"
-            + table_ratios,
+            "the bottleneck.\n\n" + table_ratios,
         ]
         + (["Notes: " + " ".join(notes)] if notes else [])
     )

@@ -31,9 +31,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
 
-import keras_vib.models  # noqa: E402
 import keras_vib as kv  # noqa: E402
-from datasets import DynamicBinarization, binarize, load_mnist  # noqa: E402
+import keras_vib.models  # noqa: E402
+from keras_vib.datasets import DynamicBinarization  # noqa: E402
+from keras_vib.datasets import binarize  # noqa: E402
+from keras_vib.datasets import load_mnist  # noqa: E402
 
 #: Seed of the one binarization of the test set shared by all runs.
 TEST_BINARIZATION_SEED = 12345
@@ -45,47 +47,95 @@ ACTIVE_UNIT_THRESHOLD = 1e-2
 
 def parse_args(description, default_k=None, argv=None):
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--data-dir", default=None,
-                   help="folder with mnist.npz (default: $KERAS_VIB_DATA, "
-                        "else keras.datasets download)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with mnist.npz (default: $KERAS_VIB_DATA, "
+        "else keras.datasets download)",
+    )
     p.add_argument("--epochs", type=int, default=20)
     if default_k is not None:
-        p.add_argument("--k", type=int, default=default_k,
-                       help="importance samples per example in training")
-        p.add_argument("--estimator", choices=("iwae", "dreg"), default="iwae",
-                       help="gradient estimator (the paper's is 'iwae')")
+        p.add_argument(
+            "--k",
+            type=int,
+            default=default_k,
+            help="importance samples per example in training",
+        )
+        p.add_argument(
+            "--estimator",
+            choices=("iwae", "dreg"),
+            default="iwae",
+            help="gradient estimator (the paper's is 'iwae')",
+        )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=100,
-                   help="the paper uses 20; 100 is ~4x faster per epoch")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=100,
+        help="the paper uses 20; 100 is ~4x faster per epoch",
+    )
     p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--constant-lr", action="store_true",
-                   help="keep the learning rate fixed (default: the paper's "
-                        "1e-3 * 10**(-i/7) for 3**i epochs)")
-    p.add_argument("--nll-samples", type=int, default=5000,
-                   help="importance samples K for the test log-likelihood "
-                        "(0: skip it)")
-    p.add_argument("--nll-examples", type=int, default=None,
-                   help="score only the first N test images (default: all)")
-    p.add_argument("--nll-offset", type=int, default=0,
-                   help="skip the first N test images (to resume a sharded "
-                        "evaluation; the noise is the same as in one run)")
+    p.add_argument(
+        "--constant-lr",
+        action="store_true",
+        help="keep the learning rate fixed (default: the paper's "
+        "1e-3 * 10**(-i/7) for 3**i epochs)",
+    )
+    p.add_argument(
+        "--nll-samples",
+        type=int,
+        default=5000,
+        help="importance samples K for the test log-likelihood (0: skip it)",
+    )
+    p.add_argument(
+        "--nll-examples",
+        type=int,
+        default=None,
+        help="score only the first N test images (default: all)",
+    )
+    p.add_argument(
+        "--nll-offset",
+        type=int,
+        default=0,
+        help="skip the first N test images (to resume a sharded "
+        "evaluation; the noise is the same as in one run)",
+    )
     p.add_argument("--nll-batch-size", type=int, default=100)
-    p.add_argument("--nll-shard-size", type=int, default=None,
-                   help="score the test images this many at a time, "
-                        "rewriting --json after each shard (for long runs)")
-    p.add_argument("--figure-dir", default=None,
-                   help="write samples/reconstruction/interpolation PNGs here")
-    p.add_argument("--save-weights", default=None,
-                   help="save the trained weights (.weights.h5)")
-    p.add_argument("--checkpoint-dir", default=None,
-                   help="save the weights after every epoch, with a JSON-lines "
-                        "log of epoch times and metrics, here")
-    p.add_argument("--load-weights", default=None,
-                   help="skip training and evaluate these weights")
+    p.add_argument(
+        "--nll-shard-size",
+        type=int,
+        default=None,
+        help="score the test images this many at a time, "
+        "rewriting --json after each shard (for long runs)",
+    )
+    p.add_argument(
+        "--figure-dir",
+        default=None,
+        help="write samples/reconstruction/interpolation PNGs here",
+    )
+    p.add_argument(
+        "--save-weights",
+        default=None,
+        help="save the trained weights (.weights.h5)",
+    )
+    p.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="save the weights after every epoch, with a JSON-lines "
+        "log of epoch times and metrics, here",
+    )
+    p.add_argument(
+        "--load-weights",
+        default=None,
+        help="skip training and evaluate these weights",
+    )
     p.add_argument("--json", default=None, help="write results to this file")
     p.add_argument("--verbose", type=int, default=2, help="keras fit verbosity")
-    p.add_argument("--smoke", action="store_true",
-                   help="run end to end in seconds on tiny synthetic data")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="run end to end in seconds on tiny synthetic data",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.epochs = min(args.epochs, 2)
@@ -118,8 +168,14 @@ def build_networks(data_dim=784, hidden=200, latent_dim=50, output_bias=None):
     z = keras.Input((latent_dim,), name="z")
     h = keras.layers.Dense(hidden, activation="tanh")(z)
     h = keras.layers.Dense(hidden, activation="tanh")(h)
-    bias = "zeros" if output_bias is None else keras.initializers.Constant(output_bias)
-    logits = keras.layers.Dense(data_dim, bias_initializer=bias, name="logits")(h)
+    bias = (
+        "zeros"
+        if output_bias is None
+        else keras.initializers.Constant(output_bias)
+    )
+    logits = keras.layers.Dense(data_dim, bias_initializer=bias, name="logits")(
+        h
+    )
     decoder = keras.Model(z, logits, name="decoder")
     return encoder, decoder
 
@@ -152,7 +208,9 @@ def load_data(args):
         # Tiny synthetic "images": blurred random blobs in [0, 1].
         rng = np.random.default_rng(args.seed)
         centres = rng.random((4, 784)).astype("float32")
-        x = centres[rng.integers(0, 4, 320)] * 0.8 + 0.1 * rng.random((320, 784))
+        x = centres[rng.integers(0, 4, 320)] * 0.8 + 0.1 * rng.random(
+            (320, 784)
+        )
         x_train, x_test = x[:256].astype("float32"), x[256:].astype("float32")
     else:
         (x_train, _), (x_test, _) = load_mnist(args.data_dir)
@@ -170,7 +228,7 @@ def active_units(model, x, batch_size=1000, threshold=ACTIVE_UNIT_THRESHOLD):
         `(count, variances)`: the count and the per-unit variance (float64).
     """
     means = [
-        keras.ops.convert_to_numpy(model.encode(x[i:i + batch_size])[0])
+        keras.ops.convert_to_numpy(model.encode(x[i : i + batch_size])[0])
         for i in range(0, len(x), batch_size)
     ]
     variances = np.var(np.concatenate(means).astype("float64"), axis=0)
@@ -183,7 +241,9 @@ def _tile(images, rows, cols, scale=2):
     grid = np.ones((rows * 29 + 1, cols * 29 + 1), dtype="float32")
     for i, image in enumerate(images[: rows * cols]):
         r, c = divmod(i, cols)
-        grid[1 + r * 29:1 + r * 29 + 28, 1 + c * 29:1 + c * 29 + 28] = 1.0 - image
+        grid[1 + r * 29 : 1 + r * 29 + 28, 1 + c * 29 : 1 + c * 29 + 28] = (
+            1.0 - image
+        )
     grid = np.kron(grid, np.ones((scale, scale), dtype="float32"))
     return (np.clip(grid, 0.0, 1.0) * 255).astype("uint8")
 
@@ -205,21 +265,36 @@ def save_figures(model, x_test, prefix, figure_dir, seed):
     to_np = keras.ops.convert_to_numpy
     paths = []
     samples = to_np(model.generate(100, seed=seed))
-    paths.append(_save_png(_tile(samples, 10, 10),
-                           os.path.join(figure_dir, f"{prefix}_samples.png")))
+    paths.append(
+        _save_png(
+            _tile(samples, 10, 10),
+            os.path.join(figure_dir, f"{prefix}_samples.png"),
+        )
+    )
     # Rows alternate: 10 binarized test digits, then their reconstructions.
     originals = x_test[:30]
     recon = to_np(model.reconstruct(originals))
     pairs = np.concatenate(
-        [np.stack([originals[i:i + 10], recon[i:i + 10]]) for i in (0, 10, 20)]
+        [
+            np.stack([originals[i : i + 10], recon[i : i + 10]])
+            for i in (0, 10, 20)
+        ]
     )
-    paths.append(_save_png(_tile(pairs, 6, 10),
-                           os.path.join(figure_dir, f"{prefix}_reconstructions.png")))
+    paths.append(
+        _save_png(
+            _tile(pairs, 6, 10),
+            os.path.join(figure_dir, f"{prefix}_reconstructions.png"),
+        )
+    )
     # Spherical paths between the posterior means of pairs of test digits.
     steps = 10
     path = to_np(model.interpolate(x_test[30:36], x_test[36:42], steps=steps))
-    paths.append(_save_png(_tile(path, 6, steps),
-                           os.path.join(figure_dir, f"{prefix}_interpolation.png")))
+    paths.append(
+        _save_png(
+            _tile(path, 6, steps),
+            os.path.join(figure_dir, f"{prefix}_interpolation.png"),
+        )
+    )
     return paths
 
 
@@ -242,7 +317,8 @@ def run(args, model_fn, name, paper_key, argv=None):
     results = {
         "model": name,
         "backend": keras.backend.backend(),
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+        "command": "python "
+        + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
         "epochs": args.epochs,
         "seed": args.seed,
         "batch_size": args.batch_size,
@@ -258,32 +334,47 @@ def run(args, model_fn, name, paper_key, argv=None):
         results["loaded_weights"] = args.load_weights
     else:
         model.compile(optimizer=make_optimizer(args.learning_rate))
-        data = DynamicBinarization(x_train, batch_size=args.batch_size,
-                                   seed=args.seed).as_pydataset()
+        data = DynamicBinarization(
+            x_train, batch_size=args.batch_size, seed=args.seed
+        )
         callbacks = []
         if not args.constant_lr:
-            callbacks.append(keras.callbacks.LearningRateScheduler(
-                lambda epoch: paper_learning_rate(epoch, args.learning_rate)))
+            callbacks.append(
+                keras.callbacks.LearningRateScheduler(
+                    lambda epoch: paper_learning_rate(epoch, args.learning_rate)
+                )
+            )
         epoch_times = []
         timer = keras.callbacks.LambdaCallback(
             on_epoch_begin=lambda epoch, logs: epoch_times.append(time.time()),
             on_epoch_end=lambda epoch, logs: epoch_times.__setitem__(
-                -1, time.time() - epoch_times[-1]),
+                -1, time.time() - epoch_times[-1]
+            ),
         )
         if args.checkpoint_dir:
-            callbacks.append(_EpochCheckpoint(args.checkpoint_dir, name, epoch_times))
+            callbacks.append(
+                _EpochCheckpoint(args.checkpoint_dir, name, epoch_times)
+            )
         start = time.time()
-        history = model.fit(data, epochs=args.epochs, verbose=args.verbose,
-                            callbacks=callbacks + [timer])
+        history = model.fit(
+            data,
+            epochs=args.epochs,
+            verbose=args.verbose,
+            callbacks=callbacks + [timer],
+        )
         results["train_seconds"] = time.time() - start
         results["epoch_seconds"] = epoch_times
-        results["history"] = {k: [float(v) for v in vals]
-                              for k, vals in history.history.items()}
+        results["history"] = {
+            k: [float(v) for v in vals] for k, vals in history.history.items()
+        }
         if args.save_weights:
             model.save_weights(args.save_weights)
             results["saved_weights"] = args.save_weights
-        print(f"[{name}] trained {args.epochs} epochs in "
-              f"{results['train_seconds']:.1f} s", flush=True)
+        print(
+            f"[{name}] trained {args.epochs} epochs in "
+            f"{results['train_seconds']:.1f} s",
+            flush=True,
+        )
 
     count, variances = active_units(model, x_test)
     results["active_units"] = count
@@ -291,7 +382,9 @@ def run(args, model_fn, name, paper_key, argv=None):
     print(f"[{name}] active units: {count} / {len(variances)}", flush=True)
 
     if args.figure_dir:
-        results["figures"] = save_figures(model, x_test, name, args.figure_dir, args.seed)
+        results["figures"] = save_figures(
+            model, x_test, name, args.figure_dir, args.seed
+        )
 
     _write_json(args, results)
     if args.nll_samples > 0:
@@ -305,10 +398,20 @@ def _git_commit():
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
-                              capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "keras_vib"],
-                               cwd=root, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "keras_vib"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if head.returncode != 0:
@@ -323,14 +426,23 @@ class _EpochCheckpoint(keras.callbacks.Callback):
     def __init__(self, directory, name, epoch_times):
         super().__init__()
         os.makedirs(directory, exist_ok=True)
-        self.directory, self.name, self.epoch_times = directory, name, epoch_times
+        self.directory, self.name, self.epoch_times = (
+            directory,
+            name,
+            epoch_times,
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         stem = os.path.join(self.directory, f"{self.name}_epoch{epoch + 1:03d}")
         self.model.save_weights(stem + ".weights.h5")
-        record = {"epoch": epoch + 1, "seconds": time.time() - self.epoch_times[-1],
-                  "logs": {k: float(v) for k, v in (logs or {}).items()}}
-        with open(os.path.join(self.directory, f"{self.name}_epochs.jsonl"), "a") as f:
+        record = {
+            "epoch": epoch + 1,
+            "seconds": time.time() - self.epoch_times[-1],
+            "logs": {k: float(v) for k, v in (logs or {}).items()},
+        }
+        with open(
+            os.path.join(self.directory, f"{self.name}_epochs.jsonl"), "a"
+        ) as f:
             f.write(json.dumps(record) + "\n")
 
 
@@ -341,14 +453,20 @@ def _evaluate_nll(args, model, x_test, name, results):
     stop = None if args.nll_examples is None else offset + args.nll_examples
     x_eval = x_test[offset:stop]
     shard = args.nll_shard_size or len(x_eval)
-    results.update(nll_samples=args.nll_samples, nll_seconds=0.0, log_px=[],
-                   nll_offset=offset)
+    results.update(
+        nll_samples=args.nll_samples,
+        nll_seconds=0.0,
+        log_px=[],
+        nll_offset=offset,
+    )
     for first in range(0, len(x_eval), shard):
         start = time.time()
         # A distinct noise seed per shard (log_likelihood derives its noise
         # from (seed, batch index), and the batch index restarts per call).
         log_px = kv.models.log_likelihood(
-            model, x_eval[first:first + shard], num_samples=args.nll_samples,
+            model,
+            x_eval[first : first + shard],
+            num_samples=args.nll_samples,
             batch_size=args.nll_batch_size,
             seed=args.seed * 1_000_003 + offset + first,
             verbose=0,
@@ -359,14 +477,20 @@ def _evaluate_nll(args, model, x_test, name, results):
         results["nll_examples"] = int(len(values))
         results["test_nll"] = float(-values.mean())
         results["test_nll_stderr"] = (
-            float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+            float(values.std(ddof=1) / math.sqrt(len(values)))
+            if len(values) > 1
+            else None
         )
         paper = results["paper_nll"]
-        print(f"[{name}] test NLL (K={args.nll_samples}, {len(values)} images"
-              + (f" from #{offset}" if offset else "") + "): "
-              f"{results['test_nll']:.2f} +- {results['test_nll_stderr'] or 0:.2f} nats"
-              + (f" (paper: {paper})" if paper else "")
-              + f"  [{results['nll_seconds']:.1f} s]", flush=True)
+        print(
+            f"[{name}] test NLL (K={args.nll_samples}, {len(values)} images"
+            + (f" from #{offset}" if offset else "")
+            + "): "
+            f"{results['test_nll']:.2f} +- {results['test_nll_stderr'] or 0:.2f} nats"
+            + (f" (paper: {paper})" if paper else "")
+            + f"  [{results['nll_seconds']:.1f} s]",
+            flush=True,
+        )
         _write_json(args, results)
 
 

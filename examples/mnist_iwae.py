@@ -19,9 +19,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import keras_vib.models  # noqa: E402
+from _iwae_paper_model import parse_args  # noqa: E402
+from _iwae_paper_model import run  # noqa: E402
+
 import keras_vib as kv  # noqa: E402
-from _iwae_paper_model import parse_args, run  # noqa: E402
+import keras_vib.models  # noqa: E402
 
 
 def main(argv=None):
@@ -32,9 +34,14 @@ def main(argv=None):
     results = run(
         args,
         lambda encoder, decoder, seed: kv.models.IWAE(
-            encoder, decoder, num_samples=args.k,
-            gradient_estimator=args.estimator, likelihood="bernoulli",
-            seed=seed, name="iwae"),
+            encoder,
+            decoder,
+            num_samples=args.k,
+            gradient_estimator=args.estimator,
+            likelihood="bernoulli",
+            seed=seed,
+            name="iwae",
+        ),
         name=name,
         paper_key=name,
     )

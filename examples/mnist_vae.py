@@ -22,9 +22,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import keras_vib.models  # noqa: E402
+from _iwae_paper_model import parse_args  # noqa: E402
+from _iwae_paper_model import run  # noqa: E402
+
 import keras_vib as kv  # noqa: E402
-from _iwae_paper_model import parse_args, run  # noqa: E402
+import keras_vib.models  # noqa: E402
 
 
 def main(argv=None):
@@ -32,7 +34,8 @@ def main(argv=None):
     return run(
         args,
         lambda encoder, decoder, seed: kv.models.VAE(
-            encoder, decoder, likelihood="bernoulli", seed=seed, name="vae"),
+            encoder, decoder, likelihood="bernoulli", seed=seed, name="vae"
+        ),
         name="vae",
         paper_key="vae",
     )

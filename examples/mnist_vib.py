@@ -38,16 +38,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras  # noqa: E402
 
 import keras_vib as kv  # noqa: E402
-from datasets import load_mnist, split_validation  # noqa: E402
+from keras_vib.datasets import load_mnist  # noqa: E402
+from keras_vib.datasets import split_validation  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=None,
-                   help="folder with mnist.npz (default: $KERAS_VIB_DATA, "
-                        "else download with keras.datasets)")
-    p.add_argument("--baseline", action="store_true",
-                   help="train the deterministic 784-1024-1024-10 net")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with mnist.npz (default: $KERAS_VIB_DATA, "
+        "else download with keras.datasets)",
+    )
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="train the deterministic 784-1024-1024-10 net",
+    )
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kl-weight", type=float, default=1e-3, help="beta")
@@ -56,19 +63,38 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--no-ema", action="store_true", help="evaluate raw weights")
-    p.add_argument("--val-split", type=int, default=5000,
-                   help="hold out the last N training images for validation")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="stop after the first epoch that ends past this "
-                        "training-time budget (then evaluate as usual)")
+    p.add_argument(
+        "--val-split",
+        type=int,
+        default=5000,
+        help="hold out the last N training images for validation",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop after the first epoch that ends past this "
+        "training-time budget (then evaluate as usual)",
+    )
     p.add_argument("--json", default=None, help="write results to this file")
-    p.add_argument("--figure", default=None,
-                   help="save validation-error curves of one or more --plot runs")
-    p.add_argument("--plot", nargs="+", default=None, metavar="JSON",
-                   help="only draw --figure from result files of earlier runs")
+    p.add_argument(
+        "--figure",
+        default=None,
+        help="save validation-error curves of one or more --plot runs",
+    )
+    p.add_argument(
+        "--plot",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="only draw --figure from result files of earlier runs",
+    )
     p.add_argument("--verbose", type=int, default=0, help="keras fit verbosity")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny synthetic data, two epochs: checks the script runs")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny synthetic data, two epochs: checks the script runs",
+    )
     return p.parse_args(argv)
 
 
@@ -104,12 +130,17 @@ def build_model(args, steps_per_epoch):
         features = keras.Model(inputs, [z_mean, z_log_var])
     model = keras.Model(inputs, outputs)
     learning_rate = keras.optimizers.schedules.ExponentialDecay(
-        args.learning_rate, decay_steps=2 * steps_per_epoch, decay_rate=0.97,
+        args.learning_rate,
+        decay_steps=2 * steps_per_epoch,
+        decay_rate=0.97,
         staircase=True,
     )
     model.compile(
         optimizer=keras.optimizers.Adam(
-            learning_rate, beta_1=0.5, use_ema=not args.no_ema, ema_momentum=0.999
+            learning_rate,
+            beta_1=0.5,
+            use_ema=not args.no_ema,
+            ema_momentum=0.999,
         ),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
@@ -144,15 +175,35 @@ def error(p, y):
 class ValidationError(keras.callbacks.Callback):
     """Validation error after each epoch (with the EMA weights swapped in)."""
 
-    def __init__(self, features, decoder, x, y, mc_samples, seed,
-                 max_seconds=None, use_ema=True, json_path=None):
+    def __init__(
+        self,
+        features,
+        decoder,
+        x,
+        y,
+        mc_samples,
+        seed,
+        max_seconds=None,
+        use_ema=True,
+        json_path=None,
+    ):
         super().__init__()
-        self.max_seconds, self.use_ema, self.json_path = max_seconds, use_ema, json_path
+        self.max_seconds, self.use_ema, self.json_path = (
+            max_seconds,
+            use_ema,
+            json_path,
+        )
         self._fit_start = time.time()
         self.features, self.decoder, self.x, self.y = features, decoder, x, y
         self.mc_samples, self.seed = mc_samples, seed
-        self.history = {"val_error": [], "val_error_mc": [], "kl": [], "loss": [],
-                        "train_accuracy": [], "epoch_seconds": []}
+        self.history = {
+            "val_error": [],
+            "val_error_mc": [],
+            "kl": [],
+            "loss": [],
+            "train_accuracy": [],
+            "epoch_seconds": [],
+        }
         self._start = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -170,7 +221,9 @@ class ValidationError(keras.callbacks.Callback):
         optimizer = self.model.optimizer
         variables = optimizer._trainable_variables
         raw = [keras.ops.convert_to_numpy(v) for v in variables]
-        for variable, average in zip(variables, optimizer._model_variables_moving_average):
+        for variable, average in zip(
+            variables, optimizer._model_variables_moving_average
+        ):
             variable.assign(keras.ops.convert_to_numpy(average))
         return raw
 
@@ -187,13 +240,23 @@ class ValidationError(keras.callbacks.Callback):
             line += f"  kl {float(kl):.1f} nats"
         if len(self.x):
             raw = self._swap_in_ema() if self.use_ema else None
-            p_mean, p_mc = predict(self.model, self.features, self.decoder,
-                                   self.x, self.mc_samples, self.seed + epoch)
+            p_mean, p_mc = predict(
+                self.model,
+                self.features,
+                self.decoder,
+                self.x,
+                self.mc_samples,
+                self.seed + epoch,
+            )
             if raw is not None:
-                for variable, value in zip(self.model.optimizer._trainable_variables, raw):
+                for variable, value in zip(
+                    self.model.optimizer._trainable_variables, raw
+                ):
                     variable.assign(value)
             h["val_error"].append(error(p_mean, self.y))
-            h["val_error_mc"].append(None if p_mc is None else error(p_mc, self.y))
+            h["val_error_mc"].append(
+                None if p_mc is None else error(p_mc, self.y)
+            )
             line += f"  val_error {100 * h['val_error'][-1]:.2f}%"
             if p_mc is not None:
                 line += f"  val_error_mc{self.mc_samples} {100 * h['val_error_mc'][-1]:.2f}%"
@@ -202,8 +265,11 @@ class ValidationError(keras.callbacks.Callback):
             with open(self.json_path, "w") as f:
                 json.dump({"partial": True, "history": h}, f)
         last = epoch + 1 == self.params["epochs"]
-        if (self.max_seconds and not last
-                and time.time() - self._fit_start > self.max_seconds):
+        if (
+            self.max_seconds
+            and not last
+            and time.time() - self._fit_start > self.max_seconds
+        ):
             print(f"time budget reached: stopping after epoch {epoch + 1}")
             self.model.stop_training = True
 
@@ -220,14 +286,23 @@ def plot(results, path):
         name = "deterministic" if res["config"]["baseline"] else "VIB"
         key = "val_error" if res["config"]["baseline"] else "val_error_mc"
         err = 100 * np.asarray(h[key], dtype="float64")
-        label = name + ("" if res["config"]["baseline"] else
-                        f" (β={res['config']['kl_weight']:g}, "
-                        f"{res['config']['mc_samples']}-sample avg)")
+        label = name + (
+            ""
+            if res["config"]["baseline"]
+            else f" (β={res['config']['kl_weight']:g}, "
+            f"{res['config']['mc_samples']}-sample avg)"
+        )
         label += f", seed {res['config']['seed']}"
         style = "--" if res["config"]["baseline"] else "-"
         color = "tab:orange" if res["config"]["baseline"] else "tab:blue"
-        ax.plot(np.arange(1, len(err) + 1), err, style, color=color,
-                alpha=1.0 if res["config"]["seed"] == 0 else 0.6, label=label)
+        ax.plot(
+            np.arange(1, len(err) + 1),
+            err,
+            style,
+            color=color,
+            alpha=1.0 if res["config"]["seed"] == 0 else 0.6,
+            label=label,
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation error (%)")
     ax.set_ylim(0.9, 2.6)
@@ -251,7 +326,11 @@ def main(argv=None):
         plot(results, args.figure or "mnist_vib.png")
         return
     if args.smoke:
-        args.epochs, args.val_split, args.mc_samples = min(args.epochs, 2), 100, 3
+        args.epochs, args.val_split, args.mc_samples = (
+            min(args.epochs, 2),
+            100,
+            3,
+        )
         args.json = args.json or os.path.join(
             tempfile.mkdtemp(prefix="mnist_vib_smoke_"), "mnist_vib.json"
         )
@@ -264,9 +343,11 @@ def main(argv=None):
         )
     else:
         x_val, y_val = x_train[:0], y_train[:0]
-    print(f"keras {keras.__version__}, backend {keras.backend.backend()}; "
-          f"{'deterministic baseline' if args.baseline else 'VIB'}; train "
-          f"{len(x_train)}, validation {len(x_val)}, test {len(x_test)}")
+    print(
+        f"keras {keras.__version__}, backend {keras.backend.backend()}; "
+        f"{'deterministic baseline' if args.baseline else 'VIB'}; train "
+        f"{len(x_train)}, validation {len(x_val)}, test {len(x_test)}"
+    )
 
     keras.utils.set_random_seed(args.seed)
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
@@ -274,17 +355,32 @@ def main(argv=None):
     # `monitor` evaluates the EMA weights after each epoch; at the end of
     # `fit` Keras copies them into the model, so the test uses them too.
     monitor = ValidationError(
-        features, decoder, x_val, y_val, args.mc_samples, args.seed,
+        features,
+        decoder,
+        x_val,
+        y_val,
+        args.mc_samples,
+        args.seed,
         max_seconds=args.max_minutes and 60 * args.max_minutes,
-        use_ema=not args.no_ema, json_path=args.json,
+        use_ema=not args.no_ema,
+        json_path=args.json,
     )
     callbacks = [monitor]
     start = time.time()
-    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
-              callbacks=callbacks, verbose=args.verbose, shuffle=True)
+    model.fit(
+        x_train,
+        y_train,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        callbacks=callbacks,
+        verbose=args.verbose,
+        shuffle=True,
+    )
     wall = time.time() - start
 
-    p_mean, p_mc = predict(model, features, decoder, x_test, args.mc_samples, 10**6)
+    p_mean, p_mc = predict(
+        model, features, decoder, x_test, args.mc_samples, 10**6
+    )
     result = {
         "config": vars(args),
         "command": " ".join(sys.argv),
@@ -294,10 +390,15 @@ def main(argv=None):
         "test_error": error(p_mean, y_test),
         "test_error_mc": None if p_mc is None else error(p_mc, y_test),
     }
-    print(f"\nTEST after {result['epochs_run']} epochs ({wall:.0f}s training): "
-          f"error {100 * result['test_error']:.2f}% (mean of z)"
-          + ("" if p_mc is None else
-             f", {100 * result['test_error_mc']:.2f}% ({args.mc_samples}-sample average)"))
+    print(
+        f"\nTEST after {result['epochs_run']} epochs ({wall:.0f}s training): "
+        f"error {100 * result['test_error']:.2f}% (mean of z)"
+        + (
+            ""
+            if p_mc is None
+            else f", {100 * result['test_error_mc']:.2f}% ({args.mc_samples}-sample average)"
+        )
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -14,10 +14,13 @@ One public path per symbol:
 - `keras_vib.callbacks`: `KLWeightScheduler`, `AdaptiveKLWeight`.
 - `keras_vib.prediction`: `predict_mc`.
 - `keras_vib.export`: `classifier`, `vae` (TensorFlow SavedModels).
+- `keras_vib.datasets`: IMDB, MNIST and Fashion-MNIST loaders that also
+  work offline (`KERAS_VIB_DATA`).
 """
 
 from keras_vib import _deprecation
 from keras_vib import callbacks
+from keras_vib import datasets
 from keras_vib import export
 from keras_vib import layers
 from keras_vib import likelihoods

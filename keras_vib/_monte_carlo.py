@@ -110,8 +110,6 @@ def monte_carlo_call(model, x, num_samples, seed):
             model, lambda: model(tiled, training=False), overrides
         )
     return keras.tree.map_structure(
-        lambda y: ops.reshape(
-            y, (num_samples, -1) + tuple(ops.shape(y)[1:])
-        ),
+        lambda y: ops.reshape(y, (num_samples, -1) + tuple(ops.shape(y)[1:])),
         outputs,
     )

@@ -93,7 +93,9 @@ def check_log_name(name, value, allow_none=True):
     if value is None and allow_none:
         return None
     if not isinstance(value, str) or not value:
-        expected = "a non-empty str or None" if allow_none else "a non-empty str"
+        expected = (
+            "a non-empty str or None" if allow_none else "a non-empty str"
+        )
         raise _wrong_type(name, expected, value)
     return value
 

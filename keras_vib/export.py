@@ -246,7 +246,9 @@ def vae(model, filepath, input_signature=None, verbose=False):
         autograph=False,
     )
     def generate(n, seed):
-        shape = tf.concat([tf.reshape(n, (1,)), tf.constant(latent_shape, "int32")], 0)
+        shape = tf.concat(
+            [tf.reshape(n, (1,)), tf.constant(latent_shape, "int32")], 0
+        )
         z = tf.random.stateless_normal(shape, seed=tf.stack([seed, 0]))
         return decode_fn(z)
 

@@ -25,7 +25,7 @@ _NAMES = ("bernoulli", "gaussian")
 
 def _check_event_shape(x, outputs):
     data_shape = tuple(x.shape[1:])
-    out_shape = tuple(outputs.shape[len(outputs.shape) - len(data_shape):])
+    out_shape = tuple(outputs.shape[len(outputs.shape) - len(data_shape) :])
     if len(outputs.shape) < len(x.shape) or any(
         a is not None and b is not None and a != b
         for a, b in zip(data_shape, out_shape)
@@ -180,10 +180,12 @@ class CallableLikelihood(Likelihood):
 
     def log_prob(self, x, outputs):
         event_ndim = _check_event_shape(x, outputs)
-        data_shape = tuple(outputs.shape[len(outputs.shape) - event_ndim:])
+        data_shape = tuple(outputs.shape[len(outputs.shape) - event_ndim :])
         lead_shape = ops.shape(outputs)[: len(outputs.shape) - event_ndim]
         flat_outputs = ops.reshape(outputs, (-1,) + data_shape)
-        flat_x = ops.reshape(ops.broadcast_to(x, ops.shape(outputs)), (-1,) + data_shape)
+        flat_x = ops.reshape(
+            ops.broadcast_to(x, ops.shape(outputs)), (-1,) + data_shape
+        )
         values = ops.cast(self.fn(flat_x, flat_outputs), "float32")
         return ops.reshape(values, lead_shape)
 

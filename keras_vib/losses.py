@@ -81,7 +81,9 @@ def iwae_log_weights(
         z_const = ops.stop_gradient(z)
         z = z_const + scale * (z - z_const)
     num_samples, batch = ops.shape(noise)[0], ops.shape(noise)[1]
-    outputs = _call_decoder(decoder, ops.reshape(z, (-1,) + latent_shape), training)
+    outputs = _call_decoder(
+        decoder, ops.reshape(z, (-1,) + latent_shape), training
+    )
     outputs = ops.reshape(
         outputs, (num_samples, batch) + tuple(outputs.shape[1:])
     )
@@ -175,11 +177,15 @@ def iwae_bound(
     """
     num_samples = check_positive_int("num_samples", num_samples)
     check_choice("gradient_estimator", gradient_estimator, GRADIENT_ESTIMATORS)
-    z_mean, z_log_var = ops.convert_to_tensor(z_mean), ops.convert_to_tensor(z_log_var)
+    z_mean, z_log_var = (
+        ops.convert_to_tensor(z_mean),
+        ops.convert_to_tensor(z_log_var),
+    )
     _check_posterior(z_mean, z_log_var)
     if noise is None:
         noise = keras.random.normal(
-            (num_samples,) + tuple(ops.shape(z_mean)), dtype=z_mean.dtype,
+            (num_samples,) + tuple(ops.shape(z_mean)),
+            dtype=z_mean.dtype,
             seed=seed,
         )
     elif noise.shape[0] is not None and noise.shape[0] != num_samples:
@@ -196,16 +202,26 @@ def iwae_bound(
     # DReG. A forward pass without gradient gives the normalized weights.
     log_w_value = ops.stop_gradient(
         iwae_log_weights(
-            x, ops.stop_gradient(z_mean), ops.stop_gradient(z_log_var),
-            decoder, noise, **kwargs,
+            x,
+            ops.stop_gradient(z_mean),
+            ops.stop_gradient(z_log_var),
+            decoder,
+            noise,
+            **kwargs,
         )
     )
     weights = ops.stop_gradient(ops.softmax(log_w_value, axis=0))
     # The gradient through each z_i is scaled by w~_i, so the encoder gets
     # sum_i w~_i^2 dlog w_i while the decoder gets sum_i w~_i dlog w_i.
     log_w = iwae_log_weights(
-        x, z_mean, z_log_var, decoder, noise,
-        stop_posterior_gradient=True, z_gradient_scale=weights, **kwargs,
+        x,
+        z_mean,
+        z_log_var,
+        decoder,
+        noise,
+        stop_posterior_gradient=True,
+        z_gradient_scale=weights,
+        **kwargs,
     )
     surrogate = ops.sum(weights * log_w, axis=0)
     bound = ops.logsumexp(log_w_value, axis=0) - log_k

@@ -131,14 +131,18 @@ def gaussian_kl(
     if prior_mean is None and prior_log_var is None:
         per_dim = 0.5 * (ops.square(mean) + _exp_minus_one_minus(log_var))
         return _sum(per_dim, axis)
-    prior_mean = ops.zeros_like(mean) if prior_mean is None else _float32(prior_mean)
+    prior_mean = (
+        ops.zeros_like(mean) if prior_mean is None else _float32(prior_mean)
+    )
     prior_log_var = (
         ops.zeros_like(mean)
         if prior_log_var is None
         else clip_log_var(_float32(prior_log_var))
     )
     mahalanobis = ops.square(mean - prior_mean) * ops.exp(-prior_log_var)
-    per_dim = 0.5 * (mahalanobis + _exp_minus_one_minus(log_var - prior_log_var))
+    per_dim = 0.5 * (
+        mahalanobis + _exp_minus_one_minus(log_var - prior_log_var)
+    )
     return _sum(per_dim, axis)
 
 
@@ -221,9 +225,7 @@ def bernoulli_log_prob(x, logits, axis=-1):
     logits = _float32(logits)
     magnitude = ops.abs(logits)
     log_p = (
-        x * logits
-        - 0.5 * (logits + magnitude)
-        - ops.log1p(ops.exp(-magnitude))
+        x * logits - 0.5 * (logits + magnitude) - ops.log1p(ops.exp(-magnitude))
     )
     return _sum(log_p, axis)
 

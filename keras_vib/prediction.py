@@ -145,7 +145,9 @@ def _batch_moments(model, x_batch, num_samples, samples_per_pass, seeds):
             def combine_m2(s, cs, m, cm):
                 return s + cs + (cm - m) ** 2 * (count * k / total)
 
-            m2 = keras.tree.map_structure(combine_m2, m2, chunk_m2, mean, chunk_mean)
+            m2 = keras.tree.map_structure(
+                combine_m2, m2, chunk_m2, mean, chunk_mean
+            )
             mean = keras.tree.map_structure(combine_mean, mean, chunk_mean)
         count += k
     std = keras.tree.map_structure(

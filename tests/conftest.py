@@ -9,10 +9,9 @@ Helpers (import them with `from conftest import ...`):
     to_numpy, assert_moments, make_vib_model, classification_data.
 """
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 from hypothesis import settings
 
 import keras_vib as kv
@@ -65,7 +64,9 @@ def assert_moments(samples, mean, var, axis=0):
     mean_error = np.abs(samples.mean(axis=axis) - mean)
     var_error = np.abs(samples.var(axis=axis, ddof=1) - var)
     assert np.all(mean_error <= Z_TOLERANCE * np.sqrt(var / n)), mean_error
-    assert np.all(var_error <= Z_TOLERANCE * var * np.sqrt(2 / (n - 1))), var_error
+    assert np.all(var_error <= Z_TOLERANCE * var * np.sqrt(2 / (n - 1))), (
+        var_error
+    )
 
 
 def classification_data(n=512, features=8, seed=0):
@@ -87,7 +88,9 @@ def make_vib_model(features=8, latent=4, classes=2, kl_weight=0.1, seed=0):
     h = keras.layers.Dense(16, activation="tanh")(inputs)
     z_mean = keras.layers.Dense(latent)(h)
     z_log_var = keras.layers.Dense(latent)(h)
-    z = kv.layers.VIB(kl_weight=kl_weight, seed=seed, name="vib")([z_mean, z_log_var])
+    z = kv.layers.VIB(kl_weight=kl_weight, seed=seed, name="vib")(
+        [z_mean, z_log_var]
+    )
     outputs = keras.layers.Dense(classes, activation="softmax")(z)
     model = keras.Model(inputs, outputs)
     return model, keras.Model(inputs, [z_mean, z_log_var])

@@ -19,11 +19,22 @@ BACKEND = keras.backend.backend()
 def _run(script, section, tmp_path, *args):
     output = tmp_path / "BENCHMARKS.md"
     # Another section that the script must leave alone.
-    output.write_text("# Benchmarks\n\n<!-- section: other -->\nkeep me\n"
-                      "<!-- end section: other -->\n")
-    cmd = [sys.executable, os.path.join(REPO, "benchmarks", script),
-           "--backends", BACKEND, "--output", str(output), *args]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    output.write_text(
+        "# Benchmarks\n\n<!-- section: other -->\nkeep me\n"
+        "<!-- end section: other -->\n"
+    )
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "benchmarks", script),
+        "--backends",
+        BACKEND,
+        "--output",
+        str(output),
+        *args,
+    ]
+    result = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     text = output.read_text()
     begin = text.index(f"<!-- section: {section} -->")
@@ -36,25 +47,66 @@ def _run(script, section, tmp_path, *args):
 
 
 def test_vib_overhead_smoke(tmp_path):
-    body = _run("vib_overhead.py", "vib_overhead", tmp_path,
-                "--variants", "a,b", "--steps", "1", "--repeats", "1", "--warmup", "1")
+    body = _run(
+        "vib_overhead.py",
+        "vib_overhead",
+        tmp_path,
+        "--variants",
+        "a,b",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--warmup",
+        "1",
+    )
     assert "(a) keras_vib VIB" in body and "(b) floor" in body
 
 
 def test_iwae_scaling_smoke(tmp_path):
     # torch.compile is opt-in (slow to compile), so torch runs eager here.
     jit = "off" if BACKEND == "torch" else "on"
-    body = _run("iwae_scaling.py", "iwae_scaling", tmp_path,
-                "--k", "1,2", "--jit", jit, "--no-pythae",
-                "--steps", "1", "--repeats", "1", "--warmup", "1")
+    body = _run(
+        "iwae_scaling.py",
+        "iwae_scaling",
+        tmp_path,
+        "--k",
+        "1,2",
+        "--jit",
+        jit,
+        "--no-pythae",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--warmup",
+        "1",
+    )
     assert f"keras_vib {BACKEND} jit {jit}" in body
 
 
 def test_loglik_smoke(tmp_path):
-    body = _run("loglik.py", "loglik", tmp_path,
-                "--K", "4", "--n", "20", "--n-small", "20", "--repeats", "1",
-                "--full-backends", BACKEND, "--rss-backends", BACKEND,
-                "--rss-ks", "4", "--rss-n", "4")
+    body = _run(
+        "loglik.py",
+        "loglik",
+        tmp_path,
+        "--K",
+        "4",
+        "--n",
+        "20",
+        "--n-small",
+        "20",
+        "--repeats",
+        "1",
+        "--full-backends",
+        BACKEND,
+        "--rss-backends",
+        BACKEND,
+        "--rss-ks",
+        "4",
+        "--rss-n",
+        "4",
+    )
     assert "peak RSS" in body
 
 
@@ -65,14 +117,18 @@ def test_write_section_only_touches_its_section(tmp_path):
     finally:
         sys.path.pop(0)
     path = tmp_path / "doc.md"
-    path.write_text("head\n<!-- section: a -->\nold\n<!-- end section: a -->\n"
-                    "<!-- section: b -->\nB\n<!-- end section: b -->\n")
+    path.write_text(
+        "head\n<!-- section: a -->\nold\n<!-- end section: a -->\n"
+        "<!-- section: b -->\nB\n<!-- end section: b -->\n"
+    )
     _common.write_section(str(path), "a", "new")
     _common.write_section(str(path), "c", "C")
     text = path.read_text()
     assert "old" not in text and "\nnew\n" in text
     assert "<!-- section: b -->\nB\n<!-- end section: b -->" in text
-    assert text.rstrip().endswith("<!-- section: c -->\nC\n<!-- end section: c -->")
+    assert text.rstrip().endswith(
+        "<!-- section: c -->\nC\n<!-- end section: c -->"
+    )
     assert _common.summary([3.0, 1.0, 2.0]) == (2.0, 1.0, 3.0)
     assert _common.paired_ratios([2.0, 6.0], [1.0, 3.0]) == [2.0, 2.0]
 

@@ -155,19 +155,28 @@ def two_device_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("distribution")
     script = root / "two_devices.py"
     script.write_text(_SCRIPT)
-    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3",
-               CUDA_VISIBLE_DEVICES="")
+    env = dict(
+        os.environ,
+        KERAS_BACKEND=BACKEND,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        CUDA_VISIBLE_DEVICES="",
+    )
     if BACKEND == "jax":
         env["XLA_FLAGS"] = (
-            env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+            env.get("XLA_FLAGS", "")
+            + " --xla_force_host_platform_device_count=2"
         ).strip()
     proc = subprocess.run(
-        [sys.executable, str(script)], cwd=root, env=env, capture_output=True,
-        text=True, timeout=600,
+        [sys.executable, str(script)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
-    return json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT") :])
 
 
 @pytest.mark.parametrize("case", ["vib", "vae", "iwae"])
@@ -178,6 +187,10 @@ def test_two_device_step_equals_single_device_step(two_device_run, case):
     assert set(multi) == set(single)
     assert "loss" in multi
     for key, value in single.items():
-        assert abs(multi[key] - value) <= 1e-5 * max(1.0, abs(value)), (key, multi, single)
+        assert abs(multi[key] - value) <= 1e-5 * max(1.0, abs(value)), (
+            key,
+            multi,
+            single,
+        )
     # The update, i.e. the gradient reduced across replicas, matches too.
     assert result["weights"] <= 1e-5

@@ -10,10 +10,9 @@ import math
 import os
 import sys
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -47,8 +46,14 @@ def _check_results(results, name, k_line, out, tmp_path):
 
 def test_vae_smoke(tmp_path):
     out_json = tmp_path / "vae.json"
-    out = run_example("mnist_vae.py", "--smoke", "--json", str(out_json),
-                      "--figure-dir", str(tmp_path))
+    out = run_example(
+        "mnist_vae.py",
+        "--smoke",
+        "--json",
+        str(out_json),
+        "--figure-dir",
+        str(tmp_path),
+    )
     results = json.loads(out_json.read_text())
     _check_results(results, "vae", "[vae] test NLL", out, tmp_path)
     assert "reconstruction_loss" in results["history"]
@@ -57,32 +62,58 @@ def test_vae_smoke(tmp_path):
 def test_iwae_smoke(tmp_path):
     out_json = tmp_path / "iwae.json"
     ckpt = tmp_path / "ckpt"
-    out = run_example("mnist_iwae.py", "--smoke", "--k", "3", "--json",
-                      str(out_json), "--figure-dir", str(tmp_path),
-                      "--checkpoint-dir", str(ckpt))
+    out = run_example(
+        "mnist_iwae.py",
+        "--smoke",
+        "--k",
+        "3",
+        "--json",
+        str(out_json),
+        "--figure-dir",
+        str(tmp_path),
+        "--checkpoint-dir",
+        str(ckpt),
+    )
     results = json.loads(out_json.read_text())
     _check_results(results, "iwae3", "[iwae3] test NLL", out, tmp_path)
-    log = [json.loads(line) for line in (ckpt / "iwae3_epochs.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(line)
+        for line in (ckpt / "iwae3_epochs.jsonl").read_text().splitlines()
+    ]
     assert [r["epoch"] for r in log] == [1, 2]
-    assert log[1]["logs"]["loss"] == pytest.approx(results["history"]["loss"][1])
+    assert log[1]["logs"]["loss"] == pytest.approx(
+        results["history"]["loss"][1]
+    )
 
     # Evaluating the last checkpoint reproduces the trained model's
     # posterior means (hence the same per-unit variances) exactly.
     loaded_json = tmp_path / "loaded.json"
-    run_example("mnist_iwae.py", "--smoke", "--k", "3", "--nll-samples", "0",
-                "--load-weights", str(ckpt / "iwae3_epoch002.weights.h5"),
-                "--json", str(loaded_json))
+    run_example(
+        "mnist_iwae.py",
+        "--smoke",
+        "--k",
+        "3",
+        "--nll-samples",
+        "0",
+        "--load-weights",
+        str(ckpt / "iwae3_epoch002.weights.h5"),
+        "--json",
+        str(loaded_json),
+    )
     loaded = json.loads(loaded_json.read_text())
     assert "test_nll" not in loaded and "history" not in loaded
-    np.testing.assert_allclose(loaded["latent_variances"],
-                               results["latent_variances"], rtol=1e-5)
+    np.testing.assert_allclose(
+        loaded["latent_variances"], results["latent_variances"], rtol=1e-5
+    )
     # The training bound is logged and equals -loss (no layer losses).
     history = results["history"]
-    np.testing.assert_allclose(history["iwae_bound"], -np.array(history["loss"]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        history["iwae_bound"], -np.array(history["loss"]), rtol=1e-5
+    )
     # The paper's schedule: 1e-3 in epoch 0, 1e-3 * 10**(-1/7) in epoch 1.
-    np.testing.assert_allclose(history["learning_rate"],
-                               [1e-3, 1e-3 * 10 ** (-1 / 7)], rtol=1e-5)
+    np.testing.assert_allclose(
+        history["learning_rate"], [1e-3, 1e-3 * 10 ** (-1 / 7)], rtol=1e-5
+    )
 
 
 def test_paper_learning_rate_stages():
@@ -90,7 +121,8 @@ def test_paper_learning_rate_stages():
     stages = [0, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3]
     for epoch, stage in enumerate(stages):
         assert paper.paper_learning_rate(epoch) == pytest.approx(
-            1e-3 * 10 ** (-stage / 7))
+            1e-3 * 10 ** (-stage / 7)
+        )
     assert paper.paper_learning_rate(39) == pytest.approx(1e-3 * 10 ** (-3 / 7))
     assert paper.paper_learning_rate(40) == pytest.approx(1e-3 * 10 ** (-4 / 7))
 
@@ -104,14 +136,16 @@ def test_build_networks_shapes_and_bias():
     assert encoder.count_params() == 157000 + 40200 + 20100
     assert decoder.count_params() == 10200 + 40200 + 157584
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(decoder.get_layer("logits").bias), bias)
+        keras.ops.convert_to_numpy(decoder.get_layer("logits").bias), bias
+    )
 
 
 def test_marginal_logits_inverts_the_mean():
     x = np.array([[0.0, 1.0, 0.5], [1.0, 1.0, 0.0]], "float32")
     logits = paper.marginal_logits(x, eps=1e-3)
-    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), [0.5, 0.999, 0.25],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        1 / (1 + np.exp(-logits)), [0.5, 0.999, 0.25], rtol=1e-5
+    )
 
 
 class _FixedEncoder:
@@ -131,7 +165,9 @@ def test_active_units_counts_variance_above_threshold():
     # Unit standard deviations 1, 0.2, 0.05, 0: variances 1, 0.04, 0.0025, 0.
     means = rng.normal(size=(n, 4)) * np.array([1.0, 0.2, 0.05, 0.0])
     x = np.arange(n, dtype="float32")[:, None]
-    count, variances = paper.active_units(_FixedEncoder(means), x, batch_size=300)
+    count, variances = paper.active_units(
+        _FixedEncoder(means), x, batch_size=300
+    )
     assert count == 2
     np.testing.assert_allclose(variances, means.var(axis=0), rtol=1e-12)
 

@@ -95,7 +95,11 @@ def _tf_only_env():
 
 def _run(cmd, cwd):
     proc = subprocess.run(
-        cmd, cwd=cwd, env=_tf_only_env(), capture_output=True, text=True,
+        cmd,
+        cwd=cwd,
+        env=_tf_only_env(),
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -116,7 +120,10 @@ def _classifier(sample_at_inference=False):
     inputs = keras.Input((FEATURES,))
     h = keras.layers.Dense(16, activation="tanh")(inputs)
     z = kv.layers.GaussianBottleneck(
-        LATENT, kl_weight=0.1, seed=3, sample_at_inference=sample_at_inference,
+        LATENT,
+        kl_weight=0.1,
+        seed=3,
+        sample_at_inference=sample_at_inference,
         name="bottleneck",
     )(h)
     outputs = keras.layers.Dense(CLASSES, activation="softmax")(z)
@@ -126,7 +133,9 @@ def _classifier(sample_at_inference=False):
 def _vae(model_cls, **kwargs):
     x_in = keras.Input((FEATURES,))
     h = keras.layers.Dense(16, activation="tanh")(x_in)
-    encoder = keras.Model(x_in, [keras.layers.Dense(LATENT)(h), keras.layers.Dense(LATENT)(h)])
+    encoder = keras.Model(
+        x_in, [keras.layers.Dense(LATENT)(h), keras.layers.Dense(LATENT)(h)]
+    )
     z_in = keras.Input((LATENT,))
     h = keras.layers.Dense(16, activation="tanh")(z_in)
     decoder = keras.Model(z_in, keras.layers.Dense(FEATURES)(h))
@@ -160,7 +169,10 @@ def exported(tmp_path_factory):
         model, root / "classifier", num_samples=MC_SAMPLES
     )
     assert model.get_layer("bottleneck").sample_at_inference is True
-    paths = {"classifier": root / "classifier", "classifier_endpoints": endpoints}
+    paths = {
+        "classifier": root / "classifier",
+        "classifier_endpoints": endpoints,
+    }
 
     models = pytest.importorskip("keras_vib.models")
     vae = _vae(models.VAE)
@@ -170,8 +182,11 @@ def exported(tmp_path_factory):
     z = rng.normal(size=(BATCH, LATENT)).astype("float32")
     mean, log_var = vae.encode(x_bin[:BATCH])
     ref.update(
-        vae_x=x_bin[:BATCH], vae_mean=_np(mean), vae_log_var=_np(log_var),
-        vae_z=z, vae_decode=_np(vae.decode(z)),
+        vae_x=x_bin[:BATCH],
+        vae_mean=_np(mean),
+        vae_log_var=_np(log_var),
+        vae_z=z,
+        vae_decode=_np(vae.decode(z)),
     )
     if BACKEND == "tensorflow":
         # Same RNG as the endpoint only on TensorFlow (see `vae`).
@@ -189,13 +204,17 @@ def served(exported):
     """Outputs of every endpoint, computed by a TensorFlow-only process."""
     script = exported["root"] / "load.py"
     script.write_text(_LOADER)
-    args = [sys.executable, str(script), str(exported["ref"]),
-            str(exported["classifier"])]
+    args = [
+        sys.executable,
+        str(script),
+        str(exported["ref"]),
+        str(exported["classifier"]),
+    ]
     if "vae" in exported:
         args.append(str(exported["vae"]))
     stdout = _run(args, cwd=exported["root"])
     line = [l for l in stdout.splitlines() if l.startswith("RESULT")][-1]
-    return json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT") :])
 
 
 TOL = 1e-5
@@ -230,7 +249,12 @@ def test_vae_endpoints_reproduce_keras(exported, served):
     if "vae" not in exported:
         pytest.skip("keras_vib.models is not available")
     assert exported["vae_endpoints"] == ["encode", "decode", "generate"]
-    for key in ("encode_mean", "encode_log_var", "decode", "generate_is_decode"):
+    for key in (
+        "encode_mean",
+        "encode_log_var",
+        "decode",
+        "generate_is_decode",
+    ):
         assert served[key] < TOL, key
     if BACKEND == "tensorflow":
         assert served["generate"] < TOL
@@ -250,16 +274,29 @@ def test_vae_endpoints_reproduce_keras(exported, served):
 )
 def test_saved_model_cli_lists_and_runs_endpoints(exported, tmp_path):
     cli = _saved_model_cli()
-    shown = _run(cli + ["show", "--all", "--dir", str(exported["classifier"])],
-                 cwd=tmp_path)
+    shown = _run(
+        cli + ["show", "--all", "--dir", str(exported["classifier"])],
+        cwd=tmp_path,
+    )
     for name in ("serve", "serve_mc", "serving_default"):
         assert f"signature_def['{name}']" in shown, shown
     ref = np.load(exported["ref"])
     np.save(tmp_path / "x.npy", ref["x"])
     _run(
-        cli + ["run", "--dir", str(exported["classifier"]), "--tag_set", "serve",
-               "--signature_def", "serve", "--inputs", f"x={tmp_path / 'x.npy'}",
-               "--outdir", str(tmp_path / "out")],
+        cli
+        + [
+            "run",
+            "--dir",
+            str(exported["classifier"]),
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serve",
+            "--inputs",
+            f"x={tmp_path / 'x.npy'}",
+            "--outdir",
+            str(tmp_path / "out"),
+        ],
         cwd=tmp_path,
     )
     outputs = list((tmp_path / "out").glob("*.npy"))
@@ -308,9 +345,12 @@ def test_export_argument_errors(tmp_path):
 
 
 @pytest.mark.skipif(
-    BACKEND in kv_export.SUPPORTED_BACKENDS, reason="checks the unsupported-backend error"
+    BACKEND in kv_export.SUPPORTED_BACKENDS,
+    reason="checks the unsupported-backend error",
 )
 def test_unsupported_backend_raises_clear_error(tmp_path):
     model = _classifier()
-    with pytest.raises(RuntimeError, match="needs the TensorFlow or JAX backend"):
+    with pytest.raises(
+        RuntimeError, match="needs the TensorFlow or JAX backend"
+    ):
         kv_export.classifier(model, tmp_path / "m")

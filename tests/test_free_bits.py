@@ -20,11 +20,17 @@ MEAN_BIAS = np.array([0.3, 2.0, 0.1, 3.0])
 
 def _bottleneck(free_bits=0.0, mode="total"):
     layer = kv.layers.GaussianBottleneck(
-        UNITS, kl_weight=WEIGHT, seed=0, free_bits=free_bits, free_bits_mode=mode
+        UNITS,
+        kl_weight=WEIGHT,
+        seed=0,
+        free_bits=free_bits,
+        free_bits_mode=mode,
     )
     layer.build((None, FEATURES))
     rng = np.random.default_rng(0)
-    layer.mean_head.set_weights([0.2 * rng.normal(size=(FEATURES, UNITS)), MEAN_BIAS])
+    layer.mean_head.set_weights(
+        [0.2 * rng.normal(size=(FEATURES, UNITS)), MEAN_BIAS]
+    )
     layer.log_var_head.set_weights(
         [0.2 * rng.normal(size=(FEATURES, UNITS)), rng.normal(size=UNITS) * 0.5]
     )
@@ -32,7 +38,11 @@ def _bottleneck(free_bits=0.0, mode="total"):
 
 
 def _inputs():
-    return np.random.default_rng(1).normal(size=(BATCH, FEATURES)).astype("float32")
+    return (
+        np.random.default_rng(1)
+        .normal(size=(BATCH, FEATURES))
+        .astype("float32")
+    )
 
 
 def _true_kl_per_dim(layer, x):
@@ -87,7 +97,9 @@ def _loss_and_grads(layer, x):
 def test_plain_kl_loss_matches_closed_form():
     layer, x = _bottleneck(), _inputs()
     loss, grads = _loss_and_grads(layer, x)
-    np.testing.assert_allclose(loss, WEIGHT * _true_kl_per_dim(layer, x).sum(), rtol=1e-5)
+    np.testing.assert_allclose(
+        loss, WEIGHT * _true_kl_per_dim(layer, x).sum(), rtol=1e-5
+    )
     assert all(np.any(g != 0) for g in grads.values())
     assert len(grads) == 4  # kernel and bias of both heads
 
@@ -96,7 +108,9 @@ def test_plain_kl_loss_matches_closed_form():
 def test_below_threshold_zero_loss_and_gradient(mode):
     x = _inputs()
     kl_per_dim = _true_kl_per_dim(_bottleneck(), x)
-    free_bits = 1.01 * (kl_per_dim.sum() if mode == "total" else kl_per_dim.max())
+    free_bits = 1.01 * (
+        kl_per_dim.sum() if mode == "total" else kl_per_dim.max()
+    )
     loss, grads = _loss_and_grads(_bottleneck(free_bits, mode), x)
     assert loss == 0.0
     for name, grad in grads.items():
@@ -110,7 +124,9 @@ def test_total_mode_above_threshold_equals_plain_gradient():
     loss, grads = _loss_and_grads(_bottleneck(free_bits, "total"), x)
     np.testing.assert_allclose(loss, plain_loss - WEIGHT * free_bits, rtol=1e-5)
     for name in plain_grads:
-        np.testing.assert_allclose(grads[name], plain_grads[name], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            grads[name], plain_grads[name], rtol=1e-5, atol=1e-7
+        )
 
 
 def test_per_dim_mode_thresholds_each_dimension():
@@ -127,7 +143,10 @@ def test_per_dim_mode_thresholds_each_dimension():
         # Column / entry d of each head belongs to latent dimension d.
         np.testing.assert_array_equal(grad[..., ~above], 0.0, err_msg=name)
         np.testing.assert_allclose(
-            grad[..., above], plain_grads[name][..., above], rtol=1e-5, atol=1e-7
+            grad[..., above],
+            plain_grads[name][..., above],
+            rtol=1e-5,
+            atol=1e-7,
         )
 
 
@@ -137,24 +156,34 @@ def test_per_dim_differs_from_total():
     kl_per_dim = _true_kl_per_dim(_bottleneck(), x)
     loss_total, _ = _loss_and_grads(_bottleneck(1.0, "total"), x)
     loss_dim, _ = _loss_and_grads(_bottleneck(1.0, "per_dim"), x)
-    np.testing.assert_allclose(loss_total, WEIGHT * (kl_per_dim.sum() - 1.0), rtol=1e-5)
+    np.testing.assert_allclose(
+        loss_total, WEIGHT * (kl_per_dim.sum() - 1.0), rtol=1e-5
+    )
     assert loss_dim < loss_total
 
 
-@pytest.mark.parametrize("mode, free_bits", [("total", 100.0), ("per_dim", 1.0)])
+@pytest.mark.parametrize(
+    "mode, free_bits", [("total", 100.0), ("per_dim", 1.0)]
+)
 def test_logged_kl_is_true_kl(mode, free_bits):
     x = _inputs()
     y = np.zeros((BATCH, 1), "float32")
     bottleneck = _bottleneck(free_bits, mode)
     model = keras.Sequential(
-        [keras.Input((FEATURES,)), bottleneck, keras.layers.Dense(1, kernel_initializer="ones")]
+        [
+            keras.Input((FEATURES,)),
+            bottleneck,
+            keras.layers.Dense(1, kernel_initializer="ones"),
+        ]
     )
     # Learning rate 0: one fit epoch logs the KL of these exact weights.
     model.compile(keras.optimizers.SGD(learning_rate=0.0), "mse")
     kl_per_dim = _true_kl_per_dim(bottleneck, x)
     history = model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
     logs = model.evaluate(x, y, batch_size=BATCH, verbose=0, return_dict=True)
-    np.testing.assert_allclose(history.history["kl"][0], kl_per_dim.sum(), rtol=1e-5)
+    np.testing.assert_allclose(
+        history.history["kl"][0], kl_per_dim.sum(), rtol=1e-5
+    )
     np.testing.assert_allclose(logs["kl"], kl_per_dim.sum(), rtol=1e-5)
     # evaluate() uses z = z_mean (no sampling), so its loss is exact: the
     # decoder sums z (kernel of ones, zero bias) and the target is 0.
@@ -168,7 +197,9 @@ def test_logged_kl_is_true_kl(mode, free_bits):
 
 
 def test_vib_free_bits_round_trip():
-    layer = kv.layers.VIB(kl_weight=0.1, free_bits=2.0, free_bits_mode="per_dim")
+    layer = kv.layers.VIB(
+        kl_weight=0.1, free_bits=2.0, free_bits_mode="per_dim"
+    )
     restored = kv.layers.VIB.from_config(layer.get_config())
     assert restored.free_bits == 2.0 and restored.free_bits_mode == "per_dim"
 

@@ -3,10 +3,9 @@
 import math
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 from conftest import assert_moments
 from conftest import classification_data
 from conftest import make_vib_model
@@ -83,7 +82,11 @@ def test_log_var_is_clamped_before_exp():
 def test_compute_output_shape_and_symbolic_call():
     z_mean, z_log_var = keras.Input((5, 3)), keras.Input((5, 3))
     for layer in (kv.layers.Sampling(), kv.layers.VIB()):
-        assert layer.compute_output_shape([(None, 5, 3), (None, 5, 3)]) == (None, 5, 3)
+        assert layer.compute_output_shape([(None, 5, 3), (None, 5, 3)]) == (
+            None,
+            5,
+            3,
+        )
         assert tuple(layer([z_mean, z_log_var]).shape) == (None, 5, 3)
     bottleneck = kv.layers.GaussianBottleneck(units=2)
     assert bottleneck.compute_output_shape((None, 5, 7)) == (None, 5, 2)
@@ -127,7 +130,9 @@ def test_free_bits(mode, expected):
     layer = kv.layers.VIB(kl_weight=0.5, free_bits=1.0, free_bits_mode=mode)
     layer([MEAN, LOG_VAR])
     per_dim = closed_form_kl(MEAN[..., None], LOG_VAR[..., None])
-    np.testing.assert_allclose(only_loss(layer), 0.5 * expected(per_dim), rtol=1e-5)
+    np.testing.assert_allclose(
+        only_loss(layer), 0.5 * expected(per_dim), rtol=1e-5
+    )
 
 
 def test_mask_excludes_positions_from_the_kl():
@@ -160,7 +165,9 @@ def test_kl_is_float32_under_mixed_precision():
     assert keras.backend.standardize_dtype(z.dtype) == "float16"
     loss = layer.losses[0]
     assert keras.backend.standardize_dtype(loss.dtype) == "float32"
-    half = closed_form_kl(MEAN.astype("float16"), LOG_VAR.astype("float16")).mean()
+    half = closed_form_kl(
+        MEAN.astype("float16"), LOG_VAR.astype("float16")
+    ).mean()
     np.testing.assert_allclose(float(to_numpy(loss)), half, rtol=1e-6)
 
 
@@ -182,7 +189,9 @@ def test_gaussian_bottleneck_equals_its_heads_plus_vib():
 def test_fit_logs_kl_and_the_loss_decreases(backend):
     x, y = classification_data(n=256)
     model, encoder = make_vib_model(kl_weight=0.05)
-    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    model.compile(
+        keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy"
+    )
 
     batch_logs = []
     record = keras.callbacks.LambdaCallback(
@@ -203,7 +212,9 @@ def test_fit_logs_kl_and_the_loss_decreases(backend):
     assert logs["loss"][-1] < 0.8 * logs["loss"][0]
     if backend != "jax":
         # The running mean: the last batch's value is the epoch's value.
-        np.testing.assert_allclose(batch_logs[-1]["kl"], logs["kl"][-1], rtol=1e-6)
+        np.testing.assert_allclose(
+            batch_logs[-1]["kl"], logs["kl"][-1], rtol=1e-6
+        )
 
     # Evaluation is deterministic (z = z_mean), so the logged KL and loss
     # must equal their closed forms on the trained encoder.
@@ -212,7 +223,9 @@ def test_fit_logs_kl_and_the_loss_decreases(backend):
     probs = to_numpy(model(x))
     cross_entropy = -np.log(probs[np.arange(len(y)), y]).mean()
     np.testing.assert_allclose(result["kl"], kl, rtol=1e-4)
-    np.testing.assert_allclose(result["loss"], cross_entropy + 0.05 * kl, rtol=1e-4)
+    np.testing.assert_allclose(
+        result["loss"], cross_entropy + 0.05 * kl, rtol=1e-4
+    )
 
 
 def test_gaussian_bottleneck_trains_in_sequential():
@@ -221,11 +234,15 @@ def test_gaussian_bottleneck_trains_in_sequential():
         [
             keras.Input((8,)),
             keras.layers.Dense(16, activation="tanh"),
-            kv.layers.GaussianBottleneck(units=4, kl_weight=1e-2, seed=0, log_name="kl_z"),
+            kv.layers.GaussianBottleneck(
+                units=4, kl_weight=1e-2, seed=0, log_name="kl_z"
+            ),
             keras.layers.Dense(2, activation="softmax"),
         ]
     )
-    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    model.compile(
+        keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy"
+    )
     history = model.fit(x, y, epochs=4, batch_size=64, verbose=0)
     assert np.all(np.isfinite(history.history["kl_z"]))
     assert history.history["loss"][-1] < history.history["loss"][0]
@@ -234,7 +251,9 @@ def test_gaussian_bottleneck_trains_in_sequential():
 def test_readme_drop_in_examples_run():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     section = readme.split("## Add a bottleneck", 1)[1].split("\n## ", 1)[0]
-    blocks = [part.split("```", 1)[0] for part in section.split("```python")[1:]]
+    blocks = [
+        part.split("```", 1)[0] for part in section.split("```python")[1:]
+    ]
     assert len(blocks) == 2
     x = RNG.normal(size=(64, 784)).astype("float32")
     y = RNG.integers(0, 10, size=64)
@@ -246,7 +265,9 @@ def test_readme_drop_in_examples_run():
     assert {"loss", "kl", "val_loss", "val_kl"} <= set(history.history)
     exec(blocks[1], namespace)
     sequential = namespace["model"]
-    assert tuple(sequential(x).shape) == (64, 10) and len(sequential.losses) == 1
+    assert (
+        tuple(sequential(x).shape) == (64, 10) and len(sequential.losses) == 1
+    )
 
 
 # --- configuration and bad input ----------------------------------------------
@@ -256,11 +277,21 @@ def test_readme_drop_in_examples_run():
     "layer",
     [
         kv.layers.Sampling(seed=3, sample_at_inference=True),
-        kv.layers.VIB(kl_weight=0.25, seed=1, free_bits=0.5, free_bits_mode="per_dim",
-               log_name="kl_1"),
-        kv.layers.GaussianBottleneck(units=4, kl_weight=0.1, seed=2, free_bits=0.2,
-                              kernel_initializer="he_normal",
-                              log_var_bias_initializer="ones"),
+        kv.layers.VIB(
+            kl_weight=0.25,
+            seed=1,
+            free_bits=0.5,
+            free_bits_mode="per_dim",
+            log_name="kl_1",
+        ),
+        kv.layers.GaussianBottleneck(
+            units=4,
+            kl_weight=0.1,
+            seed=2,
+            free_bits=0.2,
+            kernel_initializer="he_normal",
+            log_var_bias_initializer="ones",
+        ),
     ],
     ids=["Sampling", "VIB", "GaussianBottleneck"],
 )
@@ -300,7 +331,8 @@ def test_bad_arguments_name_the_argument(make, kwargs, error):
 
 
 @pytest.mark.parametrize(
-    "units, error", [(0, ValueError), (-3, ValueError), (2.5, TypeError), ("8", TypeError)]
+    "units, error",
+    [(0, ValueError), (-3, ValueError), (2.5, TypeError), ("8", TypeError)],
 )
 def test_bad_units(units, error):
     with pytest.raises(error, match="argument `units`.*Received: units="):
@@ -308,7 +340,9 @@ def test_bad_units(units, error):
 
 
 def test_gaussian_bottleneck_needs_a_known_feature_dimension():
-    with pytest.raises(ValueError, match="argument `inputs`.*last dimension is known"):
+    with pytest.raises(
+        ValueError, match="argument `inputs`.*last dimension is known"
+    ):
         kv.layers.GaussianBottleneck(units=2)(keras.Input((None,)))
 
 

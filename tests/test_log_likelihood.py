@@ -1,17 +1,19 @@
 """`log_likelihood` on VAE/IWAE against the exact linear-Gaussian log p(x)."""
 
-
 import numpy as np
 import pytest
 from keras import ops
+from test_losses import LATENT
+from test_losses import linear_gaussian
 
 from keras_vib import losses
 from keras_vib import models
-from test_losses import LATENT, linear_gaussian
 
 
 def _model(lg, cls=models.VAE, **encoder_kwargs):
-    return cls(lg.encoder(**encoder_kwargs), lg.decoder(), likelihood=lg.likelihood())
+    return cls(
+        lg.encoder(**encoder_kwargs), lg.decoder(), likelihood=lg.likelihood()
+    )
 
 
 def test_exact_posterior_estimate_is_exact():
@@ -20,7 +22,9 @@ def test_exact_posterior_estimate_is_exact():
     lg = linear_gaussian()
     x = lg.sample_x(30)
     for cls in (models.VAE, models.IWAE):
-        est = _model(lg, cls).log_likelihood(x, num_samples=20, batch_size=8, seed=0, verbose=0)
+        est = _model(lg, cls).log_likelihood(
+            x, num_samples=20, batch_size=8, seed=0, verbose=0
+        )
         assert est.shape == (30,) and est.dtype == np.float32
         np.testing.assert_allclose(est, lg.log_px(x), atol=3e-4)
 
@@ -37,8 +41,11 @@ def test_large_k_estimate_close_to_exact():
     # estimate's bias is about v/(2K) and its standard deviation sqrt(v/K).
     mean, log_var = lg.posterior(x, **kwargs)
     log_w = losses.iwae_log_weights(
-        x, ops.convert_to_tensor(mean, "float32"), ops.convert_to_tensor(log_var, "float32"),
-        model.decoder, np.random.default_rng(0).normal(size=(4000, 10, LATENT)),
+        x,
+        ops.convert_to_tensor(mean, "float32"),
+        ops.convert_to_tensor(log_var, "float32"),
+        model.decoder,
+        np.random.default_rng(0).normal(size=(4000, 10, LATENT)),
         likelihood=model.likelihood,
     )
     rel = np.exp(ops.convert_to_numpy(log_w) - exact[None])
@@ -61,7 +68,9 @@ def test_chunking_is_exact_and_seed_reproducible():
         chunked = model.log_likelihood(x, chunk_size=chunk_size, **kwargs)
         # The same draws, combined by logaddexp: equal up to float32 round-off.
         np.testing.assert_allclose(chunked, one_chunk, rtol=0, atol=2e-5)
-    np.testing.assert_array_equal(model.log_likelihood(x, chunk_size=70, **kwargs), one_chunk)
+    np.testing.assert_array_equal(
+        model.log_likelihood(x, chunk_size=70, **kwargs), one_chunk
+    )
     other_seed = model.log_likelihood(x, chunk_size=70, **{**kwargs, "seed": 4})
     assert np.max(np.abs(other_seed - one_chunk)) > 1e-3
 
@@ -70,7 +79,11 @@ def test_bad_arguments():
     lg = linear_gaussian()
     model = _model(lg)
     x = lg.sample_x(4)
-    for name, value in (("num_samples", 0), ("batch_size", 0), ("chunk_size", -2)):
+    for name, value in (
+        ("num_samples", 0),
+        ("batch_size", 0),
+        ("chunk_size", -2),
+    ):
         with pytest.raises(ValueError, match=name):
             model.log_likelihood(x, verbose=0, **{name: value})
     with pytest.raises(TypeError, match="num_samples"):
@@ -84,7 +97,11 @@ def test_bad_arguments():
 def test_progress_bar(capsys):
     lg = linear_gaussian()
     model = _model(lg)
-    model.log_likelihood(lg.sample_x(4), num_samples=10, chunk_size=5, seed=0, verbose=1)
+    model.log_likelihood(
+        lg.sample_x(4), num_samples=10, chunk_size=5, seed=0, verbose=1
+    )
     assert "2/2" in capsys.readouterr().out
-    model.log_likelihood(lg.sample_x(4), num_samples=10, chunk_size=5, seed=0, verbose=0)
+    model.log_likelihood(
+        lg.sample_x(4), num_samples=10, chunk_size=5, seed=0, verbose=0
+    )
     assert capsys.readouterr().out == ""

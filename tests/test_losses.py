@@ -14,7 +14,6 @@ from keras import ops
 
 from keras_vib import likelihoods
 from keras_vib import losses
-from keras_vib import models
 
 D, LATENT, S2 = 5, 2, 0.5
 
@@ -50,7 +49,8 @@ class LinearGaussian:
         resid = x - self.b - mean @ self.W.T
         trace = var @ np.sum(self.W**2, axis=0)
         expected_log_lik = -0.5 * (
-            D * math.log(2 * math.pi * self.s2) + (np.sum(resid**2, 1) + trace) / self.s2
+            D * math.log(2 * math.pi * self.s2)
+            + (np.sum(resid**2, 1) + trace) / self.s2
         )
         kl = 0.5 * np.sum(mean**2 + var - log_var - 1, axis=1)
         return expected_log_lik - kl
@@ -58,9 +58,9 @@ class LinearGaussian:
     def sample_x(self, n, seed=1):
         rng = np.random.default_rng(seed)
         z = rng.normal(size=(n, LATENT))
-        return (z @ self.W.T + self.b + math.sqrt(self.s2) * rng.normal(size=(n, D))).astype(
-            "float32"
-        )
+        return (
+            z @ self.W.T + self.b + math.sqrt(self.s2) * rng.normal(size=(n, D))
+        ).astype("float32")
 
     def encoder(self, mean_scale=1.0, log_var_shift=0.0):
         inputs = keras.Input((D,))
@@ -142,9 +142,13 @@ def test_exact_posterior_gives_exact_log_px_for_any_k():
     for k in (1, 7):
         b = _np(
             losses.iwae_bound(
-                x, ops.convert_to_tensor(mean, "float32"),
-                ops.convert_to_tensor(log_var, "float32"), lg.decoder(),
-                num_samples=k, likelihood=lg.likelihood(), seed=3,
+                x,
+                ops.convert_to_tensor(mean, "float32"),
+                ops.convert_to_tensor(log_var, "float32"),
+                lg.decoder(),
+                num_samples=k,
+                likelihood=lg.likelihood(),
+                seed=3,
             )
         )
         np.testing.assert_allclose(b, lg.log_px(x), atol=2e-4)
@@ -184,13 +188,23 @@ def test_dreg_same_value_lower_encoder_gradient_variance():
     xs = np.tile(x, (reps, 1))
     m0 = np.tile(mean, (reps, 1)).astype("float32")
     lv0 = np.tile(log_var, (reps, 1)).astype("float32")
-    noise = np.random.default_rng(7).normal(size=(k, reps, LATENT)).astype("float32")
+    noise = (
+        np.random.default_rng(7)
+        .normal(size=(k, reps, LATENT))
+        .astype("float32")
+    )
     decoder, lik = lg.decoder(), lg.likelihood()
 
     def bound(estimator):
         return lambda m, lv: losses.iwae_bound(
-            xs, m, lv, decoder, num_samples=k, likelihood=lik,
-            gradient_estimator=estimator, noise=ops.convert_to_tensor(noise),
+            xs,
+            m,
+            lv,
+            decoder,
+            num_samples=k,
+            likelihood=lik,
+            gradient_estimator=estimator,
+            noise=ops.convert_to_tensor(noise),
         )
 
     # Eager, so that no compiler re-rounds one graph and not the other.
@@ -205,7 +219,9 @@ def test_dreg_same_value_lower_encoder_gradient_variance():
     var = {e: g.var(axis=0) for e, g in grads.items()}
     # Both estimate the same gradient (means agree within sampling error) ...
     se = np.sqrt((var["iwae"] + var["dreg"]) / reps)
-    np.testing.assert_array_less(np.abs(grads["iwae"].mean(0) - grads["dreg"].mean(0)), 5 * se + 1e-4)
+    np.testing.assert_array_less(
+        np.abs(grads["iwae"].mean(0) - grads["dreg"].mean(0)), 5 * se + 1e-4
+    )
     # ... and DReG's variance is lower in every coordinate. With 400 draws a
     # sample variance is within ~15% of the truth (3 sigma), so a ratio
     # below 0.5 is not sampling noise.
@@ -217,7 +233,9 @@ def test_custom_train_step_usage_and_errors():
     x = lg.sample_x(8)
     enc, dec = lg.encoder(0.5), lg.decoder()
     m, lv = enc(x)
-    b = losses.iwae_bound(x, m, lv, dec, num_samples=3, likelihood="gaussian", seed=0)
+    b = losses.iwae_bound(
+        x, m, lv, dec, num_samples=3, likelihood="gaussian", seed=0
+    )
     assert tuple(b.shape) == (8,)
     with pytest.raises(ValueError, match="num_samples"):
         losses.iwae_bound(x, m, lv, dec, num_samples=0)
@@ -229,6 +247,8 @@ def test_custom_train_step_usage_and_errors():
         losses.iwae_bound(x, m, lv, dec, likelihood="poisson")
     with pytest.raises(ValueError, match="z_log_var"):
         losses.iwae_bound(x, m, lv[:, :1], dec)
-    wrong = keras.Sequential([keras.Input((LATENT,)), keras.layers.Dense(D + 1)])
+    wrong = keras.Sequential(
+        [keras.Input((LATENT,)), keras.layers.Dense(D + 1)]
+    )
     with pytest.raises(ValueError, match="decoder"):
         losses.iwae_bound(x, m, lv, wrong, num_samples=2)

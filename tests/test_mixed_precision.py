@@ -23,7 +23,9 @@ def restore_global_policy():
 
 
 def _np(x):
-    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(x, "float32")), "float64")
+    return np.asarray(
+        keras.ops.convert_to_numpy(keras.ops.cast(x, "float32")), "float64"
+    )
 
 
 def _dtype(x):
@@ -125,7 +127,9 @@ def test_extreme_inputs_stay_finite(policy, training):
     assert 0.8 * np.exp(10) < _np(z)[:, 2].std() < 1.2 * np.exp(10)
     (loss,) = layer.losses
     clamped = np.clip(log_var, kv.ops.LOG_VAR_MIN, kv.ops.LOG_VAR_MAX)
-    expected = np.sum(0.5 * (mean**2 + np.exp(clamped) - clamped - 1), axis=-1)[0]
+    expected = np.sum(0.5 * (mean**2 + np.exp(clamped) - clamped - 1), axis=-1)[
+        0
+    ]
     assert _dtype(loss) == "float32"
     np.testing.assert_allclose(_np(loss), expected, rtol=1e-5)
 
@@ -160,7 +164,9 @@ def test_float16_loss_scaling_recovers_from_overflow():
 def _autoencoder_parts(features=8, latent=2):
     x_in = keras.Input((features,))
     h = keras.layers.Dense(16, activation="tanh")(x_in)
-    encoder = keras.Model(x_in, [keras.layers.Dense(latent)(h), keras.layers.Dense(latent)(h)])
+    encoder = keras.Model(
+        x_in, [keras.layers.Dense(latent)(h), keras.layers.Dense(latent)(h)]
+    )
     z_in = keras.Input((latent,))
     h = keras.layers.Dense(16, activation="tanh")(z_in)
     decoder = keras.Model(z_in, keras.layers.Dense(features)(h))

@@ -6,12 +6,14 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
+from test_losses import LATENT
+from test_losses import D
+from test_losses import linear_gaussian
 
-from keras_vib import likelihoods
 from keras_vib import layers
+from keras_vib import likelihoods
 from keras_vib import models
 from keras_vib import ops as vib_ops
-from test_losses import D, LATENT, linear_gaussian
 
 BITS = 16
 
@@ -67,7 +69,12 @@ def test_fit_lowers_negative_bound_and_logs_val_metrics(cls, kwargs, keys):
     before = model.evaluate(x, batch_size=32, verbose=0, return_dict=True)
     logger = _LogKeys()
     history = model.fit(
-        x, epochs=6, batch_size=32, validation_data=(x[:64],), callbacks=[logger], verbose=0
+        x,
+        epochs=6,
+        batch_size=32,
+        validation_data=(x[:64],),
+        callbacks=[logger],
+        verbose=0,
     )
     after = model.evaluate(x, batch_size=32, verbose=0, return_dict=True)
     expected = keys | {"val_" + k for k in keys}
@@ -78,7 +85,9 @@ def test_fit_lowers_negative_bound_and_logs_val_metrics(cls, kwargs, keys):
     # 16 bits of noisy prototypes: starting near 16*log(2) = 11.1 nats.
     assert after["loss"] < before["loss"] - 3.0, (before, after)
     if "iwae_bound" in keys:
-        np.testing.assert_allclose(after["iwae_bound"], -after["loss"], rtol=1e-5)
+        np.testing.assert_allclose(
+            after["iwae_bound"], -after["loss"], rtol=1e-5
+        )
 
 
 def test_methods_return_the_right_shapes():
@@ -87,10 +96,14 @@ def test_methods_return_the_right_shapes():
     model.compile(optimizer="adam")
     recon = model.predict(x, batch_size=16, verbose=0)
     assert recon.shape == x.shape and recon.min() >= 0 and recon.max() <= 1
-    np.testing.assert_allclose(ops.convert_to_numpy(model.reconstruct(x)), recon, atol=1e-6)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(model.reconstruct(x)), recon, atol=1e-6
+    )
     np.testing.assert_allclose(ops.convert_to_numpy(model(x)), recon, atol=1e-6)
     assert set(model.evaluate(x, verbose=0, return_dict=True)) == {
-        "loss", "reconstruction_loss", "kl",
+        "loss",
+        "reconstruction_loss",
+        "kl",
     }
     z_mean, z_log_var = model.encode(x)
     assert tuple(z_mean.shape) == tuple(z_log_var.shape) == (32, 3)
@@ -118,14 +131,27 @@ def test_vae_loss_terms_match_closed_form():
     kl_exact = 0.5 * np.sum(mean**2 + np.exp(log_var) - log_var - 1, axis=1)
     nll_exact = -(lg.elbo(x0, mean, log_var) + kl_exact)  # E_q[-log p(x|z)]
     # Standard error of a mean of len(x) one-sample NLLs, from NumPy draws.
-    z = mean + np.exp(0.5 * log_var) * np.random.default_rng(0).normal(size=(5000, 4, LATENT))
+    z = mean + np.exp(0.5 * log_var) * np.random.default_rng(0).normal(
+        size=(5000, 4, LATENT)
+    )
     resid = x0 - lg.b - z @ lg.W.T
-    nll_draws = 0.5 * (D * math.log(2 * math.pi * lg.s2) + np.sum(resid**2, -1) / lg.s2)
+    nll_draws = 0.5 * (
+        D * math.log(2 * math.pi * lg.s2) + np.sum(resid**2, -1) / lg.s2
+    )
     se = math.sqrt(nll_draws.var(0).mean() / len(x))
-    for kl_weight, free_bits, mode in ((0.3, 0.0, "total"), (2.0, 1.5, "total"), (1.0, 0.4, "per_dim")):
+    for kl_weight, free_bits, mode in (
+        (0.3, 0.0, "total"),
+        (2.0, 1.5, "total"),
+        (1.0, 0.4, "per_dim"),
+    ):
         model = models.VAE(
-            lg.encoder(0.7, 0.4), lg.decoder(), likelihood=lg.likelihood(),
-            kl_weight=kl_weight, free_bits=free_bits, free_bits_mode=mode, seed=2,
+            lg.encoder(0.7, 0.4),
+            lg.decoder(),
+            likelihood=lg.likelihood(),
+            kl_weight=kl_weight,
+            free_bits=free_bits,
+            free_bits_mode=mode,
+            seed=2,
         )
         model.compile()
         logs = model.evaluate(x, batch_size=len(x), verbose=0, return_dict=True)
@@ -139,18 +165,26 @@ def test_vae_loss_terms_match_closed_form():
         else:
             penalty = max(per_dim.sum() - free_bits, 0.0)
         np.testing.assert_allclose(
-            logs["loss"], logs["reconstruction_loss"] + kl_weight * penalty, rtol=1e-5
+            logs["loss"],
+            logs["reconstruction_loss"] + kl_weight * penalty,
+            rtol=1e-5,
         )
 
 
 def test_free_bits_penalty_matches_vib_layer():
-    per_dim_kl = np.random.default_rng(0).gamma(1.0, 0.5, size=(8, 6)).astype("float32")
+    per_dim_kl = (
+        np.random.default_rng(0).gamma(1.0, 0.5, size=(8, 6)).astype("float32")
+    )
     for free_bits in (0.0, 0.3, 5.0):
         for mode in ("total", "per_dim"):
             vib = layers.VIB(free_bits=free_bits, free_bits_mode=mode)
-            expected = ops.convert_to_numpy(vib.kl_penalty(ops.convert_to_tensor(per_dim_kl)))
+            expected = ops.convert_to_numpy(
+                vib.kl_penalty(ops.convert_to_tensor(per_dim_kl))
+            )
             got = ops.convert_to_numpy(
-                vib_ops.free_bits_penalty(ops.convert_to_tensor(per_dim_kl.mean(0)), free_bits, mode)
+                vib_ops.free_bits_penalty(
+                    ops.convert_to_tensor(per_dim_kl.mean(0)), free_bits, mode
+                )
             )
             np.testing.assert_allclose(got, expected, rtol=1e-6)
 
@@ -158,14 +192,18 @@ def test_free_bits_penalty_matches_vib_layer():
 def test_kl_weight_is_a_float32_non_trainable_variable():
     lg = linear_gaussian()
     x = lg.sample_x(64)
-    model = models.VAE(lg.encoder(0.7), lg.decoder(), likelihood=lg.likelihood(), kl_weight=1.0)
+    model = models.VAE(
+        lg.encoder(0.7), lg.decoder(), likelihood=lg.likelihood(), kl_weight=1.0
+    )
     model.compile()
     assert isinstance(model.kl_weight, keras.Variable)
     assert model.kl_weight.dtype == "float32" and not model.kl_weight.trainable
     assert any(v is model.kl_weight for v in model.non_trainable_variables)
     model.kl_weight.assign(0.0)  # what a KL schedule does
     logs = model.evaluate(x, batch_size=64, verbose=0, return_dict=True)
-    np.testing.assert_allclose(logs["loss"], logs["reconstruction_loss"], rtol=1e-6)
+    np.testing.assert_allclose(
+        logs["loss"], logs["reconstruction_loss"], rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("which", ["vae", "iwae"])
@@ -173,9 +211,13 @@ def test_save_load_round_trip(tmp_path, which):
     x = binary_data(64)
     encoder, decoder = mlp_pair()
     if which == "vae":
-        model = models.VAE(encoder, decoder, kl_weight=0.5, free_bits=0.1, seed=3)
+        model = models.VAE(
+            encoder, decoder, kl_weight=0.5, free_bits=0.1, seed=3
+        )
     else:
-        model = models.IWAE(encoder, decoder, num_samples=4, gradient_estimator="dreg", seed=3)
+        model = models.IWAE(
+            encoder, decoder, num_samples=4, gradient_estimator="dreg", seed=3
+        )
     model.compile(optimizer="adam")
     model.fit(x, epochs=1, batch_size=32, verbose=0)
     if which == "vae":
@@ -184,18 +226,27 @@ def test_save_load_round_trip(tmp_path, which):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert type(loaded) is type(model)
-    assert isinstance(loaded.encoder, keras.Model) and isinstance(loaded.decoder, keras.Model)
+    assert isinstance(loaded.encoder, keras.Model) and isinstance(
+        loaded.decoder, keras.Model
+    )
     for a, b in zip(model.encode(x), loaded.encode(x)):
-        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+        np.testing.assert_array_equal(
+            ops.convert_to_numpy(a), ops.convert_to_numpy(b)
+        )
     kwargs = dict(num_samples=40, chunk_size=16, seed=11, verbose=0)
-    np.testing.assert_array_equal(model.log_likelihood(x, **kwargs), loaded.log_likelihood(x, **kwargs))
+    np.testing.assert_array_equal(
+        model.log_likelihood(x, **kwargs), loaded.log_likelihood(x, **kwargs)
+    )
     config = loaded.get_config()
     if which == "vae":
         assert float(ops.convert_to_numpy(loaded.kl_weight)) == 0.25
         assert config["free_bits"] == 0.1
         loaded.fit(x, epochs=1, batch_size=32, verbose=0)  # still trainable
     else:
-        assert config["num_samples"] == 4 and config["gradient_estimator"] == "dreg"
+        assert (
+            config["num_samples"] == 4
+            and config["gradient_estimator"] == "dreg"
+        )
 
 
 def test_gaussian_likelihood_learned_variance_and_callable():
@@ -209,13 +260,21 @@ def test_gaussian_likelihood_learned_variance_and_callable():
     assert float(ops.convert_to_numpy(lik.log_var)) < math.log(2.0) - 0.05
 
     def unit_gaussian(x, outputs):
-        return -0.5 * ops.sum(ops.square(x - outputs) + math.log(2 * math.pi), axis=-1)
+        return -0.5 * ops.sum(
+            ops.square(x - outputs) + math.log(2 * math.pi), axis=-1
+        )
 
-    by_name = models.VAE(lg.encoder(0.7), lg.decoder(), likelihood="gaussian", seed=4)
-    by_fn = models.VAE(lg.encoder(0.7), lg.decoder(), likelihood=unit_gaussian, seed=4)
+    by_name = models.VAE(
+        lg.encoder(0.7), lg.decoder(), likelihood="gaussian", seed=4
+    )
+    by_fn = models.VAE(
+        lg.encoder(0.7), lg.decoder(), likelihood=unit_gaussian, seed=4
+    )
     kwargs = dict(num_samples=16, seed=0, verbose=0)
     np.testing.assert_allclose(
-        by_fn.log_likelihood(x[:8], **kwargs), by_name.log_likelihood(x[:8], **kwargs), rtol=1e-5
+        by_fn.log_likelihood(x[:8], **kwargs),
+        by_name.log_likelihood(x[:8], **kwargs),
+        rtol=1e-5,
     )
 
 
@@ -240,10 +299,14 @@ def test_bad_inputs_raise_clear_errors():
     single = keras.Model(inputs, keras.layers.Dense(3)(inputs))
     with pytest.raises(ValueError, match="encoder.*z_log_var"):
         models.VAE(single, decoder)
-    unequal = keras.Model(inputs, [keras.layers.Dense(3)(inputs), keras.layers.Dense(2)(inputs)])
+    unequal = keras.Model(
+        inputs, [keras.layers.Dense(3)(inputs), keras.layers.Dense(2)(inputs)]
+    )
     with pytest.raises(ValueError, match="encoder.*equal"):
         models.VAE(unequal, decoder)
-    wrong_out = keras.Sequential([keras.Input((3,)), keras.layers.Dense(BITS + 1)])
+    wrong_out = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(BITS + 1)]
+    )
     with pytest.raises(ValueError, match="decoder.*data's shape"):
         models.VAE(encoder, wrong_out)
     wrong_in = keras.Sequential([keras.Input((4,)), keras.layers.Dense(BITS)])

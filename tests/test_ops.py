@@ -1,17 +1,16 @@
 """keras_vib.ops against closed forms, Monte Carlo and scipy."""
 
+import keras
 import numpy as np
 import pytest
+from conftest import Z_TOLERANCE
+from conftest import assert_moments
+from conftest import to_numpy
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import special
 from scipy import stats
-
-import keras
-from conftest import Z_TOLERANCE
-from conftest import assert_moments
-from conftest import to_numpy
 
 from keras_vib import ops as vib_ops
 
@@ -25,7 +24,10 @@ def numpy_kl(mean, log_var, prior_mean=0.0, prior_log_var=0.0):
     )
     var, prior_var = np.exp(log_var), np.exp(prior_log_var)
     return 0.5 * (
-        prior_log_var - log_var + (var + (mean - prior_mean) ** 2) / prior_var - 1
+        prior_log_var
+        - log_var
+        + (var + (mean - prior_mean) ** 2) / prior_var
+        - 1
     )
 
 
@@ -58,7 +60,9 @@ def test_kl_axis_none_and_tuple():
     mean, log_var = random_gaussian((3, 4, 5))
     per_dim = numpy_kl(mean, log_var)
     np.testing.assert_allclose(
-        to_numpy(vib_ops.gaussian_kl(mean, log_var, axis=None)), per_dim, rtol=1e-5
+        to_numpy(vib_ops.gaussian_kl(mean, log_var, axis=None)),
+        per_dim,
+        rtol=1e-5,
     )
     np.testing.assert_allclose(
         to_numpy(vib_ops.gaussian_kl(mean, log_var, axis=(1, 2))),
@@ -69,7 +73,9 @@ def test_kl_axis_none_and_tuple():
 
 def test_kl_is_exactly_zero_at_the_prior():
     zeros = np.zeros((4, 8), "float32")
-    np.testing.assert_array_equal(to_numpy(vib_ops.gaussian_kl(zeros, zeros)), 0.0)
+    np.testing.assert_array_equal(
+        to_numpy(vib_ops.gaussian_kl(zeros, zeros)), 0.0
+    )
     mean, log_var = random_gaussian()
     same = vib_ops.gaussian_kl(mean, log_var, mean, log_var)
     np.testing.assert_array_equal(to_numpy(same), 0.0)
@@ -97,7 +103,9 @@ def test_kl_matches_monte_carlo_estimate():
         - vib_ops.gaussian_log_prob(z, prior_mean, prior_log_var)
     )[:, 0]
     standard_error = log_ratio.std(ddof=1) / np.sqrt(n)
-    kl = to_numpy(vib_ops.gaussian_kl(mean, log_var, prior_mean, prior_log_var))[0]
+    kl = to_numpy(
+        vib_ops.gaussian_kl(mean, log_var, prior_mean, prior_log_var)
+    )[0]
     assert abs(log_ratio.mean() - kl) <= Z_TOLERANCE * standard_error
 
 
@@ -141,13 +149,19 @@ def test_kl_to_gaussian_prior_is_non_negative_and_finite(
 
 @given(x=extreme, mean=extreme, log_var=extreme)
 def test_log_prob_and_sample_are_finite(x, mean, log_var):
-    assert np.all(np.isfinite(to_numpy(vib_ops.gaussian_log_prob(x, mean, log_var))))
-    z = vib_ops.reparameterize(mean, log_var, seed=keras.random.SeedGenerator(0))
+    assert np.all(
+        np.isfinite(to_numpy(vib_ops.gaussian_log_prob(x, mean, log_var)))
+    )
+    z = vib_ops.reparameterize(
+        mean, log_var, seed=keras.random.SeedGenerator(0)
+    )
     assert np.all(np.isfinite(to_numpy(z)))
 
 
 def test_clip_log_var_range():
-    clipped = to_numpy(vib_ops.clip_log_var(np.array([-1e4, -5.0, 1e4], "float32")))
+    clipped = to_numpy(
+        vib_ops.clip_log_var(np.array([-1e4, -5.0, 1e4], "float32"))
+    )
     np.testing.assert_array_equal(
         clipped, [vib_ops.LOG_VAR_MIN, -5.0, vib_ops.LOG_VAR_MAX]
     )
@@ -159,7 +173,9 @@ def test_clip_log_var_range():
 def test_gaussian_log_prob_matches_scipy():
     mean, log_var = random_gaussian()
     x = RNG.normal(size=mean.shape).astype("float32")
-    per_dim = stats.norm.logpdf(x, mean, np.exp(0.5 * log_var.astype("float64")))
+    per_dim = stats.norm.logpdf(
+        x, mean, np.exp(0.5 * log_var.astype("float64"))
+    )
     np.testing.assert_allclose(
         to_numpy(vib_ops.gaussian_log_prob(x, mean, log_var)),
         per_dim.sum(-1),
@@ -185,9 +201,13 @@ def test_standard_normal_log_prob_matches_scipy():
 def test_bernoulli_log_prob_matches_scipy():
     logits = RNG.normal(scale=3.0, size=(5, 7)).astype("float32")
     x = (RNG.uniform(size=logits.shape) < 0.5).astype("float32")
-    expected = stats.bernoulli.logpmf(x, special.expit(logits.astype("float64")))
+    expected = stats.bernoulli.logpmf(
+        x, special.expit(logits.astype("float64"))
+    )
     np.testing.assert_allclose(
-        to_numpy(vib_ops.bernoulli_log_prob(x, logits)), expected.sum(-1), rtol=1e-5
+        to_numpy(vib_ops.bernoulli_log_prob(x, logits)),
+        expected.sum(-1),
+        rtol=1e-5,
     )
 
 
@@ -195,7 +215,9 @@ def test_bernoulli_log_prob_is_exact_for_saturated_logits():
     # sigmoid(+-60) rounds to 0 or 1 in float32; the log-space form does not.
     logits = np.array([[60.0, -60.0, 60.0, -60.0]], "float32")
     x = np.array([[1.0, 0.0, 0.0, 1.0]], "float32")
-    expected = -np.logaddexp(0.0, -logits) * x - np.logaddexp(0.0, logits) * (1 - x)
+    expected = -np.logaddexp(0.0, -logits) * x - np.logaddexp(0.0, logits) * (
+        1 - x
+    )
     np.testing.assert_allclose(
         to_numpy(vib_ops.bernoulli_log_prob(x, logits, axis=None)),
         expected,
@@ -234,6 +256,10 @@ def test_reparameterize_moments_and_shape():
 @pytest.mark.parametrize("seed", [0, 11])
 def test_reparameterize_same_seed_same_sample(seed):
     mean, log_var = random_gaussian()
-    first = vib_ops.reparameterize(mean, log_var, seed=keras.random.SeedGenerator(seed))
-    again = vib_ops.reparameterize(mean, log_var, seed=keras.random.SeedGenerator(seed))
+    first = vib_ops.reparameterize(
+        mean, log_var, seed=keras.random.SeedGenerator(seed)
+    )
+    again = vib_ops.reparameterize(
+        mean, log_var, seed=keras.random.SeedGenerator(seed)
+    )
     np.testing.assert_array_equal(to_numpy(first), to_numpy(again))

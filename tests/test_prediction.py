@@ -25,7 +25,9 @@ def _linear_model(seed=0):
     inputs = keras.Input((FEATURES,))
     mean_head = keras.layers.Dense(LATENT)
     log_var_head = keras.layers.Dense(LATENT)
-    z = kv.layers.VIB(kl_weight=1.0, seed=3)([mean_head(inputs), log_var_head(inputs)])
+    z = kv.layers.VIB(kl_weight=1.0, seed=3)(
+        [mean_head(inputs), log_var_head(inputs)]
+    )
     # Dropout must stay off in Monte Carlo prediction.
     h = keras.layers.Dropout(0.5)(_CountCalls()(z))
     decoder = keras.layers.Dense(OUTPUTS)
@@ -58,15 +60,24 @@ def test_matches_analytic_mean_and_std():
     k = 4000
     # Two batches of examples x four chunks of samples, combined.
     mean, std = kv.prediction.predict_mc(
-        model, x, num_samples=k, return_std=True, batch_size=4,
-        samples_per_pass=1000, seed=11,
+        model,
+        x,
+        num_samples=k,
+        return_std=True,
+        batch_size=4,
+        samples_per_pass=1000,
+        seed=11,
     )
     want_mean, want_std = _analytic(params, x)
     assert mean.shape == std.shape == (8, OUTPUTS)
     # Monte Carlo error of the mean is std / sqrt(k), of the std about
     # std / sqrt(2k); 5 standard errors.
-    np.testing.assert_array_less(np.abs(mean - want_mean), 5 * want_std / np.sqrt(k))
-    np.testing.assert_array_less(np.abs(std - want_std), 5 * want_std / np.sqrt(2 * k) + 1e-5)
+    np.testing.assert_array_less(
+        np.abs(mean - want_mean), 5 * want_std / np.sqrt(k)
+    )
+    np.testing.assert_array_less(
+        np.abs(std - want_std), 5 * want_std / np.sqrt(2 * k) + 1e-5
+    )
 
 
 def test_one_forward_pass_per_chunk():
@@ -74,7 +85,9 @@ def test_one_forward_pass_per_chunk():
     # Every pass below has 12 rows, so JAX compiles its ops once.
     x = np.zeros((8, FEATURES), "float32")
     _CountCalls.calls = 0
-    kv.prediction.predict_mc(model, x, num_samples=9, batch_size=4, samples_per_pass=3)
+    kv.prediction.predict_mc(
+        model, x, num_samples=9, batch_size=4, samples_per_pass=3
+    )
     # 8 / 4 batches x 9 / 3 sample chunks.
     assert _CountCalls.calls == 2 * 3
     _CountCalls.calls = 0
@@ -89,7 +102,9 @@ def test_seed_reproducible_and_state_restored():
     kl_state = [float(v.numpy()) for v in (vib._kl_total, vib._kl_count)]
     first = kv.prediction.predict_mc(model, x, num_samples=3, seed=5)
     # The running KL metric is left as it was.
-    assert [float(v.numpy()) for v in (vib._kl_total, vib._kl_count)] == kl_state
+    assert [
+        float(v.numpy()) for v in (vib._kl_total, vib._kl_count)
+    ] == kl_state
     second = kv.prediction.predict_mc(model, x, num_samples=3, seed=5)
     other = kv.prediction.predict_mc(model, x, num_samples=3, seed=6)
     np.testing.assert_array_equal(first, second)
@@ -97,14 +112,19 @@ def test_seed_reproducible_and_state_restored():
     # Back to deterministic serving afterwards.
     assert vib.sample_at_inference is False
     np.testing.assert_allclose(
-        model.predict(x, verbose=0), _analytic(params, x)[0], rtol=1e-4, atol=1e-4
+        model.predict(x, verbose=0),
+        _analytic(params, x)[0],
+        rtol=1e-4,
+        atol=1e-4,
     )
 
 
 def test_single_sample_has_zero_std():
     model, _ = _linear_model()
     x = np.ones((12, FEATURES), "float32")
-    mean, std = kv.prediction.predict_mc(model, x, num_samples=1, return_std=True, batch_size=12)
+    mean, std = kv.prediction.predict_mc(
+        model, x, num_samples=1, return_std=True, batch_size=12
+    )
     assert mean.shape == (12, OUTPUTS)
     np.testing.assert_array_equal(std, 0.0)
 
@@ -118,7 +138,9 @@ def test_gaussian_bottleneck_in_sequential_samples():
         ]
     )
     x = np.ones((4, FEATURES), "float32")
-    _, std = kv.prediction.predict_mc(model, x, num_samples=3, return_std=True, seed=0)
+    _, std = kv.prediction.predict_mc(
+        model, x, num_samples=3, return_std=True, seed=0
+    )
     assert np.all(std > 0)
 
 
@@ -137,7 +159,9 @@ def test_gaussian_bottleneck_in_sequential_samples():
 def test_bad_arguments(kwargs, error, match):
     model, _ = _linear_model()
     with pytest.raises(error, match=match):
-        kv.prediction.predict_mc(model, np.zeros((2, FEATURES), "float32"), **kwargs)
+        kv.prediction.predict_mc(
+            model, np.zeros((2, FEATURES), "float32"), **kwargs
+        )
 
 
 def test_model_without_bottleneck():

@@ -23,7 +23,9 @@ def _vib_classifier():
         [keras.layers.Dense(4)(h), keras.layers.Dense(4)(h)]
     )
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(z))
-    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    model.compile(
+        keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy"
+    )
     return model
 
 
@@ -32,11 +34,15 @@ def _sequential():
         [
             keras.Input((8,)),
             keras.layers.Dense(16, activation="tanh"),
-            kv.layers.GaussianBottleneck(4, kl_weight=0.1, seed=3, name="bottleneck"),
+            kv.layers.GaussianBottleneck(
+                4, kl_weight=0.1, seed=3, name="bottleneck"
+            ),
             keras.layers.Dense(2, activation="softmax"),
         ]
     )
-    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    model.compile(
+        keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy"
+    )
     return model
 
 
@@ -44,10 +50,13 @@ def _autoencoder(model_name):
     models = pytest.importorskip("keras_vib.models")
     x_in = keras.Input((8,))
     h = keras.layers.Dense(16, activation="tanh")(x_in)
-    encoder = keras.Model(x_in, [keras.layers.Dense(2)(h), keras.layers.Dense(2)(h)])
+    encoder = keras.Model(
+        x_in, [keras.layers.Dense(2)(h), keras.layers.Dense(2)(h)]
+    )
     z_in = keras.Input((2,))
     decoder = keras.Model(
-        z_in, keras.layers.Dense(8)(keras.layers.Dense(16, activation="tanh")(z_in))
+        z_in,
+        keras.layers.Dense(8)(keras.layers.Dense(16, activation="tanh")(z_in)),
     )
     kwargs = {"num_samples": 3} if model_name == "IWAE" else {}
     model = getattr(models, model_name)(encoder, decoder, seed=3, **kwargs)
@@ -65,8 +74,10 @@ CASES = {
 
 def _kl_weight(model):
     for layer in model._flatten_layers():
-        if isinstance(layer, kv.layers.VIB) or hasattr(layer, "kl_weight") and hasattr(
-            layer.kl_weight, "assign"
+        if (
+            isinstance(layer, kv.layers.VIB)
+            or hasattr(layer, "kl_weight")
+            and hasattr(layer.kl_weight, "assign")
         ):
             return layer.kl_weight
     return None
@@ -81,7 +92,9 @@ def _data(supervised):
 
 
 def _fit(model, x, y, epochs):
-    history = model.fit(x, y, batch_size=16, epochs=epochs, shuffle=False, verbose=0)
+    history = model.fit(
+        x, y, batch_size=16, epochs=epochs, shuffle=False, verbose=0
+    )
     return history.history
 
 
@@ -119,20 +132,30 @@ def test_resume_from_keras_file_matches_uninterrupted(case, tmp_path):
 
     assert set(second_history) == set(straight_history)
     for key, values in straight_history.items():
-        np.testing.assert_allclose(first_history[key][0], values[0], rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(
+            first_history[key][0], values[0], rtol=RTOL, atol=ATOL
+        )
         np.testing.assert_allclose(
             second_history[key][0], values[1], rtol=RTOL, atol=ATOL, err_msg=key
         )
     assert len(reloaded.weights) == len(straight.weights)
     for got, expected in zip(reloaded.weights, straight.weights):
         np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected),
-            rtol=RTOL, atol=ATOL, err_msg=got.path,
+            keras.ops.convert_to_numpy(got),
+            keras.ops.convert_to_numpy(expected),
+            rtol=RTOL,
+            atol=ATOL,
+            err_msg=got.path,
         )
-    for got, expected in zip(reloaded.optimizer.variables, straight.optimizer.variables):
+    for got, expected in zip(
+        reloaded.optimizer.variables, straight.optimizer.variables
+    ):
         np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected),
-            rtol=RTOL, atol=ATOL, err_msg=got.path,
+            keras.ops.convert_to_numpy(got),
+            keras.ops.convert_to_numpy(expected),
+            rtol=RTOL,
+            atol=ATOL,
+            err_msg=got.path,
         )
 
 
@@ -158,7 +181,9 @@ def test_seed_state_round_trips_and_old_files_still_load(tmp_path):
     fresh.build([(None, 3), (None, 3)])
     store = {}
     fresh.save_own_variables(store)
-    store = {key: keras.ops.convert_to_numpy(value) for key, value in store.items()}
+    store = {
+        key: keras.ops.convert_to_numpy(value) for key, value in store.items()
+    }
     assert "seed_generator_state" in store
     del store["seed_generator_state"]
     fresh.kl_weight.assign(0.5)

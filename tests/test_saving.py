@@ -2,10 +2,9 @@
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 from conftest import classification_data
 from conftest import make_vib_model
 from conftest import to_numpy
@@ -17,7 +16,9 @@ X, Y = classification_data(n=128)
 
 def trained_vib_model():
     model, _ = make_vib_model(kl_weight=0.1)
-    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    model.compile(
+        keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy"
+    )
     model.fit(X, Y, epochs=1, batch_size=64, verbose=0)
     # As a schedule would: the saved weight is the current one, not 0.1.
     model.get_layer("vib").kl_weight.assign(0.25)
@@ -36,7 +37,8 @@ def test_functional_vib_model_round_trips_through_keras_file(tmp_path):
     assert vib.get_config()["kl_weight"] == 0.1  # the constructor value
     assert float(to_numpy(vib.kl_weight.value)) == 0.25
     np.testing.assert_array_equal(
-        to_numpy(loaded.predict(X, verbose=0)), to_numpy(model.predict(X, verbose=0))
+        to_numpy(loaded.predict(X, verbose=0)),
+        to_numpy(model.predict(X, verbose=0)),
     )
     # The compiled loaded model keeps training and logging the KL.
     history = loaded.fit(X, Y, epochs=1, batch_size=64, verbose=0)
@@ -47,7 +49,9 @@ def test_sequential_gaussian_bottleneck_round_trips(tmp_path):
     model = keras.Sequential(
         [
             keras.Input((8,)),
-            kv.layers.GaussianBottleneck(units=3, kl_weight=0.5, seed=4, name="bottleneck"),
+            kv.layers.GaussianBottleneck(
+                units=3, kl_weight=0.5, seed=4, name="bottleneck"
+            ),
             keras.layers.Dense(2),
         ]
     )
@@ -59,7 +63,8 @@ def test_sequential_gaussian_bottleneck_round_trips(tmp_path):
     assert bottleneck.get_config() == model.get_layer("bottleneck").get_config()
     assert float(to_numpy(bottleneck.kl_weight.value)) == 0.125
     np.testing.assert_array_equal(
-        to_numpy(loaded.predict(X, verbose=0)), to_numpy(model.predict(X, verbose=0))
+        to_numpy(loaded.predict(X, verbose=0)),
+        to_numpy(model.predict(X, verbose=0)),
     )
 
 
@@ -94,7 +99,9 @@ def test_exported_saved_model_serves_predict_outputs(tmp_path):
         served, to_numpy(model.predict(X, verbose=0)), rtol=1e-5, atol=1e-6
     )
     # Serving is deterministic: the bottleneck returns z_mean.
-    np.testing.assert_array_equal(reloaded.serve(tf.constant(X)).numpy(), served)
+    np.testing.assert_array_equal(
+        reloaded.serve(tf.constant(X)).numpy(), served
+    )
 
 
 # --- files saved by keras_vib 0.1.0 ------------------------------------------
@@ -111,7 +118,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
         ("iwae", "iwae", "xb"),
     ],
 )
-def test_files_saved_by_keras_vib_0_1_load_and_predict_the_same(name, key, data):
+def test_files_saved_by_keras_vib_0_1_load_and_predict_the_same(
+    name, key, data
+):
     expected = np.load(FIXTURES / "v0_1_0_expected.npz")
     loaded = keras.saving.load_model(FIXTURES / f"{name}_v0_1_0.keras")
     np.testing.assert_allclose(

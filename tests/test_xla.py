@@ -38,7 +38,9 @@ def _log_var_head(units):
 def _vib_model():
     inputs = keras.Input((8,))
     h = keras.layers.Dense(16, activation="tanh")(inputs)
-    z = kv.layers.VIB(kl_weight=0.1, seed=1)([keras.layers.Dense(4)(h), _log_var_head(4)(h)])
+    z = kv.layers.VIB(kl_weight=0.1, seed=1)(
+        [keras.layers.Dense(4)(h), _log_var_head(4)(h)]
+    )
     return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(z))
 
 
@@ -48,8 +50,12 @@ def _sequential_model():
             keras.Input((8,)),
             keras.layers.Dense(16, activation="tanh"),
             kv.layers.GaussianBottleneck(
-                4, kl_weight=0.1, seed=1,
-                log_var_bias_initializer=keras.initializers.Constant(LOG_VAR_BIAS),
+                4,
+                kl_weight=0.1,
+                seed=1,
+                log_var_bias_initializer=keras.initializers.Constant(
+                    LOG_VAR_BIAS
+                ),
             ),
             keras.layers.Dense(2, activation="softmax"),
         ]
@@ -63,7 +69,8 @@ def _autoencoder(model_name):
     encoder = keras.Model(x_in, [keras.layers.Dense(2)(h), _log_var_head(2)(h)])
     z_in = keras.Input((2,))
     decoder = keras.Model(
-        z_in, keras.layers.Dense(8)(keras.layers.Dense(16, activation="tanh")(z_in))
+        z_in,
+        keras.layers.Dense(8)(keras.layers.Dense(16, activation="tanh")(z_in)),
     )
     kwargs = {"num_samples": 5} if model_name == "IWAE" else {}
     return getattr(models, model_name)(encoder, decoder, seed=1, **kwargs)
@@ -77,7 +84,8 @@ def _fit(build, jit_compile, supervised):
     if supervised:
         y = (x[:, 0] > 0).astype("int32")
         model.compile(
-            keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy",
+            keras.optimizers.Adam(1e-2),
+            "sparse_categorical_crossentropy",
             jit_compile=jit_compile,
         )
     else:
@@ -117,4 +125,3 @@ def test_jit_compile_matches_uncompiled(case):
         )
     for got, expected in zip(xla_weights, plain_weights):
         np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
-

@@ -107,7 +107,9 @@ class AdaptiveKLWeight(keras.callbacks.Callback):
 
     def _step(self, index, kl):
         # Dual ascent, projected onto w >= 0.
-        new = max(0.0, self._weights[index] + self.step_size * (kl - self.target_kl))
+        new = max(
+            0.0, self._weights[index] + self.step_size * (kl - self.target_kl)
+        )
         self._weights[index] = new
         _bottlenecks.set_weight(self._targets[index], new)
 
@@ -115,7 +117,9 @@ class AdaptiveKLWeight(keras.callbacks.Callback):
         snapshot = []
         for layer in self._targets:
             total, count = layer.running_kl()
-            snapshot.append((_bottlenecks.read(total), _bottlenecks.read(count)))
+            snapshot.append(
+                (_bottlenecks.read(total), _bottlenecks.read(count))
+            )
         return snapshot
 
     def on_epoch_begin(self, epoch, logs=None):

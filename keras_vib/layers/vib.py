@@ -15,6 +15,7 @@ from keras_vib.layers.bottlenecks import make_log_names_distinct
 from keras_vib.layers.sampling import Sampling
 from keras_vib.layers.sampling import first_mask
 
+
 def _mask_weights(mask):
     mask = first_mask(mask)
     return None if mask is None else ops.cast(mask, "float32")
@@ -170,7 +171,9 @@ class VIB(Sampling):
         **kwargs,
     ):
         if "metric_name" in kwargs:
-            _deprecation.warn(f"{type(self).__name__}(metric_name=)", "log_name")
+            _deprecation.warn(
+                f"{type(self).__name__}(metric_name=)", "log_name"
+            )
             log_name = kwargs.pop("metric_name")
         super().__init__(
             seed=seed, sample_at_inference=sample_at_inference, **kwargs

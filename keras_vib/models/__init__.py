@@ -13,6 +13,11 @@ __getattr__ = _deprecation.module_getattr(
             f"keras_vib.likelihoods.{name}",
             lambda name=name: getattr(_likelihoods, name),
         )
-        for name in ("Bernoulli", "CallableLikelihood", "Gaussian", "Likelihood")
+        for name in (
+            "Bernoulli",
+            "CallableLikelihood",
+            "Gaussian",
+            "Likelihood",
+        )
     },
 )

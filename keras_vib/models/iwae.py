@@ -71,9 +71,13 @@ class IWAE(LatentVariableModel):
     ):
         num_samples = check_positive_int("num_samples", num_samples)
         check_choice(
-            "gradient_estimator", gradient_estimator, vib_losses.GRADIENT_ESTIMATORS
+            "gradient_estimator",
+            gradient_estimator,
+            vib_losses.GRADIENT_ESTIMATORS,
         )
-        super().__init__(encoder, decoder, likelihood=likelihood, seed=seed, **kwargs)
+        super().__init__(
+            encoder, decoder, likelihood=likelihood, seed=seed, **kwargs
+        )
         self.num_samples = num_samples
         self.gradient_estimator = gradient_estimator
         self.iwae_bound_tracker = keras.metrics.Mean(name="iwae_bound")

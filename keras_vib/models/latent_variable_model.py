@@ -100,8 +100,10 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
         enc_inputs = getattr(self.encoder, "inputs", None)
         dec_outputs = getattr(self.decoder, "outputs", None)
         if enc_inputs is not None and dec_outputs is not None:
-            if len(dec_outputs) != 1 or _static_shape(dec_outputs[0])[1:] != (
-                _static_shape(enc_inputs[0])[1:]
+            if (
+                len(dec_outputs) != 1
+                or _static_shape(dec_outputs[0])[1:]
+                != (_static_shape(enc_inputs[0])[1:])
             ):
                 raise ValueError(
                     "Invalid value received for argument `decoder`. Expected "
@@ -175,7 +177,9 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
         losses = self.losses
         if not losses:
             return 0.0
-        return ops.sum(ops.stack([ops.cast(loss, "float32") for loss in losses]))
+        return ops.sum(
+            ops.stack([ops.cast(loss, "float32") for loss in losses])
+        )
 
     # -- public methods -----------------------------------------------------
 
@@ -245,8 +249,12 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
                 f"x2.shape={tuple(x2.shape)}"
             )
         t = ops.linspace(0.0, math.pi / 2, steps)
-        t = ops.reshape(ops.cast(t, z1.dtype), (1, steps) + (1,) * (len(z1.shape) - 1))
-        z = ops.expand_dims(z1, 1) * ops.cos(t) + ops.expand_dims(z2, 1) * ops.sin(t)
+        t = ops.reshape(
+            ops.cast(t, z1.dtype), (1, steps) + (1,) * (len(z1.shape) - 1)
+        )
+        z = ops.expand_dims(z1, 1) * ops.cos(t) + ops.expand_dims(
+            z2, 1
+        ) * ops.sin(t)
         batch = ops.shape(z1)[0]
         flat = ops.reshape(z, (-1,) + tuple(z1.shape[1:]))
         decoded = self.decode(flat)
@@ -266,8 +274,13 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
         See `keras_vib.models.log_likelihood` for the arguments.
         """
         return log_likelihood(
-            self, x, num_samples=num_samples, batch_size=batch_size,
-            chunk_size=chunk_size, seed=seed, verbose=verbose,
+            self,
+            x,
+            num_samples=num_samples,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            seed=seed,
+            verbose=verbose,
         )
 
     # -- serialization ------------------------------------------------------
@@ -301,4 +314,6 @@ def weighted_mean(values, sample_weight=None):
         return ops.mean(values, axis=0)
     weight = ops.cast(ops.reshape(sample_weight, (-1,)), "float32")
     weight = ops.reshape(weight, (-1,) + (1,) * (len(values.shape) - 1))
-    return ops.sum(values * weight, axis=0) / ops.maximum(ops.sum(weight), 1e-12)
+    return ops.sum(values * weight, axis=0) / ops.maximum(
+        ops.sum(weight), 1e-12
+    )

@@ -36,7 +36,9 @@ _ROWS_PER_CHUNK = 16384
 
 
 def _block_seed(seed, batch_index, block_index):
-    state = np.random.SeedSequence([seed, batch_index, block_index]).generate_state(1)
+    state = np.random.SeedSequence(
+        [seed, batch_index, block_index]
+    ).generate_state(1)
     return int(state[0])
 
 
@@ -205,12 +207,17 @@ def log_likelihood(
             noise = _noise(blocks, seed, b, num_real, start, stop, z_mean)
             mask = np.zeros(chunk_size, "float32")
             if stop - start < chunk_size:
-                pad = [(0, chunk_size - (stop - start))] + [(0, 0)] * (noise.ndim - 1)
+                pad = [(0, chunk_size - (stop - start))] + [(0, 0)] * (
+                    noise.ndim - 1
+                )
                 noise = np.pad(noise, pad)
                 mask[stop - start :] = -np.inf
             chunk = chunk_fn(
-                x_batch, z_mean, z_log_var,
-                ops.convert_to_tensor(noise, z_mean.dtype), ops.convert_to_tensor(mask),
+                x_batch,
+                z_mean,
+                z_log_var,
+                ops.convert_to_tensor(noise, z_mean.dtype),
+                ops.convert_to_tensor(mask),
             )
             total = chunk if total is None else ops.logaddexp(total, chunk)
             if progbar is not None:
@@ -250,5 +257,7 @@ def _noise(blocks, seed, batch_index, num_real, start, stop, z_mean):
     noise = noise[offset : offset + (stop - start)]
     num_pad = z_mean.shape[0] - num_real
     if num_pad:
-        noise = np.concatenate([noise, np.repeat(noise[:, :1], num_pad, axis=1)], axis=1)
+        noise = np.concatenate(
+            [noise, np.repeat(noise[:, :1], num_pad, axis=1)], axis=1
+        )
     return noise

@@ -101,7 +101,9 @@ class VAE(LatentVariableModel):
         )
         free_bits = check_non_negative_float("free_bits", free_bits)
         check_choice("free_bits_mode", free_bits_mode, vib_ops.FREE_BITS_MODES)
-        super().__init__(encoder, decoder, likelihood=likelihood, seed=seed, **kwargs)
+        super().__init__(
+            encoder, decoder, likelihood=likelihood, seed=seed, **kwargs
+        )
         self.free_bits = free_bits
         self.free_bits_mode = free_bits_mode
         # A variable, so that callbacks can assign it inside compiled steps;

@@ -1,10 +1,11 @@
-"""Small data loaders shared by the examples: IMDB and MNIST.
+"""Data loaders that also work offline: IMDB, MNIST and Fashion-MNIST.
 
 Each loader reads the standard Keras `.npz` file from a data directory, taken
 from (in order) the `data_dir` argument (the examples' `--data-dir` flag) or
 the `KERAS_VIB_DATA` environment variable. With neither set, it falls back to
 `keras.datasets.*.load_data()`, which downloads the file once into
-`~/.keras/datasets`, so users with internet need no flag.
+`~/.keras/datasets`, so users with internet need no flag; if that download
+fails, the error says how to pass a local copy.
 
 A missing or malformed file raises an error that names the path and says what
 was expected, rather than failing deep inside numpy or pickle.
@@ -18,11 +19,13 @@ import os
 import pickle
 import zipfile
 
+import keras
 import numpy as np
 
 ENV_VAR = "KERAS_VIB_DATA"
 IMDB_FILE = "imdb.npz"
 MNIST_FILE = "mnist.npz"
+FASHION_MNIST_FILE = "fashion_mnist.npz"
 IMDB_KEYS = ("x_train", "y_train", "x_test", "y_test")
 MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -66,7 +69,13 @@ def _read_npz(path, keys, allow_pickle):
             return {k: f[k] for k in keys}
     except DataFileError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+    ) as e:
         raise DataFileError(
             f"Malformed data file {path}: could not read it as a numpy .npz "
             f"archive with arrays {list(keys)} ({type(e).__name__}: {e})."
@@ -93,11 +102,15 @@ def _imdb_arrays(data_dir, seed):
         # offset, no vocabulary cut) so that one code path below does the
         # rest. num_words must be set: with None, Keras's `w < max(w)` test
         # would drop the rarest word.
-        import keras
-
-        (x_train, y_train), (x_test, y_test) = keras.datasets.imdb.load_data(
-            start_char=None, oov_char=None, index_from=0, num_words=2**62,
-            seed=seed,
+        (x_train, y_train), (x_test, y_test) = _download(
+            "imdb",
+            lambda: keras.datasets.imdb.load_data(
+                start_char=None,
+                oov_char=None,
+                index_from=0,
+                num_words=2**62,
+                seed=seed,
+            ),
         )
         return x_train, y_train, x_test, y_test, True
     path = os.path.join(data_dir, IMDB_FILE)
@@ -112,8 +125,11 @@ def _imdb_arrays(data_dir, seed):
                 f"of shape {x.shape} and dtype {x.dtype}."
             )
     return (
-        arrays["x_train"], arrays["y_train"],
-        arrays["x_test"], arrays["y_test"], False,
+        arrays["x_train"],
+        arrays["y_train"],
+        arrays["x_test"],
+        arrays["y_test"],
+        False,
     )
 
 
@@ -171,7 +187,10 @@ def load_imdb(
     if not num_words:
         num_words = max(max(x) for x in xs if x)
     if oov_char is not None:
-        xs = [[w if skip_top <= w < num_words else oov_char for w in x] for x in xs]
+        xs = [
+            [w if skip_top <= w < num_words else oov_char for w in x]
+            for x in xs
+        ]
     else:
         xs = [[w for w in x if skip_top <= w < num_words] for x in xs]
 
@@ -219,32 +238,34 @@ def split_validation(x, y, val_size, train_size=None):
 # -------------------------------------------------------------------- MNIST
 
 
-def load_mnist(data_dir=None, flatten=True, normalize=True):
-    """MNIST digits, optionally flattened to 784 and scaled to [0, 1].
+def _download(name, load_data):
+    """`load_data()`, or an error that says how to pass a local copy."""
+    try:
+        return load_data()
+    except Exception as error:  # Keras raises several kinds on no network
+        raise DataFileError(
+            f"Could not download the {name} data set with keras.datasets "
+            f"({type(error).__name__}: {error}). Offline, pass a folder "
+            f"holding a copy of Keras's `{name}.npz` as `data_dir` (the "
+            f"examples' --data-dir flag) or set ${ENV_VAR}."
+        ) from error
 
-    Args:
-        data_dir: folder holding `mnist.npz`; `None` uses `$KERAS_VIB_DATA`,
-            and if that is unset too, downloads with `keras.datasets`.
-        flatten: reshape images to `(n, 784)`.
-        normalize: return float32 pixels in [0, 1] (else the uint8 values).
 
-    Returns:
-        `(x_train, y_train), (x_test, y_test)`, labels as int64.
-    """
+def _load_images(name, filename, load_data, data_dir, flatten, normalize):
     data_dir = resolve_data_dir(data_dir)
     if data_dir is None:
-        import keras
-
-        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+        (x_train, y_train), (x_test, y_test) = _download(name, load_data)
     else:
-        path = os.path.join(data_dir, MNIST_FILE)
+        path = os.path.join(data_dir, filename)
         arrays = _read_npz(path, MNIST_KEYS, allow_pickle=False)
-        _check_pairs(path, arrays, [("x_train", "y_train"), ("x_test", "y_test")])
-        for name in ("x_train", "x_test"):
-            x = arrays[name]
+        _check_pairs(
+            path, arrays, [("x_train", "y_train"), ("x_test", "y_test")]
+        )
+        for key in ("x_train", "x_test"):
+            x = arrays[key]
             if x.ndim != 3 or x.shape[1:] != (28, 28):
                 raise DataFileError(
-                    f"Malformed data file {path}: `{name}` must have shape "
+                    f"Malformed data file {path}: `{key}` must have shape "
                     f"(n, 28, 28). Received: shape {x.shape}."
                 )
         x_train, y_train = arrays["x_train"], arrays["y_train"]
@@ -261,39 +282,100 @@ def load_mnist(data_dir=None, flatten=True, normalize=True):
     )
 
 
+def load_mnist(data_dir=None, flatten=True, normalize=True):
+    """MNIST digits, optionally flattened to 784 and scaled to [0, 1].
+
+    Args:
+        data_dir: folder holding `mnist.npz`; `None` uses `$KERAS_VIB_DATA`,
+            and if that is unset too, downloads with `keras.datasets`.
+        flatten: reshape images to `(n, 784)`.
+        normalize: return float32 pixels in [0, 1] (else the uint8 values).
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`, labels as int64.
+
+    Example:
+
+    >>> (x_train, y_train), _ = kv.datasets.load_mnist()  # doctest: +SKIP
+    >>> x_train.shape  # doctest: +SKIP
+    (60000, 784)
+    """
+    return _load_images(
+        "mnist",
+        MNIST_FILE,
+        keras.datasets.mnist.load_data,
+        data_dir,
+        flatten,
+        normalize,
+    )
+
+
+def load_fashion_mnist(data_dir=None, flatten=True, normalize=True):
+    """Fashion-MNIST, in the layout of `load_mnist` (`fashion_mnist.npz`).
+
+    Args:
+        data_dir: folder holding `fashion_mnist.npz`; `None` uses
+            `$KERAS_VIB_DATA`, then downloads with `keras.datasets`.
+        flatten: reshape images to `(n, 784)`.
+        normalize: return float32 pixels in [0, 1] (else the uint8 values).
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`, labels as int64.
+    """
+    return _load_images(
+        "fashion_mnist",
+        FASHION_MNIST_FILE,
+        keras.datasets.fashion_mnist.load_data,
+        data_dir,
+        flatten,
+        normalize,
+    )
+
+
 def binarize(x, rng):
     """Dynamic binarization: one Bernoulli draw per pixel, `x` in [0, 1].
 
-    Call it once per epoch (e.g. from a `keras.utils.PyDataset` or a loop) to
-    resample, as in the IWAE paper.
-
     Args:
         x: float array of pixel intensities in [0, 1].
-        rng: a `np.random.Generator` (or an int seed).
+        rng: a `np.random.Generator` or an int seed.
 
     Returns:
         A float32 array of 0s and 1s, the shape of `x`.
+
+    Example:
+
+    >>> kv.datasets.binarize(np.array([0.0, 1.0]), rng=0)
+    array([0., 1.], dtype=float32)
     """
     rng = np.random.default_rng(rng)
     return (rng.random(x.shape, dtype="float32") < x).astype("float32")
 
 
-class DynamicBinarization:
-    """Iterable of freshly binarized batches, one new draw each epoch.
+class DynamicBinarization(keras.utils.PyDataset):
+    """Batches of `x` binarized afresh every epoch, for `VAE.fit`.
 
-    Index it for `(batch, batch)` pairs (input and target, as an autoencoder
-    needs), call `on_epoch_end()` to redraw, or pass
-    `DynamicBinarization(x, batch_size=100, seed=0).as_pydataset()` to
-    `model.fit`, which redraws after every epoch.
+    As in the IWAE paper: each epoch draws new binary images from the
+    pixel intensities (and, with `shuffle`, a new order). Each item is a
+    one-element tuple `(batch,)`: an input and no target, which is what
+    `keras_vib.models.VAE` and `IWAE` take.
 
     Args:
         x: float array in [0, 1], shape `(n, ...)`.
         batch_size: int, examples per batch.
         seed: int, seeds the Bernoulli draws and the shuffling.
         shuffle: reshuffle the order each epoch.
+        **kwargs: `keras.utils.PyDataset` arguments (`workers`, ...).
+
+    Example:
+
+    >>> data = kv.datasets.DynamicBinarization(
+    ...     np.full((10, 4), 0.5), batch_size=4, seed=0)
+    >>> len(data), data[0][0].shape
+    (3, (4, 4))
     """
 
-    def __init__(self, x, batch_size=100, seed=0, shuffle=True):
+    def __init__(self, x, batch_size=100, seed=0, shuffle=True, **kwargs):
+        super().__init__(**kwargs)
         self.x = x
         self.batch_size = int(batch_size)
         self.rng = np.random.default_rng(seed)
@@ -304,30 +386,12 @@ class DynamicBinarization:
         return -(-len(self.x) // self.batch_size)
 
     def on_epoch_end(self):
-        order = self.rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
+        if self.shuffle:
+            order = self.rng.permutation(len(self.x))
+        else:
+            order = np.arange(len(self.x))
         self._epoch = binarize(self.x[order], self.rng)
 
-    def __getitem__(self, i):
-        batch = self._epoch[i * self.batch_size:(i + 1) * self.batch_size]
-        return batch, batch
-
-    def as_pydataset(self, **kwargs):
-        """Wrap as a `keras.utils.PyDataset` (resamples after every epoch)."""
-        import keras
-
-        outer = self
-
-        class _Data(keras.utils.PyDataset):
-            def __init__(self):
-                super().__init__(**kwargs)
-
-            def __len__(self):
-                return len(outer)
-
-            def __getitem__(self, i):
-                return outer[i]
-
-            def on_epoch_end(self):
-                outer.on_epoch_end()
-
-        return _Data()
+    def __getitem__(self, index):
+        start = index * self.batch_size
+        return (self._epoch[start : start + self.batch_size],)
