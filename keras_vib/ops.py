@@ -117,7 +117,7 @@ def gaussian_kl(
     Example:
 
     >>> kl = kv.ops.gaussian_kl(keras.ops.zeros((4, 8)), keras.ops.ones((4, 8)))
-    >>> kl.shape
+    >>> tuple(kl.shape)
     (4,)
     >>> round(float(kl[0]), 4)  # 8 * 0.5 * (e - 1 - 1)
     2.8731
@@ -278,7 +278,7 @@ def reparameterize(z_mean, z_log_var, seed=None, num_samples=None):
     >>> z = kv.ops.reparameterize(
     ...     keras.ops.zeros((4, 2)), keras.ops.zeros((4, 2)), seed=rng,
     ...     num_samples=10)
-    >>> z.shape
+    >>> tuple(z.shape)
     (10, 4, 2)
     """
     num_samples = check_optional_positive_int("num_samples", num_samples)

@@ -7,6 +7,7 @@ schedule too, e.g. `keras.optimizers.schedules.PolynomialDecay`.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_vib._validation import check_finite_float
@@ -15,6 +16,10 @@ from keras_vib._validation import check_optional_positive_int
 from keras_vib._validation import check_positive_int
 
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
+
+
+def _is_python_number(step):
+    return isinstance(step, (int, float, np.integer, np.floating))
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
@@ -32,7 +37,8 @@ class LinearWarmup(_Schedule):
         step: int >= 0 (or an integer tensor), the epoch or global step.
 
     Returns:
-        The weight, a float32 scalar tensor.
+        The weight: a Python float for a Python step (as the callbacks pass
+        it), a float32 scalar tensor for a tensor step.
 
     Example:
 
@@ -48,8 +54,11 @@ class LinearWarmup(_Schedule):
         self.delay = check_int("delay", delay, minimum=0)
 
     def __call__(self, step):
-        step = ops.cast(step, "float32")
-        progress = ops.clip((step - self.delay) / self.warmup, 0.0, 1.0)
+        if _is_python_number(step):
+            progress = min(max((step - self.delay) / self.warmup, 0.0), 1.0)
+        else:
+            step = ops.cast(step, "float32")
+            progress = ops.clip((step - self.delay) / self.warmup, 0.0, 1.0)
         return self.initial + (self.final - self.initial) * progress
 
     def get_config(self):
@@ -81,7 +90,8 @@ class CyclicalAnnealing(_Schedule):
         step: int >= 0 (or an integer tensor), the epoch or global step.
 
     Returns:
-        The weight, a float32 scalar tensor.
+        The weight: a Python float for a Python step, a float32 scalar
+        tensor for a tensor step.
 
     Example:
 
@@ -106,6 +116,14 @@ class CyclicalAnnealing(_Schedule):
         self.num_cycles = check_optional_positive_int("num_cycles", num_cycles)
 
     def __call__(self, step):
+        if _is_python_number(step):
+            if self.num_cycles is not None and (
+                step >= self.num_cycles * self.period
+            ):
+                return self.final
+            tau = (step % self.period) / self.period
+            progress = min(tau / self.ratio, 1.0)
+            return self.initial + (self.final - self.initial) * progress
         step = ops.cast(step, "float32")
         tau = ops.mod(step, self.period) / self.period
         progress = ops.minimum(tau / self.ratio, 1.0)

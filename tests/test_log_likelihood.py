@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 from keras import ops
-from test_losses import LATENT
-from test_losses import linear_gaussian
+from helpers import LATENT
+from helpers import linear_gaussian
 
 from keras_vib import losses
 from keras_vib import models

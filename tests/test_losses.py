@@ -14,80 +14,9 @@ from keras import ops
 
 from keras_vib import likelihoods
 from keras_vib import losses
-
-D, LATENT, S2 = 5, 2, 0.5
-
-
-class LinearGaussian:
-    """Exact quantities and fixed-weight Keras networks for the model."""
-
-    def __init__(self, seed=0):
-        rng = np.random.default_rng(seed)
-        q, _ = np.linalg.qr(rng.normal(size=(D, LATENT)))
-        self.W = q * np.array([2.0, 0.7])  # orthogonal columns, norms 2, 0.7
-        self.b = rng.normal(size=D)
-        self.s2 = S2
-        # Exact posterior: N(A^T (x - b), diag(post_var)).
-        self.post_var = 1.0 / (1.0 + np.sum(self.W**2, axis=0) / S2)
-        self.A = self.W * self.post_var / S2  # (D, d)
-
-    def log_px(self, x):
-        cov = self.W @ self.W.T + self.s2 * np.eye(D)
-        diff = x - self.b
-        _, logdet = np.linalg.slogdet(cov)
-        maha = np.einsum("nd,de,ne->n", diff, np.linalg.inv(cov), diff)
-        return -0.5 * (D * math.log(2 * math.pi) + logdet + maha)
-
-    def posterior(self, x, mean_scale=1.0, log_var_shift=0.0):
-        mean = mean_scale * (x - self.b) @ self.A
-        log_var = np.log(self.post_var) + log_var_shift
-        return mean, np.broadcast_to(log_var, mean.shape)
-
-    def elbo(self, x, mean, log_var):
-        """Closed-form ELBO of a diagonal Gaussian q = N(mean, exp(log_var))."""
-        var = np.exp(log_var)
-        resid = x - self.b - mean @ self.W.T
-        trace = var @ np.sum(self.W**2, axis=0)
-        expected_log_lik = -0.5 * (
-            D * math.log(2 * math.pi * self.s2)
-            + (np.sum(resid**2, 1) + trace) / self.s2
-        )
-        kl = 0.5 * np.sum(mean**2 + var - log_var - 1, axis=1)
-        return expected_log_lik - kl
-
-    def sample_x(self, n, seed=1):
-        rng = np.random.default_rng(seed)
-        z = rng.normal(size=(n, LATENT))
-        return (
-            z @ self.W.T + self.b + math.sqrt(self.s2) * rng.normal(size=(n, D))
-        ).astype("float32")
-
-    def encoder(self, mean_scale=1.0, log_var_shift=0.0):
-        inputs = keras.Input((D,))
-        mean = keras.layers.Dense(LATENT, name="z_mean")(inputs)
-        log_var = keras.layers.Dense(LATENT, name="z_log_var")(inputs)
-        model = keras.Model(inputs, [mean, log_var], name="encoder")
-        kernel = mean_scale * self.A
-        model.get_layer("z_mean").set_weights([kernel, -self.b @ kernel])
-        model.get_layer("z_log_var").set_weights(
-            [np.zeros((D, LATENT)), np.log(self.post_var) + log_var_shift]
-        )
-        return model
-
-    def decoder(self):
-        model = keras.Sequential(
-            [keras.Input((LATENT,)), keras.layers.Dense(D)], name="decoder"
-        )
-        model.layers[0].set_weights([self.W.T, self.b])
-        return model
-
-    def likelihood(self):
-        return likelihoods.Gaussian(variance=self.s2)
-
-
-def linear_gaussian(seed=0):
-    return LinearGaussian(seed)
-
+from helpers import LATENT
+from helpers import D
+from helpers import linear_gaussian
 
 def _np(x):
     return ops.convert_to_numpy(x)

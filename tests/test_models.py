@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
-from test_losses import LATENT
-from test_losses import D
-from test_losses import linear_gaussian
+from helpers import LATENT
+from helpers import D
+from helpers import linear_gaussian
 
 from keras_vib import layers
 from keras_vib import likelihoods

@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
-from conftest import Z_TOLERANCE
-from conftest import assert_moments
-from conftest import to_numpy
+from helpers import Z_TOLERANCE
+from helpers import assert_moments
+from helpers import to_numpy
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp

@@ -5,9 +5,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import classification_data
-from conftest import make_vib_model
-from conftest import to_numpy
+from helpers import classification_data
+from helpers import make_vib_model
+from helpers import to_numpy
 
 import keras_vib as kv
 
@@ -43,29 +43,6 @@ def test_functional_vib_model_round_trips_through_keras_file(tmp_path):
     # The compiled loaded model keeps training and logging the KL.
     history = loaded.fit(X, Y, epochs=1, batch_size=64, verbose=0)
     assert np.isfinite(history.history["kl"][0])
-
-
-def test_sequential_gaussian_bottleneck_round_trips(tmp_path):
-    model = keras.Sequential(
-        [
-            keras.Input((8,)),
-            kv.layers.GaussianBottleneck(
-                units=3, kl_weight=0.5, seed=4, name="bottleneck"
-            ),
-            keras.layers.Dense(2),
-        ]
-    )
-    model.get_layer("bottleneck").kl_weight.assign(0.125)
-    path = tmp_path / "bottleneck.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    bottleneck = loaded.get_layer("bottleneck")
-    assert bottleneck.get_config() == model.get_layer("bottleneck").get_config()
-    assert float(to_numpy(bottleneck.kl_weight.value)) == 0.125
-    np.testing.assert_array_equal(
-        to_numpy(loaded.predict(X, verbose=0)),
-        to_numpy(model.predict(X, verbose=0)),
-    )
 
 
 def export_or_skip(model, path):

@@ -57,6 +57,7 @@ class Sampling(SeedStateSavingMixin, keras.layers.Layer):
         inputs: a list `[z_mean, z_log_var]` of two float tensors of the
             same shape `(batch, ..., latent_dim)`.
         training: bool, whether to sample (`True`) or return the mean.
+        mask: optional mask, passed through to the output unchanged.
 
     Input shape:
         Two tensors `(batch, ..., latent_dim)`, rank >= 2.
@@ -150,7 +151,8 @@ class Sampling(SeedStateSavingMixin, keras.layers.Layer):
         )
         return ops.cast(ops.clip(z, -_HALF_MAX[dtype], _HALF_MAX[dtype]), dtype)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, mask=None):
+        # `mask` only passes through (see `compute_mask`).
         z_mean, z_log_var = self._check_inputs(inputs)
         return self._sample(z_mean, z_log_var, training)
 

@@ -1,0 +1,20 @@
+"""Root pytest configuration: the namespace of the docstring examples.
+
+`python -m pytest` also runs the `>>>` examples in keras_vib's docstrings
+(`--doctest-modules`), with `keras`, `np`, `kv` and `tempfile` imported and
+the global seed fixed, on whichever backend `KERAS_BACKEND` names.
+"""
+
+import tempfile
+
+import keras
+import numpy as np
+import pytest
+
+import keras_vib as kv
+
+
+@pytest.fixture(autouse=True)
+def _doctest_namespace(doctest_namespace):
+    keras.utils.set_random_seed(0)
+    doctest_namespace.update(keras=keras, np=np, kv=kv, tempfile=tempfile)
