@@ -18,6 +18,7 @@ from helpers import LATENT
 from helpers import D
 from helpers import linear_gaussian
 
+
 def _np(x):
     return ops.convert_to_numpy(x)
 

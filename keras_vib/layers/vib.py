@@ -254,11 +254,10 @@ class VIB(Sampling):
 
     def __call__(self, inputs, *args, **kwargs):
         outputs = super().__call__(inputs, *args, **kwargs)
-        if self._log_name_given is None:
-            # Symbolic call: give bottlenecks of one graph distinct log keys.
-            operations = _compat.connected_operations(outputs)
-            if operations:
-                make_log_names_distinct(bottlenecks_of(operations))
+        # Symbolic call: give the bottlenecks of one graph distinct log keys.
+        operations = _compat.connected_operations(outputs)
+        if operations:
+            make_log_names_distinct(bottlenecks_of(operations))
         return outputs
 
     def call(self, inputs, training=None, mask=None):

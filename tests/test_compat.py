@@ -1,0 +1,42 @@
+"""Every private Keras API keras_vib uses (all in keras_vib/_compat.py).
+
+If one of these fails after a Keras upgrade, the message names the function
+of `_compat` to update.
+"""
+
+import keras
+import numpy as np
+
+import keras_vib as kv
+from keras_vib import _compat
+
+
+def test_scale_loss_for_distribution_is_identity_without_replicas():
+    loss = keras.ops.convert_to_tensor(3.5)
+    scaled = _compat.scale_loss_for_distribution(loss)
+    assert float(keras.ops.convert_to_numpy(scaled)) == 3.5, (
+        "_compat.scale_loss_for_distribution changed behaviour"
+    )
+
+
+def test_flatten_layers_finds_nested_layers():
+    inner = kv.layers.GaussianBottleneck(units=2, name="inner")
+    model = keras.Sequential([keras.Input((4,)), inner])
+    found = _compat.flatten_layers(model)
+    assert model in found and inner in found, "_compat.flatten_layers broke"
+    assert inner.mean_head in found and inner.log_var_head in found
+
+
+def test_is_detached_reads_a_variable_state():
+    variable = keras.Variable(1.0)
+    assert _compat.is_detached(variable) is False, "_compat.is_detached broke"
+
+
+def test_connected_operations_walks_both_directions():
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(3, name="up")(inputs)
+    out = keras.layers.Dense(2, name="down")(h)
+    keras.Model(inputs, out)
+    names = {op.name for op in _compat.connected_operations(h)}
+    assert {"up", "down"} <= names, "_compat.connected_operations broke"
+    assert _compat.connected_operations(np.zeros((1, 4))) == []
