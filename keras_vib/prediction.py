@@ -19,7 +19,8 @@ def _num_examples(x):
     if len(sizes) != 1:
         raise ValueError(
             "Invalid value received for argument `x`. Expected arrays with "
-            f"the same number of examples. Received leading sizes {sorted(sizes)}"
+            "the same number of examples. Received leading sizes "
+            f"{sorted(sizes)}"
         )
     return sizes.pop()
 

@@ -12,7 +12,6 @@ import keras
 import pytest
 from hypothesis import settings
 
-
 # Backends compile on first use, so a fixed per-example deadline only flakes.
 settings.register_profile("keras_vib", deadline=None, max_examples=60)
 settings.load_profile("keras_vib")

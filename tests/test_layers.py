@@ -1,4 +1,4 @@
-"""Sampling, VIB and GaussianBottleneck: behaviour, the KL loss and metric, errors."""
+"""Sampling, VIB, GaussianBottleneck: behaviour, KL loss and metric, errors."""
 
 import math
 from pathlib import Path
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from helpers import assert_moments
 from helpers import classification_data
-from helpers import make_vib_model
 from helpers import closed_form_kl
+from helpers import make_vib_model
 from helpers import run_layer_test
 from helpers import to_numpy
 
@@ -153,7 +153,7 @@ def test_gaussian_bottleneck_equals_its_heads_plus_vib():
     assert len(layer.trainable_weights) == 4
 
 
-# --- model.fit: the KL metric on every backend ----------------------------------
+# --- model.fit: the KL metric on every backend ------------------------------
 
 
 def test_fit_logs_kl_and_the_loss_decreases(backend):

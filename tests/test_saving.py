@@ -115,3 +115,20 @@ def test_files_saved_by_keras_vib_0_1_load_and_predict_the_same(
             weights[name]
         )
         assert bottleneck.log_name == "kl"
+
+
+def test_vae_config_keeps_name_dtype_and_the_constructor_kl_weight():
+    x_in = keras.Input((6,))
+    encoder = keras.Model(
+        x_in, [keras.layers.Dense(2)(x_in), keras.layers.Dense(2)(x_in)]
+    )
+    decoder = keras.Sequential([keras.Input((2,)), keras.layers.Dense(6)])
+    vae = kv.models.VAE(
+        encoder, decoder, kl_weight=0.7, dtype="float64", name="my_vae"
+    )
+    vae.kl_weight.assign(0.1)  # state, not configuration
+    config = vae.get_config()
+    assert config["kl_weight"] == 0.7
+    clone = kv.models.VAE.from_config(config)
+    assert clone.name == "my_vae"
+    assert clone.dtype_policy.name == "float64"

@@ -153,7 +153,8 @@ class AdaptiveKLWeight(keras.callbacks.Callback):
                 if kl is None or not math.isfinite(kl):
                     raise ValueError(
                         "`AdaptiveKLWeight(update_per='epoch')` needs the mean "
-                        f"training KL of bottleneck `{self._targets[index].name}` "
+                        "training KL of bottleneck "
+                        f"`{self._targets[index].name}` "
                         f"in the epoch logs under `{key}`. Received: "
                         f"{key}={logs.get(key)!r}, log keys {sorted(logs)}"
                     )

@@ -245,7 +245,8 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
         if tuple(z1.shape) != tuple(z2.shape):
             raise ValueError(
                 "Invalid value received for arguments `x1` and `x2`. Expected "
-                f"batches of the same shape. Received: x1.shape={tuple(x1.shape)}, "
+                "batches of the same shape. Received: "
+                f"x1.shape={tuple(x1.shape)}, "
                 f"x2.shape={tuple(x2.shape)}"
             )
         t = ops.linspace(0.0, math.pi / 2, steps)

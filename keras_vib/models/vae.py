@@ -46,8 +46,8 @@ class VAE(LatentVariableModel):
             logits for `"bernoulli"` (no sigmoid), means for `"gaussian"`.
         likelihood: `"bernoulli"` (binary or [0, 1] data), `"gaussian"`
             (unit variance), a `keras_vib.likelihoods.Gaussian(variance=...,
-            learn_variance=...)` or other `keras_vib.likelihoods.Likelihood`, or a
-            callable `fn(x, outputs) -> (n,)` log-probabilities.
+            learn_variance=...)` or another `keras_vib.likelihoods.Likelihood`,
+            or a callable `fn(x, outputs) -> (n,)` log-probabilities.
         kl_weight: finite float >= 0, the initial weight (beta) of the KL
             term.
         free_bits: finite float >= 0, KL threshold in nats (0 disables).
@@ -67,8 +67,8 @@ class VAE(LatentVariableModel):
 
     >>> encoder_inputs = keras.Input((784,))
     >>> h = keras.layers.Dense(64, activation="relu")(encoder_inputs)
-    >>> encoder = keras.Model(
-    ...     encoder_inputs, [keras.layers.Dense(8)(h), keras.layers.Dense(8)(h)])
+    >>> z_mean, z_log_var = keras.layers.Dense(8)(h), keras.layers.Dense(8)(h)
+    >>> encoder = keras.Model(encoder_inputs, [z_mean, z_log_var])
     >>> decoder = keras.Sequential([
     ...     keras.Input((8,)),
     ...     keras.layers.Dense(64, activation="relu"),
