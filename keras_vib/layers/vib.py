@@ -33,6 +33,17 @@ def _batch_mean(per_dim, weights=None):
     return ops.sum(weights * per_dim, axis=0) / ops.maximum(total, 1.0)
 
 
+def _num_positions(kl_per_example):
+    """The number of KL terms, as float32 (static where the shape is)."""
+    shape = tuple(kl_per_example.shape)
+    if all(isinstance(dim, int) for dim in shape):
+        size = 1
+        for dim in shape:
+            size *= dim
+        return ops.convert_to_tensor(float(size), "float32")
+    return ops.cast(ops.size(kl_per_example), "float32")
+
+
 def _replica_sum_variable(name):
     """A float32 running sum that each data-parallel replica updates locally.
 
@@ -263,18 +274,23 @@ class VIB(Sampling):
     def call(self, inputs, training=None, mask=None):
         z_mean, z_log_var = self._check_inputs(inputs)
         per_dim_kl = vib_ops.gaussian_kl(z_mean, z_log_var, axis=None)
+        kl_per_example = ops.sum(per_dim_kl, axis=-1)
         weights = _mask_weights(mask)
-        self.add_loss(self.kl_weight * self.kl_penalty(per_dim_kl, weights))
-        # Running sums over examples, so the logged KL is the epoch mean.
-        kl_per_example = ops.stop_gradient(ops.sum(per_dim_kl, axis=-1))
         if weights is None:
-            self._kl_total.assign_add(ops.sum(kl_per_example))
-            self._kl_count.assign_add(
-                ops.cast(ops.size(kl_per_example), "float32")
-            )
+            total = ops.sum(kl_per_example)
+            count = _num_positions(kl_per_example)
         else:
-            self._kl_total.assign_add(ops.sum(weights * kl_per_example))
-            self._kl_count.assign_add(ops.sum(weights))
+            total = ops.sum(weights * kl_per_example)
+            count = ops.sum(weights)
+        if self.free_bits == 0.0:
+            # The batch-mean KL, from the sums the metric needs anyway.
+            penalty = total / ops.maximum(count, 1.0)
+        else:
+            penalty = self.kl_penalty(per_dim_kl, weights)
+        self.add_loss(self.kl_weight * penalty)
+        # Running sums over examples, so the logged KL is the epoch mean.
+        self._kl_total.assign_add(ops.stop_gradient(total))
+        self._kl_count.assign_add(count)
         return self._sample(z_mean, z_log_var, training)
 
     def get_config(self):
