@@ -492,12 +492,13 @@ class _Remove(_Rewriter):
         return super().copy_layer(layer)
 
     def call(self, original, clone, args, kwargs):
-        if any(t is original for t in self.targets) and not isinstance(
-            original, GaussianBottleneck
-        ):
-            # A two-input VIB: its inference output is `z_mean`.
-            return args[0][0]
-        return clone(*args, **kwargs)
+        if not any(t is original for t in self.targets):
+            return clone(*args, **kwargs)
+        if isinstance(original, GaussianBottleneck):
+            # The `Dense` copy of the mean head (no `training`, `mask`).
+            return clone(args[0])
+        # A two-input VIB: its inference output is `z_mean`.
+        return args[0][0]
 
 
 def remove_bottleneck(model, bottleneck=None):
