@@ -159,6 +159,29 @@ def _unique_name(model, name):
     return candidate
 
 
+def _new_inputs(model):
+    """Fresh `keras.Input`s like the model's, with its input layers' names."""
+    input_layers = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.InputLayer)
+    ]
+
+    def new_input(tensor):
+        names = [layer.name for layer in input_layers if layer.output is tensor]
+        return keras.Input(
+            batch_shape=tensor.shape,
+            dtype=tensor.dtype,
+            sparse=tensor.sparse,
+            name=names[0] if names else None,
+        )
+
+    if isinstance(model, keras.Sequential):
+        # `Sequential.input` needs a call; `inputs` is set once built.
+        return new_input(model.inputs[0])
+    return keras.tree.map_structure(new_input, model.input)
+
+
 class _Rewriter:
     """Copies a graph model layer by layer, with hooks to change a layer.
 
@@ -214,19 +237,13 @@ class _Rewriter:
             layers = []
             for layer in model.layers:
                 layers.extend(self.sequence(layer, self.copy_layer(layer)))
-            spec = model.inputs[0]
             copy = keras.Sequential(
-                [
-                    keras.Input(
-                        batch_shape=spec.shape, dtype=spec.dtype, name=None
-                    )
-                ]
-                + layers,
-                name=model.name,
+                [_new_inputs(model)] + layers, name=model.name
             )
         else:
             copy = keras.models.clone_model(
                 model,
+                input_tensors=_new_inputs(model),
                 clone_function=self.copy_layer,
                 call_function=self._call,
             )
