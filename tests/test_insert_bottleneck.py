@@ -9,7 +9,7 @@ the initial log-variance.
 import keras
 import numpy as np
 import pytest
-from conftest import to_numpy
+from helpers import to_numpy
 
 import keras_vib as kv
 from keras_vib import export as kv_export

@@ -405,12 +405,12 @@ def insert_bottleneck(
     >>> model = keras.Sequential([
     ...     keras.Input((4,)),
     ...     keras.layers.Dense(8, activation="relu", name="hidden"),
-    ...     keras.layers.Dense(1),
+    ...     keras.layers.Dense(1, name="out"),
     ... ])
     >>> x = np.random.normal(size=(16, 4)).astype("float32")
     >>> vib = kv.layers.insert_bottleneck(model, "hidden", kl_weight=1e-2)
     >>> [layer.name for layer in vib.layers]
-    ['hidden', 'hidden_bottleneck', 'dense']
+    ['hidden', 'hidden_bottleneck', 'out']
     >>> np.allclose(vib.predict(x, verbose=0), model.predict(x, verbose=0),
     ...             atol=1e-6)
     True
