@@ -19,9 +19,7 @@ Usage:
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common  # noqa: E402
+import _common
 
 VARIANTS = {
     "a": "(a) keras_vib VIB",

@@ -17,8 +17,8 @@ The last `--val-split` training images (5,000 by default) are held out; the
 script prints their error after every epoch and evaluates the test set once,
 after the last epoch (`--epochs`, fixed in advance).
 
-    python examples/mnist_vib.py --data-dir ../shared/data --epochs 30
-    python examples/mnist_vib.py --data-dir ../shared/data --epochs 30 --baseline
+    python experiments/mnist_vib.py --data-dir ../shared/data --epochs 30
+    python experiments/mnist_vib.py --data-dir ../shared/data --epochs 30 --baseline
 
 `--smoke` runs the whole script in seconds on tiny synthetic data.
 """
@@ -31,15 +31,13 @@ import sys
 import tempfile
 import time
 
+import _quiet  # noqa: F401  (hides TensorFlow's start-up logs)
+import keras
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import keras  # noqa: E402
-
-import keras_vib as kv  # noqa: E402
-from keras_vib.datasets import load_mnist  # noqa: E402
-from keras_vib.datasets import split_validation  # noqa: E402
+import keras_vib as kv
+from keras_vib.datasets import load_mnist
+from keras_vib.datasets import split_validation
 
 
 def parse_args(argv=None):

@@ -16,7 +16,7 @@ epoch, both predicting from the mean of the bottleneck and averaging
 `--mc-samples` sampled predictions (Monte Carlo), and it can write all numbers
 to a JSON file and draw accuracy curves.
 
-    python examples/imdb_cnn_vib.py --data-dir ../shared/data --model both \
+    python experiments/imdb_cnn_vib.py --data-dir ../shared/data --model both \
         --epochs 5 --seeds 3 --json /tmp/imdb.json --figure docs/img/imdb.png
 
 `--smoke` runs the whole script in seconds on tiny synthetic data.
@@ -29,15 +29,13 @@ import sys
 import tempfile
 import time
 
+import _quiet  # noqa: F401  (hides TensorFlow's start-up logs)
+import keras
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import keras  # noqa: E402
-
-import keras_vib as kv  # noqa: E402
-from keras_vib.datasets import load_imdb  # noqa: E402
-from keras_vib.datasets import split_validation  # noqa: E402
+import keras_vib as kv
+from keras_vib.datasets import load_imdb
+from keras_vib.datasets import split_validation
 
 
 def parse_args(argv=None):
