@@ -3,7 +3,8 @@
 Keras writes the body of an `Example:` section at the indentation of its
 title (`>>>` lines right under `Example:`), while Google-style parsers expect
 it indented. This extension indents such bodies so that the examples render
-as code, the way the doctests run them.
+as code, the way the doctests run them, and splits `x, y: ...` argument
+entries in two.
 """
 
 import re
@@ -15,6 +16,22 @@ _SECTION = re.compile(
     r"Output shape):\s*$"
 )
 _HEADER = re.compile(r"^\s*[A-Z][A-Za-z ]*:\s*$")
+
+
+_JOINT_ARGS = re.compile(r"^(\s+)(\w+), (\w+): (.*)$")
+
+
+def split_joint_args(text):
+    """`x, y: description` (two arguments, one line) as two entries."""
+    out = []
+    for line in text.splitlines():
+        match = _JOINT_ARGS.match(line)
+        if match:
+            indent, a, b, rest = match.groups()
+            out += [f"{indent}{a}: {rest}", f"{indent}{b}: {rest}"]
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 def indent_sections(text):
@@ -45,4 +62,6 @@ def indent_sections(text):
 class KerasDocstrings(griffe.Extension):
     def on_instance(self, *, obj, **kwargs):
         if obj.docstring is not None:
-            obj.docstring.value = indent_sections(obj.docstring.value)
+            obj.docstring.value = split_joint_args(
+                indent_sections(obj.docstring.value)
+            )
