@@ -88,7 +88,9 @@ def setup(spec):
             calls = sum(nc for (_, nc, _, _, _) in stats.values())
             for (filename, _, name), (_, _, _, cum, _) in stats.items():
                 if name == "call" and (
-                    filename.endswith(os.path.join("keras_vib", "layers", "vib.py"))
+                    filename.endswith(
+                        os.path.join("keras_vib", "layers", "vib.py")
+                    )
                     or filename.endswith("vib_overhead.py")
                 ):
                     layer_call = max(layer_call, cum)

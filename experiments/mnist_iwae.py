@@ -14,7 +14,6 @@ the number of active latent units and the training time.
 `--smoke` runs the whole script in seconds on tiny synthetic data.
 """
 
-
 from _iwae_paper_model import parse_args
 from _iwae_paper_model import run
 

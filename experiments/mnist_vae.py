@@ -17,7 +17,6 @@ spherical interpolation.
 See `mnist_iwae.py` for k > 1 and `_iwae_paper_model.py` for the details.
 """
 
-
 from _iwae_paper_model import parse_args
 from _iwae_paper_model import run
 
