@@ -5,8 +5,9 @@ Date created: 2026/12/01
 Last modified: 2026/12/01
 Description: bojone/vib's experiment: Keras's `imdb_cnn` with a VIB head
     against its deterministic head, with Monte Carlo prediction.
-Run time: about 10 minutes on a shared 2-core CPU (TensorFlow backend);
-    `--smoke`: about 30 seconds.
+Run time: about 4 minutes on a quiet 2-core CPU (TensorFlow backend),
+    estimated from the fastest epochs in docs/RESULTS.md (31-42 s each);
+    not yet measured end to end. `--smoke`: under a minute.
 """
 
 """

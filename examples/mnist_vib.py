@@ -5,8 +5,9 @@ Date created: 2026/12/01
 Last modified: 2026/12/01
 Description: Alemi et al.'s Deep Variational Information Bottleneck on
     permutation-invariant MNIST, against the same network without it.
-Run time: about 10 minutes on a shared 2-core CPU (TensorFlow backend);
-    `--smoke`: about 30 seconds.
+Run time: about 3 minutes on a quiet 2-core CPU (TensorFlow backend),
+    estimated from the fastest epochs in docs/RESULTS.md (10-11 s each);
+    not yet measured end to end. `--smoke`: under a minute.
 """
 
 """
@@ -195,9 +196,9 @@ img/mnist_vib.png)
 
 ## Conclusion
 
-Even after a few epochs the bottleneck lowers the test error of this large
-fully connected network, which otherwise overfits quickly, and the wrong
-predictions are the ones whose sampled probabilities spread most.
+A run of a few epochs with one seed shows the mechanics: the three errors
+printed above, and whether the wrong predictions are the ones whose sampled
+probabilities spread most. The evidence is in the longer runs.
 
 Over 40 epochs and 3 seeds with the paper's learning rate (see
 [the results](../RESULTS.md), made with `experiments/mnist_vib.py`), Deep
