@@ -45,6 +45,8 @@ _stderr = os.dup(2)
 os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
 try:
     import keras
+
+    keras.utils.set_random_seed(0)  # seeding imports TensorFlow, if installed
 finally:
     os.dup2(_stderr, 2)
 

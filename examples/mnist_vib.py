@@ -43,7 +43,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 _stderr = os.dup(2)
 os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
 try:
-    import keras  # TensorFlow's C++ start-up messages are hidden here
+    import keras
+
+    keras.utils.set_random_seed(0)  # seeding imports TensorFlow, if installed
 finally:
     os.dup2(_stderr, 2)
 

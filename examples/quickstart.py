@@ -35,8 +35,9 @@ both codes.
 ## Setup
 
 TensorFlow prints C++ start-up messages (CUDA probes, CPU features) when it is
-imported, even on a machine without a GPU. They are harmless, so we hide them
-while Keras is imported; errors still show.
+imported, even on a machine without a GPU (and Keras imports it to seed its
+random generators, on any backend, when it is installed). They are harmless,
+so we hide them while Keras is imported and seeded; errors still show.
 """
 
 import argparse
@@ -55,6 +56,8 @@ _stderr = os.dup(2)
 os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
 try:
     import keras
+
+    keras.utils.set_random_seed(0)  # seeding imports TensorFlow, if installed
 finally:
     os.dup2(_stderr, 2)
 

@@ -2,7 +2,8 @@
 
 TensorFlow prints CUDA probes and absl notices to the process's stderr while
 it is imported, before Python logging exists; on a CPU-only machine they look
-like failures. Import this module before `keras`; errors still show, because
+like failures. Import this module before `keras` (it also seeds Keras's
+global generators with 0, which imports TensorFlow); errors still show, because
 stderr is restored before any exception propagates.
 """
 
@@ -13,7 +14,11 @@ _saved = os.dup(2)
 _null = os.open(os.devnull, os.O_WRONLY)
 os.dup2(_null, 2)
 try:
-    import keras  # noqa: F401
+    import keras
+
+    # Seeding imports TensorFlow (when installed) on every backend; do it
+    # here, quietly. The harnesses seed again with their own seeds.
+    keras.utils.set_random_seed(0)
 finally:
     os.dup2(_saved, 2)
     os.close(_null)
