@@ -32,6 +32,9 @@ import traceback
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
 DEFAULT_OUTPUT = os.path.join(REPO_DIR, "docs", "BENCHMARKS.md")
+# TensorFlow's C++ start-up logs (CUDA probes, CPU features) look like
+# failures on a CPU-only machine; hide them here and in every worker.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 _VERSIONED = (
     "numpy",
@@ -159,7 +162,7 @@ class Worker:
         self.label = label
         full_env = dict(os.environ)
         full_env.update(env or {})
-        full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         full_env["PYTHONPATH"] = os.pathsep.join(
             [REPO_DIR] + [p for p in [full_env.get("PYTHONPATH")] if p]
         )

@@ -22,9 +22,7 @@ Usage:
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common  # noqa: E402
+import _common
 
 DATA_DIM = 784
 HIDDEN = 200

@@ -19,9 +19,7 @@ Usage:
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common  # noqa: E402
+import _common
 
 VARIANTS = {
     "a": "(a) keras_vib VIB",
@@ -90,7 +88,9 @@ def setup(spec):
             calls = sum(nc for (_, nc, _, _, _) in stats.values())
             for (filename, _, name), (_, _, _, cum, _) in stats.items():
                 if name == "call" and (
-                    filename.endswith(os.path.join("keras_vib", "layers", "vib.py"))
+                    filename.endswith(
+                        os.path.join("keras_vib", "layers", "vib.py")
+                    )
                     or filename.endswith("vib_overhead.py")
                 ):
                     layer_call = max(layer_call, cum)

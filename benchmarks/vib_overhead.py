@@ -30,9 +30,7 @@ Usage:
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common  # noqa: E402
+import _common
 
 MAX_FEATURES = 5000
 MAXLEN = 400

@@ -5,6 +5,7 @@ backend of this test run, writes its section to a temporary markdown file,
 and must produce a table there. Timings are not checked.
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -111,11 +112,11 @@ def test_loglik_smoke(tmp_path):
 
 
 def test_write_section_only_touches_its_section(tmp_path):
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-    try:
-        import _common
-    finally:
-        sys.path.pop(0)
+    spec = importlib.util.spec_from_file_location(
+        "_common", os.path.join(REPO, "benchmarks", "_common.py")
+    )
+    _common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(_common)
     path = tmp_path / "doc.md"
     path.write_text(
         "head\n<!-- section: a -->\nold\n<!-- end section: a -->\n"

@@ -35,7 +35,7 @@ def write_imdb(folder, n_train=40, n_test=30, vocab=60, seed=0):
 
 
 def keras_reference(monkeypatch, path, **kwargs):
-    """Keras's own `imdb.load_data`, pointed at our file instead of a download."""
+    """Keras's own `imdb.load_data`, reading our file instead of a download."""
     from keras.src.datasets import imdb as keras_imdb
 
     monkeypatch.setattr(keras_imdb, "get_file", lambda *a, **k: path)

@@ -10,23 +10,18 @@ images by default; paper: 86.76 nats), the number of active latent units and
 the training time, and can save figures of samples, reconstructions and a
 spherical interpolation.
 
-    python examples/mnist_vae.py --data-dir ../shared/data --epochs 20 \\
+    python experiments/mnist_vae.py --data-dir ../shared/data --epochs 20 \\
         --json /tmp/vae.json --figure-dir docs/img
 
 `--smoke` runs the whole script in seconds on tiny synthetic data.
 See `mnist_iwae.py` for k > 1 and `_iwae_paper_model.py` for the details.
 """
 
-import os
-import sys
+from _iwae_paper_model import parse_args
+from _iwae_paper_model import run
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _iwae_paper_model import parse_args  # noqa: E402
-from _iwae_paper_model import run  # noqa: E402
-
-import keras_vib as kv  # noqa: E402
-import keras_vib.models  # noqa: E402
+import keras_vib as kv
+import keras_vib.models
 
 
 def main(argv=None):

@@ -25,17 +25,15 @@ import sys
 import tempfile
 import time
 
+import _quiet  # noqa: F401  (hides TensorFlow's start-up logs)
+import keras
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import keras  # noqa: E402
-
-import keras_vib as kv  # noqa: E402
-import keras_vib.models  # noqa: E402
-from keras_vib.datasets import DynamicBinarization  # noqa: E402
-from keras_vib.datasets import binarize  # noqa: E402
-from keras_vib.datasets import load_mnist  # noqa: E402
+import keras_vib as kv
+import keras_vib.models
+from keras_vib.datasets import DynamicBinarization
+from keras_vib.datasets import binarize
+from keras_vib.datasets import load_mnist
 
 #: Seed of the one binarization of the test set shared by all runs.
 TEST_BINARIZATION_SEED = 12345

@@ -8,22 +8,17 @@ negative log-likelihood from `keras_vib.models.log_likelihood` (K=5000, all
 10,000 test images by default; paper: 85.54 nats for k=5, 84.78 for k=50),
 the number of active latent units and the training time.
 
-    python examples/mnist_iwae.py --data-dir ../shared/data --k 50 \\
+    python experiments/mnist_iwae.py --data-dir ../shared/data --k 50 \\
         --epochs 20 --json /tmp/iwae50.json --figure-dir docs/img
 
 `--smoke` runs the whole script in seconds on tiny synthetic data.
 """
 
-import os
-import sys
+from _iwae_paper_model import parse_args
+from _iwae_paper_model import run
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _iwae_paper_model import parse_args  # noqa: E402
-from _iwae_paper_model import run  # noqa: E402
-
-import keras_vib as kv  # noqa: E402
-import keras_vib.models  # noqa: E402
+import keras_vib as kv
+import keras_vib.models
 
 
 def main(argv=None):
