@@ -175,7 +175,7 @@ def two_device_run(tmp_path_factory):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
+    line = [s for s in proc.stdout.splitlines() if s.startswith("RESULT")][-1]
     return json.loads(line[len("RESULT") :])
 
 

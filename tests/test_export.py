@@ -213,7 +213,7 @@ def served(exported):
     if "vae" in exported:
         args.append(str(exported["vae"]))
     stdout = _run(args, cwd=exported["root"])
-    line = [l for l in stdout.splitlines() if l.startswith("RESULT")][-1]
+    line = [s for s in stdout.splitlines() if s.startswith("RESULT")][-1]
     return json.loads(line[len("RESULT") :])
 
 

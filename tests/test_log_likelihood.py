@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from keras import ops
 from helpers import LATENT
 from helpers import linear_gaussian
+from keras import ops
 
 from keras_vib import losses
 from keras_vib import models

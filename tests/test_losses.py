@@ -10,13 +10,12 @@ import math
 import keras
 import numpy as np
 import pytest
-from keras import ops
-
-from keras_vib import likelihoods
-from keras_vib import losses
 from helpers import LATENT
 from helpers import D
 from helpers import linear_gaussian
+from keras import ops
+
+from keras_vib import losses
 
 
 def _np(x):

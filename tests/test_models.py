@@ -5,10 +5,10 @@ import math
 import keras
 import numpy as np
 import pytest
-from keras import ops
 from helpers import LATENT
 from helpers import D
 from helpers import linear_gaussian
+from keras import ops
 
 from keras_vib import layers
 from keras_vib import likelihoods

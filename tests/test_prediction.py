@@ -98,12 +98,12 @@ def test_one_forward_pass_per_chunk():
 def test_seed_reproducible_and_state_restored():
     model, params = _linear_model()
     x = np.random.default_rng(2).normal(size=(4, FEATURES)).astype("float32")
-    vib = [l for l in model.layers if isinstance(l, kv.layers.VIB)][0]
-    kl_state = [float(v.numpy()) for v in (vib._kl_total, vib._kl_count)]
+    vib = [lay for lay in model.layers if isinstance(lay, kv.layers.VIB)][0]
+    kl_state = [float(v.numpy()) for v in vib.running_kl()]
     first = kv.prediction.predict_mc(model, x, num_samples=3, seed=5)
     # The running KL metric is left as it was.
     assert [
-        float(v.numpy()) for v in (vib._kl_total, vib._kl_count)
+        float(v.numpy()) for v in vib.running_kl()
     ] == kl_state
     second = kv.prediction.predict_mc(model, x, num_samples=3, seed=5)
     other = kv.prediction.predict_mc(model, x, num_samples=3, seed=6)
