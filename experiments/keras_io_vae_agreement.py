@@ -58,6 +58,12 @@ def parse_args(argv=None):
     p.add_argument("--port-backends", default="tensorflow,jax")
     p.add_argument("--json", default=None)
     p.add_argument("--smoke", action="store_true")
+    p.add_argument(
+        "--summarize",
+        nargs="+",
+        metavar="RUN_JSON",
+        help="print the table from single runs' --out files and exit",
+    )
     # Internal: one run in this process.
     p.add_argument("--role", choices=["init", "reference", "port"])
     p.add_argument("--weights", default=None)
@@ -317,6 +323,12 @@ def spawn(backend, argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.summarize:
+        runs = []
+        for path in args.summarize:
+            with open(path) as f:
+                runs.append(json.load(f))
+        return print_summary({"runs": runs})
     if args.role == "init":
         return run_init(args)
     if args.role:
@@ -380,10 +392,16 @@ def print_summary(summary):
             + " | ".join(f"{v:.2f}" for v in losses)
             + f" | {run['test_elbo']:.2f} | {run['train_seconds']:.0f} |"
         )
-    print(
-        f"\nwall time {summary['wall_seconds']:.0f} s; load average at the "
-        f"end {summary['load_average_end']}"
-    )
+    for run in summary["runs"]:
+        print(
+            f"{run['role']} {run['backend']} {run['seed']}: load average at "
+            f"the end {[round(v, 1) for v in run['load_average']]}"
+        )
+    if "wall_seconds" in summary:
+        print(
+            f"\nwall time {summary['wall_seconds']:.0f} s; load average at "
+            f"the end {summary['load_average_end']}"
+        )
 
 
 if __name__ == "__main__":
