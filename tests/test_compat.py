@@ -53,7 +53,7 @@ def test_producer_walks_a_functional_graph():
     keras.Model(inputs, outputs)
 
     operation, tensors = _compat.producer(outputs)
-    assert operation is reshape
+    assert operation is reshape, "_compat.producer broke"
     assert len(tensors) == 1
     operation, tensors = _compat.producer(tensors[0])
     assert operation is dense
@@ -67,4 +67,6 @@ def test_producer_walks_a_functional_graph():
 
 
 def test_producer_of_an_eager_tensor_is_none():
-    assert _compat.producer(keras.ops.ones((2, 3))) == (None, [])
+    assert _compat.producer(keras.ops.ones((2, 3))) == (None, []), (
+        "_compat.producer broke"
+    )
