@@ -5,7 +5,7 @@ was not given (a sigmoid's probabilities read as logits)."""
 import keras
 import numpy as np
 import pytest
-from conftest import to_numpy
+from helpers import to_numpy
 
 from keras_vib import likelihoods
 from keras_vib import models
