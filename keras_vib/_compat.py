@@ -85,3 +85,27 @@ def connected_operations(tensors):
             for tensor in node.input_tensors:
                 stack.append(tensor._keras_history.operation)
     return found
+
+
+def producer(tensor):
+    """The operation that produced a functional-graph tensor, and its inputs.
+
+    Args:
+        tensor: a `KerasTensor` of a functional model (e.g. `model.outputs[0]`).
+
+    Returns:
+        `(operation, input_tensors)` of the call that produced `tensor` (a
+        `keras.Input` gives its `InputLayer` and `[]`), or `(None, [])` when
+        `tensor` carries no graph history (an eager tensor).
+    """
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None, []
+    operation = history.operation
+    if not hasattr(operation, "_inbound_nodes"):
+        raise _missing("Operation._inbound_nodes")
+    nodes = operation._inbound_nodes
+    if not nodes:
+        return operation, []
+    node = nodes[history.node_index]
+    return operation, list(node.input_tensors)

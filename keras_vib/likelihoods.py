@@ -2,8 +2,16 @@
 
 A likelihood turns the decoder's output into a per-example log-probability
 of the data, summed over every data axis. The models accept a name
-(`"bernoulli"`, `"gaussian"`), a `Likelihood` instance (e.g.
-`Gaussian(learn_variance=True)`), or a plain callable.
+(`"bernoulli"`, `"bernoulli_probs"`, `"gaussian"`), a `Likelihood` instance
+(e.g. `Gaussian(learn_variance=True)`), or a plain callable.
+
+What the decoder must output depends on the likelihood: logits for
+`"bernoulli"`, probabilities for `"bernoulli_probs"`, means for
+`"gaussian"`. `VAE` and `IWAE` check it when they are built: they find the
+activation that a functional or `Sequential` decoder applies last and pass
+it to `Likelihood.check_output_activation`, which raises if that activation
+cannot produce what the likelihood expects (a final sigmoid given to
+`"bernoulli"`, for instance, whose probabilities would be read as logits).
 
 Shapes: `x` is `(batch,) + data_shape`; `outputs` is `(batch,) + data_shape`
 or `(k, batch) + data_shape` (k importance samples). `log_prob` returns
@@ -14,13 +22,83 @@ copying it.
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_vib import ops as vib_ops
 from keras_vib._validation import check_bool
 from keras_vib._validation import check_positive_float
 
-_NAMES = ("bernoulli", "gaussian")
+_NAMES = ("bernoulli", "bernoulli_probs", "gaussian")
+
+#: Inputs on which a decoder's final activation is evaluated to find its
+#: range (within float16 range, so that mixed-precision layers see them).
+_PROBE = (-1e4, -1e3, -30.0, -3.0, -0.5, 0.5, 3.0, 30.0, 1e3, 1e4)
+#: Logits must reach beyond +-_LOGIT_REACH (probabilities 2e-9 from 0 and 1).
+_LOGIT_REACH = 20.0
+
+
+def output_range(activation):
+    """The range of values `activation` takes on inputs from -1e4 to 1e4.
+
+    Used to check that a decoder's final activation fits a likelihood. The
+    activation (a function, or a layer without weights such as
+    `keras.layers.Softmax()`) is evaluated on a fixed row of 10 inputs
+    between -1e4 and 1e4.
+
+    Args:
+        activation: a callable on tensors.
+
+    Returns:
+        `(min, max)` of its outputs (NaNs ignored), or `None` if the call
+        fails or gives no numbers (then nothing is known about it).
+
+    Example:
+
+    >>> kv.likelihoods.output_range(keras.activations.sigmoid)
+    (0.0, 1.0)
+    >>> kv.likelihoods.output_range(keras.activations.relu)
+    (0.0, 10000.0)
+    """
+    probe = ops.convert_to_tensor(np.array([_PROBE], dtype="float32"))
+    try:
+        values = np.asarray(
+            ops.convert_to_numpy(activation(probe)), dtype="float64"
+        )
+    except Exception:  # An activation we cannot probe: nothing is known.
+        return None
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return None
+    return float(values.min()), float(values.max())
+
+
+def _describe_range(low, high):
+    def fmt(v):
+        if v >= 1e3:
+            return "inf"
+        if v <= -1e3:
+            return "-inf"
+        return f"{v:.3g}"
+
+    left = "(" if low <= -1e3 else "["
+    right = ")" if high >= 1e3 else "]"
+    return f"{left}{fmt(low)}, {fmt(high)}{right}"
+
+
+def _activation_name(activation):
+    if isinstance(activation, keras.Operation):  # a layer or keras.ops op
+        return activation.name
+    return getattr(activation, "__name__", None) or repr(activation)
+
+
+def _removal_hint(activation, layer):
+    """How to drop `activation` from the decoder, for error messages."""
+    if getattr(layer, "activation", None) is activation and not isinstance(
+        layer, keras.layers.Activation
+    ):
+        return f"`activation=None` in `{layer.name}`"
+    return f"drop the final `{layer.name}`"
 
 
 def _check_event_shape(x, outputs):
@@ -81,16 +159,67 @@ class Likelihood(keras.layers.Layer):
         """The mean of p(x | outputs): what `decode` and `predict` return."""
         raise NotImplementedError
 
+    def check_output_activation(self, activation, layer):
+        """Raise if a decoder ending in `activation` cannot feed this model.
+
+        `VAE` and `IWAE` call it when they are built, with the activation
+        that a functional or `Sequential` decoder applies last (the
+        `activation` of its output layer, an `Activation`/`Softmax`/`ReLU`
+        layer, or a `keras.ops` function; shape-only layers such as
+        `Reshape` are looked through). The base class accepts anything;
+        subclasses raise a `ValueError` that says what to change.
+
+        Args:
+            activation: a callable on tensors, e.g.
+                `keras.activations.sigmoid`.
+            layer: the decoder's layer (or `keras.ops` operation) that
+                applies it, named in the error message.
+        """
+        del activation, layer
+
     def call(self, inputs):
         return self.mean(inputs)
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
 class Bernoulli(Likelihood):
-    """Bernoulli likelihood on logits: `log p = x * logits - softplus(logits)`.
+    """Bernoulli likelihood, on logits (default) or on probabilities.
 
-    For binary data or data in [0, 1]. The decoder outputs logits (no
-    sigmoid); the mean is `sigmoid(logits)`.
+    For binary data or data in [0, 1] (for non-binary data, the
+    cross-entropy form `x * log p + (1 - x) * log(1 - p)`, not a normalized
+    density).
+
+    With `from_logits=True` (`likelihood="bernoulli"`), the decoder outputs
+    logits: it has no final activation, and `mean` (what `decode` and
+    `predict` return) is `sigmoid(logits)`. The log-density is
+    `keras_vib.ops.bernoulli_log_prob`, exact to float32 round-off for any
+    logits. This is the recommended form.
+
+    With `from_logits=False` (`likelihood="bernoulli_probs"`), the decoder
+    outputs probabilities, e.g. it ends in `activation="sigmoid"` as in the
+    keras.io VAE example, and `mean` returns them unchanged. The
+    probabilities are clipped to `[epsilon, 1 - epsilon]`
+    (`keras.config.epsilon()`, 1e-7 by default), and the log-density is
+    exact for the clipped probabilities it is given: the same as
+    `keras.losses.binary_crossentropy(x, p)` on JAX and PyTorch. Precision
+    is lost before it, in the sigmoid: a float32 probability near 1 keeps
+    few digits of `1 - p` (past a logit of about 17 it is exactly 1), and
+    the clip caps each element's loss at `-log(epsilon)` = 16.1 nats with
+    no gradient beyond. Prefer logits when the decoder can be changed.
+
+    `VAE` and `IWAE` check the decoder's final activation against
+    `from_logits` when they can see it (functional and `Sequential`
+    decoders) and raise a `ValueError` naming the change: a final sigmoid
+    or softmax with `from_logits=True`, whose probabilities would be read
+    as logits (and any other activation that keeps the logits from
+    covering the real line, e.g. `tanh` or `relu`), or an output that is
+    not confined to [0, 1] with `from_logits=False`. For a subclassed
+    decoder nothing can be checked: make sure it outputs what you declare.
+
+    Args:
+        from_logits: bool, whether the decoder outputs logits (`True`) or
+            probabilities (`False`).
+        **kwargs: base layer keyword arguments.
 
     Example:
 
@@ -99,13 +228,75 @@ class Bernoulli(Likelihood):
     >>> logits = keras.ops.zeros((2, 3))
     >>> keras.ops.convert_to_numpy(likelihood.log_prob(x, logits)).round(4)
     array([-2.0794, -2.0794], dtype=float32)
+    >>> probs = kv.likelihoods.get("bernoulli_probs")
+    >>> keras.ops.convert_to_numpy(probs.log_prob(x, 0.5 * x)).round(4)
+    array([-2.0794, -2.0794], dtype=float32)
     """
 
+    def __init__(self, from_logits=True, **kwargs):
+        super().__init__(**kwargs)
+        self.from_logits = check_bool("from_logits", from_logits)
+
     def _log_prob_elementwise(self, x, outputs):
-        return vib_ops.bernoulli_log_prob(x, outputs, axis=None)
+        if self.from_logits:
+            return vib_ops.bernoulli_log_prob(x, outputs, axis=None)
+        x = ops.cast(x, "float32")
+        epsilon = keras.config.epsilon()
+        p = ops.clip(ops.cast(outputs, "float32"), epsilon, 1.0 - epsilon)
+        return x * ops.log(p) + (1.0 - x) * ops.log1p(-p)
 
     def mean(self, outputs):
-        return ops.sigmoid(outputs)
+        if self.from_logits:
+            return ops.sigmoid(outputs)
+        return outputs
+
+    def check_output_activation(self, activation, layer):
+        bounds = output_range(activation)
+        if bounds is None:
+            return
+        low, high = bounds
+        name = _activation_name(activation)
+        hint = _removal_hint(activation, layer)
+        received = (
+            f"Received: a decoder whose last layer `{layer.name}` applies "
+            f"`{name}` (outputs in {_describe_range(low, high)})"
+        )
+        if self.from_logits and 0.0 <= low and high <= 1.0:
+            raise ValueError(
+                "Invalid value received for argument `decoder`. The "
+                '"bernoulli" likelihood expects a decoder that outputs '
+                "logits, but this one outputs probabilities: they would be "
+                "read as logits and the model would train on the wrong "
+                "density. Either remove the final activation "
+                f"({hint}; `model.decode(z)` then returns the "
+                "probabilities, and log-densities are exact), or keep the "
+                'decoder and pass `likelihood="bernoulli_probs"`. ' + received
+            )
+        if self.from_logits and (low > -_LOGIT_REACH or high < _LOGIT_REACH):
+            raise ValueError(
+                "Invalid value received for argument `decoder`. The "
+                '"bernoulli" likelihood expects a decoder that outputs '
+                "logits, which must be free to take any real value, but "
+                f"this one's outputs are confined to "
+                f"{_describe_range(low, high)}, so some probabilities are "
+                f"out of its reach. Remove the final activation ({hint}). "
+                + received
+            )
+        if not self.from_logits and (low < 0.0 or high > 1.0):
+            raise ValueError(
+                "Invalid value received for argument `decoder`. The "
+                '"bernoulli_probs" likelihood expects a decoder that '
+                "outputs probabilities in [0, 1] (e.g. a final "
+                '`activation="sigmoid"`), but this one\'s outputs are not '
+                "confined to [0, 1]. If they are logits, pass "
+                '`likelihood="bernoulli"`; otherwise end the decoder with a '
+                "sigmoid. " + received
+            )
+
+    def get_config(self):
+        config = super().get_config()
+        config["from_logits"] = self.from_logits
+        return config
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
@@ -116,6 +307,14 @@ class Gaussian(Likelihood):
     data dimensions, kept as its log in a variable `log_var`: trainable when
     `learn_variance=True` (then it is fitted with the rest of the model and
     saved with it), constant otherwise.
+
+    Any final activation is accepted, bounded ones included: a decoder
+    ending in `sigmoid` or `tanh` gives a valid Gaussian whose mean is
+    confined to (0, 1) or (-1, 1), and `log_prob` is exactly
+    `N(x; outputs, variance)` for it (nothing is read as something else,
+    unlike logits given to a probability). The model then cannot put its
+    mean outside that range, so scale the data into it (e.g. MNIST pixels
+    to [0, 1] for a sigmoid).
 
     Args:
         variance: finite float > 0, the (initial) variance.
@@ -202,7 +401,8 @@ def get(identifier):
     """Resolve `likelihood=`: a name, a `Likelihood`, or a callable.
 
     Args:
-        identifier: `"bernoulli"`, `"gaussian"`, a `Likelihood` instance, its
+        identifier: `"bernoulli"` (logits), `"bernoulli_probs"`
+            (probabilities), `"gaussian"`, a `Likelihood` instance, its
             serialized config (a dict), or a callable
             `fn(x, outputs) -> (n,)` log-probabilities.
 
@@ -219,6 +419,8 @@ def get(identifier):
     if isinstance(identifier, str):
         if identifier == "bernoulli":
             return Bernoulli(name="likelihood")
+        if identifier == "bernoulli_probs":
+            return Bernoulli(from_logits=False, name="likelihood")
         if identifier == "gaussian":
             return Gaussian(name="likelihood")
     elif isinstance(identifier, dict):

@@ -40,3 +40,33 @@ def test_connected_operations_walks_both_directions():
     names = {op.name for op in _compat.connected_operations(h)}
     assert {"up", "down"} <= names, "_compat.connected_operations broke"
     assert _compat.connected_operations(np.zeros((1, 4))) == []
+
+
+def test_producer_walks_a_functional_graph():
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(6, activation="sigmoid")
+    reshape = keras.layers.Reshape((3, 2))
+    outputs = reshape(dense(inputs))
+    # A second use of the same layers: node indices must be respected.
+    other = keras.Input((4,))
+    other_outputs = reshape(dense(other))
+    keras.Model(inputs, outputs)
+
+    operation, tensors = _compat.producer(outputs)
+    assert operation is reshape, "_compat.producer broke"
+    assert len(tensors) == 1
+    operation, tensors = _compat.producer(tensors[0])
+    assert operation is dense
+    assert len(tensors) == 1 and tensors[0] is inputs
+    operation, tensors = _compat.producer(inputs)
+    assert isinstance(operation, keras.layers.InputLayer)
+    assert tensors == []
+    _, tensors = _compat.producer(other_outputs)
+    _, tensors = _compat.producer(tensors[0])
+    assert tensors[0] is other
+
+
+def test_producer_of_an_eager_tensor_is_none():
+    assert _compat.producer(keras.ops.ones((2, 3))) == (None, []), (
+        "_compat.producer broke"
+    )

@@ -263,3 +263,87 @@ def test_reparameterize_same_seed_same_sample(seed):
         mean, log_var, seed=keras.random.SeedGenerator(seed)
     )
     np.testing.assert_array_equal(to_numpy(first), to_numpy(again))
+
+
+# --- Bernoulli log-density against a 60-digit reference -----------------------
+
+#: float32 machine epsilon (2^-23) and smallest normal number.
+F32_EPS = float(np.finfo("float32").eps)
+F32_TINY = float(np.finfo("float32").tiny)
+
+
+def _bernoulli_reference(x, logits):
+    """log Bernoulli(x; sigmoid(l)) = x * l - log(1 + e^l), 60 digits."""
+    import mpmath
+
+    with mpmath.workdps(60):
+        return np.array(
+            [
+                float(
+                    mpmath.mpf(float(xi)) * mpmath.mpf(float(li))
+                    - mpmath.log1p(mpmath.exp(mpmath.mpf(float(li))))
+                )
+                for xi, li in zip(x.ravel(), logits.ravel())
+            ]
+        ).reshape(x.shape)
+
+
+def _reference_grid():
+    tail = [-100.0, -88.0, -60.0, -30.0, -17.0, -10.0, -3.0, -1.0, -1e-3]
+    logits = np.array(tail + [0.0] + [-v for v in tail[::-1]], "float32")
+    logits = np.concatenate(
+        [logits, RNG.uniform(-100, 100, size=40).astype("float32")]
+    )
+    return logits
+
+
+def test_bernoulli_log_prob_binary_x_matches_60_digit_reference():
+    # Relative error at float32 round-off (4 ulps) over logits in [-100,
+    # 100], both tails included: for x = 1 and a large positive logit the
+    # value is -log1p(e^-l), tiny, which `x * l - softplus(l)` loses
+    # entirely. Only where the exact value is below float32's smallest
+    # normal number (x = 1, l > 87; x = 0, l < -87) does an absolute floor
+    # of that size apply: float32 cannot hold it (XLA flushes subnormals).
+    logits = _reference_grid()
+    for value in (0.0, 1.0):
+        x = np.full_like(logits, value)
+        expected = _bernoulli_reference(x, logits)
+        result = to_numpy(vib_ops.bernoulli_log_prob(x, logits, axis=None))
+        normal = np.abs(expected) >= F32_TINY
+        rel = np.abs(result - expected)[normal] / np.abs(expected[normal])
+        assert rel.max() <= 4 * F32_EPS, (value, logits[normal][rel.argmax()])
+        assert np.all(np.abs(result - expected)[~normal] <= F32_TINY)
+        assert np.all(result <= 0.0)
+
+
+def test_bernoulli_log_prob_fractional_x_matches_60_digit_reference():
+    # For x in (0, 1) the value x * l - max(l, 0) - log1p(e^-|l|) is a sum of
+    # terms that may cancel (x near 1, l large); float32 round-off is then
+    # a few ulps of the largest term, the bound asserted here.
+    logits = _reference_grid()
+    for value in (1e-3, 0.25, 0.5, 0.9, 0.999):
+        x = np.full_like(logits, value)
+        expected = _bernoulli_reference(x, logits)
+        result = to_numpy(vib_ops.bernoulli_log_prob(x, logits, axis=None))
+        x64, l64 = x.astype("float64"), logits.astype("float64")
+        terms = (
+            np.abs(x64 * l64)
+            + np.maximum(l64, 0.0)
+            + np.log1p(np.exp(-np.abs(l64)))
+        )
+        error = np.abs(result - expected)
+        assert np.all(error <= 4 * F32_EPS * terms + F32_TINY), (
+            value,
+            logits[np.argmax(error / terms)],
+        )
+
+
+def test_log_mean_exp_is_float32_for_half_inputs():
+    x = np.array([[1.0, 2.0], [3.0, 4.0]], "float16")
+    result = vib_ops.log_mean_exp(keras.ops.convert_to_tensor(x), axis=0)
+    assert keras.backend.standardize_dtype(result.dtype) == "float32"
+    np.testing.assert_allclose(
+        to_numpy(result),
+        special.logsumexp(x.astype("float64"), axis=0) - np.log(2),
+        rtol=1e-6,
+    )

@@ -19,30 +19,114 @@ def _static_shape(tensor):
     return tuple(tensor.shape)
 
 
+_ENCODER_OUTPUTS = (
+    "Expected a model that maps x to [z_mean, z_log_var], two tensors of "
+    "equal shape (a third output z of that shape, as the keras.io VAE "
+    "example's encoder returns, is accepted and ignored: the model draws z "
+    "itself)."
+)
+
+
 def _check_posterior_pair(outputs, source):
-    """Raise unless `outputs` is a pair (z_mean, z_log_var) of equal shapes."""
-    if not isinstance(outputs, (list, tuple)) or len(outputs) != 2:
+    """Return `(z_mean, z_log_var)` from an encoder's outputs, or raise.
+
+    Accepts `[z_mean, z_log_var]` and the keras.io convention
+    `[z_mean, z_log_var, z]` (z of the same shape, ignored).
+    """
+    if not isinstance(outputs, (list, tuple)) or len(outputs) not in (2, 3):
         raise ValueError(
-            "Invalid value received for argument `encoder`. Expected a model "
-            "that maps x to a pair (z_mean, z_log_var) of tensors with equal "
-            f"shapes. Received: {source} {_describe(outputs)}"
+            "Invalid value received for argument `encoder`. "
+            f"{_ENCODER_OUTPUTS} Received: {source} {_describe(outputs)}"
         )
-    mean_shape, log_var_shape = (_static_shape(t) for t in outputs)
-    if mean_shape != log_var_shape:
+    shapes = [_static_shape(t) for t in outputs]
+    if any(shape != shapes[0] for shape in shapes[1:]):
         raise ValueError(
-            "Invalid value received for argument `encoder`. Expected a model "
-            "that maps x to a pair (z_mean, z_log_var) of tensors with equal "
-            f"shapes. Received: {source} of shapes {mean_shape} and "
-            f"{log_var_shape}"
+            "Invalid value received for argument `encoder`. "
+            f"{_ENCODER_OUTPUTS} Received: {source} "
+            f"{len(outputs)} outputs of shapes {shapes}"
         )
+    return outputs[0], outputs[1]
 
 
 def _describe(outputs):
     if isinstance(outputs, (list, tuple)):
-        return f"{len(outputs)} outputs of shapes {[_static_shape(t) for t in outputs]}"
+        shapes = [_static_shape(t) for t in outputs]
+        return f"{len(outputs)} outputs of shapes {shapes}"
     if hasattr(outputs, "shape"):
         return f"a single output of shape {_static_shape(outputs)}"
     return repr(outputs)
+
+
+#: Layers that move values without changing them: the decoder's final
+#: activation is looked for behind them.
+_SHAPE_ONLY_LAYERS = (
+    keras.layers.Reshape,
+    keras.layers.Flatten,
+    keras.layers.Permute,
+    keras.layers.RepeatVector,
+    keras.layers.Cropping1D,
+    keras.layers.Cropping2D,
+    keras.layers.Cropping3D,
+    keras.layers.UpSampling1D,
+    keras.layers.UpSampling2D,
+    keras.layers.UpSampling3D,
+    keras.layers.Identity,
+)
+#: Weightless layers that are themselves the activation.
+_ACTIVATION_LAYERS = (
+    keras.layers.Softmax,
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+    keras.layers.ELU,
+    keras.layers.Lambda,
+)
+
+
+def _activation_of(operation):
+    """`(activation, operation)`: what `operation` applies last, or Nones."""
+    if isinstance(operation, keras.layers.Activation):
+        return operation.activation, operation
+    if isinstance(operation, _ACTIVATION_LAYERS):
+        return operation, operation
+    if isinstance(operation, keras.layers.Layer):
+        activation = getattr(operation, "activation", None)
+        if callable(activation):
+            return activation, operation
+        return None, None
+    if isinstance(operation, keras.Operation):  # e.g. keras.ops.sigmoid
+        return operation, operation
+    return None, None
+
+
+def _final_activation(network, depth=0):
+    """The activation a functional/Sequential network applies last.
+
+    Returns `(activation, layer)`, or `(None, None)` when it cannot be
+    seen (a subclassed model, a multi-input final layer, no activation).
+    """
+    if depth > 8:
+        return None, None
+    if isinstance(network, keras.Sequential):
+        for layer in reversed(network.layers):
+            if isinstance(layer, keras.Model):
+                return _final_activation(layer, depth + 1)
+            if not isinstance(layer, _SHAPE_ONLY_LAYERS):
+                return _activation_of(layer)
+        return None, None
+    outputs = getattr(network, "outputs", None)
+    if not outputs or len(outputs) != 1:
+        return None, None
+    tensor = outputs[0]
+    while True:
+        operation, inputs = _compat.producer(tensor)
+        if operation is None or isinstance(operation, keras.layers.InputLayer):
+            return None, None
+        if isinstance(operation, keras.Model):
+            return _final_activation(operation, depth + 1)
+        if isinstance(operation, _SHAPE_ONLY_LAYERS) and len(inputs) == 1:
+            tensor = inputs[0]
+            continue
+        return _activation_of(operation)
 
 
 class LatentVariableModel(SeedStateSavingMixin, keras.Model):
@@ -80,11 +164,19 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
     # -- validation ---------------------------------------------------------
 
     def _check_networks(self):
-        """Static checks where the networks are functional (shapes known)."""
+        """Static checks where the networks are functional (shapes known).
+
+        The encoder must return `[z_mean, z_log_var]` (or keras.io's
+        `[z_mean, z_log_var, z]`); the decoder must take z and return the
+        data's shape, through a final activation that fits the likelihood
+        (see `keras_vib.likelihoods.Likelihood.check_output_activation`).
+        """
         enc_outputs = getattr(self.encoder, "outputs", None)
         if enc_outputs is not None:
-            _check_posterior_pair(list(enc_outputs), "an encoder with")
-            self._latent_shape = _static_shape(enc_outputs[0])[1:]
+            z_mean, _ = _check_posterior_pair(
+                list(enc_outputs), "an encoder with"
+            )
+            self._latent_shape = _static_shape(z_mean)[1:]
         dec_inputs = getattr(self.decoder, "inputs", None)
         if dec_inputs is not None and len(dec_inputs) == 1:
             dec_latent = _static_shape(dec_inputs[0])[1:]
@@ -93,9 +185,10 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
             elif dec_latent != self._latent_shape:
                 raise ValueError(
                     "Invalid value received for argument `decoder`. Expected "
-                    f"a decoder taking z of shape {(None,) + self._latent_shape} "
-                    "(the encoder's z_mean). Received: a decoder with input "
-                    f"shape {_static_shape(dec_inputs[0])}"
+                    "a decoder taking z of shape "
+                    f"{(None,) + self._latent_shape} (the encoder's z_mean). "
+                    "Received: a decoder with input shape "
+                    f"{_static_shape(dec_inputs[0])}"
                 )
         enc_inputs = getattr(self.encoder, "inputs", None)
         dec_outputs = getattr(self.decoder, "outputs", None)
@@ -111,13 +204,15 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
                     f"{_static_shape(enc_inputs[0])} (the encoder's input). "
                     f"Received: a decoder with {_describe(list(dec_outputs))}"
                 )
+        activation, layer = _final_activation(self.decoder)
+        if activation is not None:
+            self.likelihood.check_output_activation(activation, layer)
 
     # -- building blocks ----------------------------------------------------
 
     def _encode(self, x, training=None):
         outputs = self.encoder(x, training=training)
-        _check_posterior_pair(outputs, "encoder returned")
-        z_mean, z_log_var = outputs
+        z_mean, z_log_var = _check_posterior_pair(outputs, "encoder returned")
         if self._latent_shape is None:
             self._latent_shape = _static_shape(z_mean)[1:]
         return z_mean, z_log_var
