@@ -40,9 +40,8 @@ import json
 import os
 import time
 
-import numpy as np
-
 import keras  # noqa: E402
+import numpy as np
 from keras import ops  # noqa: E402
 
 import keras_vib as kv  # noqa: E402
@@ -403,11 +402,58 @@ def label(r):
     return f"VIB β={a['kl_weight']:g}{prior}"
 
 
+def cells(*values):
+    return "| " + " | ".join(str(v) for v in values) + " |"
+
+
 def mean_std(values):
     values = np.asarray(values, "float64")
     if len(values) < 2:
         return f"{values.mean():.4f}"
     return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
+
+
+def paired_differences(groups):
+    """VIB minus deterministic, seed by seed, for every VIB group."""
+    base = {r["args"]["seed"]: r for r in groups.get("deterministic", [])}
+    lines = ["\n### Paired differences, VIB - deterministic (same seed)\n"]
+    lines.append(cells("model", "quantity", "per seed", "mean ± std"))
+    lines.append(cells(*["---"] * 4))
+    for name, rs in groups.items():
+        pairs = [
+            (r, base[r["args"]["seed"]])
+            for r in rs
+            if name != "deterministic" and r["args"]["seed"] in base
+        ]
+        if not pairs:
+            continue
+        quantities = {}
+        for mode in pairs[0][0]["calibration"]:
+            for key in ("error", "ece"):
+                quantities[f"{key} (%), {mode}"] = [
+                    100
+                    * (
+                        v["calibration"][mode][key]
+                        - d["calibration"]["mean"][key]
+                    )
+                    for v, d in pairs
+                ]
+            for out in ("fashion", "noise"):
+                quantities[f"max-softmax AUROC vs {out}, {mode}"] = [
+                    v["ood"][mode][out]["max_softmax"]["auroc"]
+                    - d["ood"]["mean"][out]["max_softmax"]["auroc"]
+                    for v, d in pairs
+                ]
+        for quantity, diffs in quantities.items():
+            lines.append(
+                cells(
+                    name,
+                    quantity,
+                    " / ".join(f"{x:+.4f}" for x in diffs),
+                    mean_std(diffs),
+                )
+            )
+    return lines
 
 
 def summarize(paths, figure_dir=None):
@@ -434,33 +480,53 @@ def summarize(paths, figure_dir=None):
             + " |"
         )
     lines.append("\n### Calibration (test set, 15 bins)\n")
-    lines.append(
-        "| model | prediction | test error (%) | ECE (%) | NLL (nats) |"
-    )
-    lines.append("|---|---|---|---|---|")
+    lines.append(cells("model", "prediction", "error (%)", "ECE (%)", "NLL"))
+    lines.append(cells(*["---"] * 5))
     for name, rs in groups.items():
         for mode in rs[0]["calibration"]:
-            err = [100 * r["calibration"][mode]["error"] for r in rs]
-            ece = [100 * r["calibration"][mode]["ece"] for r in rs]
-            nll = [r["calibration"][mode]["nll"] for r in rs]
+            values = {
+                key: [scale * r["calibration"][mode][key] for r in rs]
+                for key, scale in (("error", 100), ("ece", 100), ("nll", 1))
+            }
             lines.append(
-                f"| {name} | {mode} | {mean_std(err)} | {mean_std(ece)} | {mean_std(nll)} |"
+                cells(name, mode, *(mean_std(v) for v in values.values()))
             )
     lines.append("\n### OOD detection\n")
     lines.append(
-        "| model | prediction | OOD set | score | OOD when | AUROC | TPR@5%FPR | TPR@5%FPR reversed | mean score MNIST / OOD |"
+        cells(
+            "model",
+            "prediction",
+            "OOD set",
+            "score",
+            "OOD when",
+            "AUROC",
+            "TPR@5%FPR",
+            "TPR@5%FPR reversed",
+            "mean score MNIST / OOD",
+        )
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    lines.append(cells(*["---"] * 9))
     for name, rs in groups.items():
         for mode in rs[0]["ood"]:
             for out in rs[0]["ood"][mode]:
                 for score, row in rs[0]["ood"][mode][out].items():
-                    get = lambda k: [r["ood"][mode][out][score][k] for r in rs]  # noqa: E731
+
+                    def get(key):
+                        return [r["ood"][mode][out][score][key] for r in rs]
+
                     lines.append(
-                        f"| {name} | {mode} | {out} | {score} | {row['ood_when']} | "
-                        f"{mean_std(get('auroc'))} | {mean_std(get('tpr_at_fpr'))} | "
-                        f"{mean_std(get('tpr_at_fpr_reversed'))} | "
-                        f"{np.mean(get('mean_in')):.3f} / {np.mean(get('mean_out')):.3f} |"
+                        cells(
+                            name,
+                            mode,
+                            out,
+                            score,
+                            row["ood_when"],
+                            mean_std(get("auroc")),
+                            mean_std(get("tpr_at_fpr")),
+                            mean_std(get("tpr_at_fpr_reversed")),
+                            f"{np.mean(get('mean_in')):.3f} / "
+                            f"{np.mean(get('mean_out')):.3f}",
+                        )
                     )
     robust = {n: rs for n, rs in groups.items() if "robustness" in rs[0]}
     if robust:
@@ -470,14 +536,72 @@ def summarize(paths, figure_dir=None):
         lines.append("|---|---|" + "---|" * len(keys))
         for name, rs in robust.items():
             for mode in rs[0]["robustness"]:
-                cells = [
+                values = [
                     mean_std([100 * r["robustness"][mode][k] for r in rs])
                     for k in keys
                 ]
-                lines.append(f"| {name} | {mode} | " + " | ".join(cells) + " |")
+                lines.append(cells(name, mode, *values))
+    lines.extend(paired_differences(groups))
     text = "\n".join(lines)
     print(text)
+    if figure_dir:
+        plot_figures(paths, figure_dir)
     return runs, groups
+
+
+def plot_figures(paths, figure_dir):
+    """Reliability diagrams and rate histograms from the `--save-scores`
+    files next to the JSON results (`<json stem>_scores.npz`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = {}
+    for path in sorted(set(sum((glob.glob(p) for p in paths), []))):
+        npz = path[: -len(".json")] + "_scores.npz"
+        if os.path.exists(npz):
+            files[label(json.load(open(path)))] = np.load(npz)
+    if not files:
+        return
+    os.makedirs(figure_dir, exist_ok=True)
+    panels = []
+    for name, scores in files.items():
+        for mode in ("mean", "mc"):
+            if f"{mode}/mnist/probs" in scores:
+                panels.append((name, mode, scores))
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(3.3 * len(panels), 3.4)
+    )
+    for ax, (name, mode, scores) in zip(np.atleast_1d(axes), panels):
+        kv.uncertainty.reliability_diagram(
+            scores["mnist/labels"], scores[f"{mode}/mnist/probs"], 15, ax=ax
+        )
+        prediction = {"mean": "mean z", "mc": "12 samples"}[mode]
+        if name == "deterministic":
+            prediction = "softmax"
+        ax.set_title(f"{name}, {prediction}", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(os.path.join(figure_dir, "mnist_reliability.png"), dpi=100)
+    rate_files = {
+        n: s for n, s in files.items() if "mean/mnist/rate" in s.files
+    }
+    if rate_files:
+        figure, axes = plt.subplots(
+            1, len(rate_files), figsize=(4.2 * len(rate_files), 3.2)
+        )
+        for ax, (name, scores) in zip(np.atleast_1d(axes), rate_files.items()):
+            sets = ("mnist", "fashion", "noise")
+            values = [scores[f"mean/{s}/rate"] for s in sets]
+            upper = np.percentile(np.concatenate(values), 99.5)
+            bins = np.linspace(0, upper, 70)
+            for set_name, v in zip(sets, values):
+                ax.hist(v, bins=bins, alpha=0.5, density=True, label=set_name)
+            ax.set_xlabel("rate R(x), nats")
+            ax.set_title(name, fontsize="small")
+            ax.legend(fontsize="small")
+        figure.tight_layout()
+        figure.savefig(os.path.join(figure_dir, "mnist_rate_hist.png"), dpi=100)
 
 
 def main(argv=None):
