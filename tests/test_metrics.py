@@ -4,7 +4,7 @@ computation written here (independently of `kv.uncertainty`)."""
 import keras
 import numpy as np
 import pytest
-from conftest import to_numpy
+from helpers import to_numpy
 
 import keras_vib as kv
 

@@ -10,8 +10,8 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from conftest import make_vib_model
-from conftest import to_numpy
+from helpers import make_vib_model
+from helpers import to_numpy
 
 import keras_vib as kv
 from keras_vib import export as kv_export

@@ -7,8 +7,8 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import Z_TOLERANCE
-from conftest import make_vib_model
+from helpers import Z_TOLERANCE
+from helpers import make_vib_model
 
 import keras_vib as kv
 
