@@ -31,9 +31,10 @@ def layer_rate(layer, inputs):
         z_mean, z_log_var = layer.encode(inputs)
     else:
         z_mean, z_log_var = inputs
-    rate = getattr(layer, "example_kl", None)
-    if callable(rate):
-        return rate(z_mean, z_log_var)
+    prior = getattr(layer, "prior", None)
+    if prior is not None:
+        # The layer's own Monte Carlo estimate against its learned marginal.
+        return prior.kl(z_mean, z_log_var, num_samples=prior.rate_samples)
     # Same op as `VIB.call`: the KL to N(0, I), summed over the last axis.
     return vib_ops.gaussian_kl(z_mean, z_log_var, axis=-1)
 
