@@ -277,6 +277,10 @@ class VIB(Sampling):
         )
 
     def __call__(self, inputs, *args, **kwargs):
+        if self.prior is not None and not self.prior.built:
+            # Create the prior's variables with the layer's (before tracing).
+            shapes = keras.tree.map_structure(lambda t: tuple(t.shape), inputs)
+            self.prior.build(self.compute_output_shape(shapes))
         outputs = super().__call__(inputs, *args, **kwargs)
         # Symbolic call: give the bottlenecks of one graph distinct log keys.
         operations = _compat.connected_operations(outputs)
