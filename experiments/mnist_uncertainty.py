@@ -537,7 +537,13 @@ def summarize(paths, figure_dir=None):
         for name, rs in robust.items():
             for mode in rs[0]["robustness"]:
                 values = [
-                    mean_std([100 * r["robustness"][mode][k] for r in rs])
+                    mean_std(
+                        [
+                            100 * r["robustness"][mode][k]
+                            for r in rs
+                            if "robustness" in r
+                        ]
+                    )
                     for k in keys
                 ]
                 lines.append(cells(name, mode, *values))
