@@ -12,7 +12,10 @@ One public path per symbol:
 - `keras_vib.ops`: Gaussian and Bernoulli densities, KL, sampling.
 - `keras_vib.schedules`: `LinearWarmup`, `CyclicalAnnealing`.
 - `keras_vib.callbacks`: `KLWeightScheduler`, `AdaptiveKLWeight`.
-- `keras_vib.prediction`: `predict_mc`.
+- `keras_vib.metrics`: `ExpectedCalibrationError`.
+- `keras_vib.prediction`: `predict_mc`, `predict_rate`.
+- `keras_vib.uncertainty`: OOD scores (`ood_scores`, `ood_report`,
+  `auroc`, `tpr_at_fpr`), `calibration_bins`, `reliability_diagram`.
 - `keras_vib.export`: `classifier`, `vae` (TensorFlow SavedModels).
 - `keras_vib.datasets`: IMDB, MNIST and Fashion-MNIST loaders that also
   work offline (`KERAS_VIB_DATA`).
@@ -25,10 +28,12 @@ from keras_vib import export
 from keras_vib import layers
 from keras_vib import likelihoods
 from keras_vib import losses
+from keras_vib import metrics
 from keras_vib import models
 from keras_vib import ops
 from keras_vib import prediction
 from keras_vib import schedules
+from keras_vib import uncertainty
 
 __version__ = "0.2.0.dev0"
 

@@ -9,6 +9,8 @@ SavedModel without `torch_xla`; save a `.keras` file there, load it with
 - `keras_vib.export.classifier` writes a deterministic `serve` endpoint
   (every `Sampling`/`VIB` layer returns its mean) and, optionally, a Monte
   Carlo endpoint `serve_mc(x, seed)`.
+- `keras_vib.export.classifier_with_rate` adds `serve_rate(x)`, the
+  output together with the per-example rate R(x) of each bottleneck.
 - `keras_vib.export.vae` writes `encode`, `decode` and `generate(n, seed)`
   endpoints for `keras_vib.models.VAE` / `IWAE` (or any model with `encode`
   and `decode`).
@@ -27,6 +29,7 @@ import keras
 
 from keras_vib import _deprecation
 from keras_vib import _monte_carlo
+from keras_vib import _rate
 from keras_vib._validation import check_optional_positive_int
 
 SUPPORTED_BACKENDS = ("tensorflow", "jax")
@@ -255,6 +258,98 @@ def vae(model, filepath, input_signature=None, verbose=False):
     generate.get_concrete_function()
     archive.add_endpoint("generate", generate)
     endpoints = ["encode", "decode", "generate"]
+    archive.write_out(str(filepath), verbose=verbose)
+    return endpoints
+
+
+def classifier_with_rate(
+    model,
+    filepath,
+    num_samples=None,
+    input_signature=None,
+    verbose=False,
+):
+    """Export a classifier whose served model also returns the rate R(x).
+
+    Writes the endpoints of `classifier` (`serve`, the `serving_default`
+    signature, and `serve_mc` if `num_samples` is given) plus:
+
+    - `serve_rate(x)`: a dict with `"output"`, the deterministic prediction
+      (as `serve`), and the per-example rate R(x) = KL(q(z|x) || r(z)) in
+      nats of each bottleneck: `"rate"` for a model with one bottleneck,
+      `"rate_<layer name>"` for each of several. It is the same computation
+      as `keras_vib.prediction.predict_rate`, in the same forward pass as
+      the output, and changes no state.
+
+    A deployed model can then flag inputs whose rate lies outside the range
+    seen on training data. Check which way the rate moves on your own
+    out-of-distribution data first (see `keras_vib.uncertainty`). Like
+    `classifier`, the artifact needs TensorFlow only to run.
+
+    Args:
+        model: a built, single-input `keras.Model` with at least one `VIB`
+            or `GaussianBottleneck` layer (each run once per forward pass).
+        filepath: str or `pathlib.Path`, the SavedModel directory.
+        num_samples: `None` (no Monte Carlo endpoint) or an int >= 1.
+        input_signature: optional `keras.InputSpec` or `tf.TensorSpec` of the
+            input; by default the model's input with a free batch size.
+        verbose: bool, print the endpoints once written.
+
+    Returns:
+        The list of endpoint names written.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     kv.layers.GaussianBottleneck(units=2, seed=0),
+    ...     keras.layers.Dense(3, activation="softmax"),
+    ... ])
+    >>> path = tempfile.mkdtemp()
+    >>> kv.export.classifier_with_rate(model, path)  # doctest: +SKIP
+    ['serve', 'serve_rate']
+    """
+    _check_backend()
+    _check_model(model)
+    num_samples = check_optional_positive_int("num_samples", num_samples)
+    layers = _rate.rate_layers(model)
+    if not layers:
+        raise ValueError(
+            "Invalid value received for argument `model`. Expected a model "
+            "with a keras_vib `VIB` or `GaussianBottleneck` layer. Received: "
+            f"model `{model.name}` without one"
+        )
+    import tensorflow as tf
+
+    x_spec = _input_spec(model, input_signature)
+    if len(layers) == 1:
+        keys = ["rate"]
+    else:
+        keys = [f"rate_{layer.name}" for layer in layers]
+
+    def serve_rate(x):
+        outputs, rates = _rate.rate_call(model, x)
+        return {"output": outputs, **dict(zip(keys, rates))}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serve",
+        lambda x: _monte_carlo.deterministic_call(model, x),
+        input_signature=[x_spec],
+    )
+    endpoints = ["serve"]
+    if num_samples is not None:
+        endpoints.append("serve_mc")
+        archive.add_endpoint(
+            "serve_mc",
+            lambda x, seed: _monte_carlo.monte_carlo_call(
+                model, x, num_samples, seed
+            ),
+            input_signature=[x_spec, tf.TensorSpec((), "int32", name="seed")],
+        )
+    archive.add_endpoint("serve_rate", serve_rate, input_signature=[x_spec])
+    endpoints.append("serve_rate")
     archive.write_out(str(filepath), verbose=verbose)
     return endpoints
 

@@ -1,10 +1,11 @@
-"""Monte Carlo prediction: average a model's outputs over bottleneck samples."""
+"""Prediction with bottlenecks: Monte Carlo averages and per-example rates."""
 
 import keras
 import numpy as np
 from keras import ops
 
 from keras_vib import _monte_carlo
+from keras_vib import _rate
 from keras_vib._validation import check_bool
 from keras_vib._validation import check_num_examples
 from keras_vib._validation import check_optional_positive_int
@@ -156,3 +157,66 @@ def _batch_moments(model, x_batch, num_samples, samples_per_pass, seeds):
     )
     mean = keras.tree.map_structure(lambda m: m.astype("float32"), mean)
     return mean, std
+
+
+def predict_rate(model, x, batch_size=32):
+    """The rate R(x) = KL(q(z|x) || r(z)) of each input, per bottleneck.
+
+    The rate is the information, in nats, that a bottleneck takes from an
+    input: the KL term of `VIB` for that input alone, before `kl_weight`
+    and `free_bits` (r(z) is N(0, I) by default). Its batch mean is the KL
+    logged during training. It is computed in float32, with the same op as
+    the layer, in batches like `model.predict`, without changing any state
+    of the model (running KL, seed generators) and without sampling.
+
+    Which way it points is an empirical question: the rate measures how
+    far q(z|x) is from the marginal, and out-of-distribution inputs can
+    get a *lower* rate than training data (see `keras_vib.uncertainty`).
+
+    Args:
+        model: a Keras model with at least one `VIB` or
+            `GaussianBottleneck` layer, each run once per forward pass.
+        x: input array (or a list/dict of arrays for a multi-input model).
+        batch_size: int >= 1, examples per forward pass.
+
+    Returns:
+        A float32 NumPy array of shape `(n,)` (or `(n, ...)` for inputs
+        with extra axes, e.g. sequences; masked positions are not zeroed)
+        for a model with one bottleneck; with several, a dict mapping each
+        bottleneck's layer name to such an array.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     kv.layers.GaussianBottleneck(units=2, seed=0),
+    ...     keras.layers.Dense(3, activation="softmax"),
+    ... ])
+    >>> x = np.random.normal(size=(5, 4)).astype("float32")
+    >>> rate = kv.prediction.predict_rate(model, x)
+    >>> rate.shape
+    (5,)
+    >>> bool(np.all(rate >= 0))
+    True
+    """
+    batch_size = check_positive_int("batch_size", batch_size)
+    layers = _rate.rate_layers(model)
+    if not layers:
+        raise ValueError(
+            f"`predict_rate` needs a KL bottleneck, but model `{model.name}` "
+            "has no keras_vib `VIB` or `GaussianBottleneck` layer."
+        )
+    x = keras.tree.map_structure(ops.convert_to_numpy, x)
+    n = _num_examples(x)
+    parts = [[] for _ in layers]
+    for start in range(0, n, batch_size):
+        x_batch = keras.tree.map_structure(
+            lambda a: a[start : start + batch_size], x
+        )
+        _, rates = _rate.rate_call(model, x_batch)
+        for part, rate in zip(parts, rates):
+            part.append(ops.convert_to_numpy(rate).astype("float32"))
+    arrays = [np.concatenate(part, axis=0) for part in parts]
+    if len(layers) == 1:
+        return arrays[0]
+    return {layer.name: array for layer, array in zip(layers, arrays)}

@@ -9,6 +9,7 @@ from keras_vib import ops as vib_ops
 from keras_vib._validation import check_choice
 from keras_vib._validation import check_log_name
 from keras_vib._validation import check_non_negative_float
+from keras_vib.layers import priors
 from keras_vib.layers.bottlenecks import DEFAULT_LOG_NAME
 from keras_vib.layers.bottlenecks import bottlenecks_of
 from keras_vib.layers.bottlenecks import make_log_names_distinct
@@ -133,6 +134,10 @@ class VIB(Sampling):
         free_bits: finite float >= 0, the KL threshold in nats (0 disables).
         free_bits_mode: `"total"` (threshold the KL summed over dimensions)
             or `"per_dim"` (threshold each dimension).
+        prior: `None` for the standard normal N(0, I) (the exact closed-form
+            KL), or a `keras_vib.layers.MixturePrior`, a learned mixture
+            marginal whose KL is a Monte Carlo estimate (not with
+            `free_bits_mode="per_dim"`).
         log_name: str or `None`, the key of the KL in logs and `History`.
             `None` means `"kl"`, or `"<layer name>_kl"` when the same
             functional model has several bottlenecks with default names.
@@ -179,6 +184,7 @@ class VIB(Sampling):
         free_bits=0.0,
         free_bits_mode="total",
         log_name=None,
+        prior=None,
         **kwargs,
     ):
         if "metric_name" in kwargs:
@@ -197,6 +203,13 @@ class VIB(Sampling):
             "free_bits_mode", free_bits_mode, vib_ops.FREE_BITS_MODES
         )
         self._log_name_given = check_log_name("log_name", log_name)
+        self.prior = priors.get(prior)
+        if self.prior is not None and self.free_bits_mode == "per_dim":
+            raise ValueError(
+                "Invalid value received for argument `free_bits_mode`. "
+                "Expected 'total' with a `prior` (a mixture's KL does not "
+                "split over dimensions). Received: free_bits_mode='per_dim'"
+            )
         # Created in __init__ (not build) so that schedules can reach the
         # weight before the first call; autocast=False keeps it float32.
         self.kl_weight = self.add_weight(
@@ -264,6 +277,10 @@ class VIB(Sampling):
         )
 
     def __call__(self, inputs, *args, **kwargs):
+        if self.prior is not None and not self.prior.built:
+            # Create the prior's variables with the layer's (before tracing).
+            shapes = keras.tree.map_structure(lambda t: tuple(t.shape), inputs)
+            self.prior.build(self.compute_output_shape(shapes))
         outputs = super().__call__(inputs, *args, **kwargs)
         # Symbolic call: give the bottlenecks of one graph distinct log keys.
         operations = _compat.connected_operations(outputs)
@@ -273,7 +290,10 @@ class VIB(Sampling):
 
     def call(self, inputs, training=None, mask=None):
         z_mean, z_log_var = self._check_inputs(inputs)
-        per_dim_kl = vib_ops.gaussian_kl(z_mean, z_log_var, axis=None)
+        if self.prior is None:
+            per_dim_kl = vib_ops.gaussian_kl(z_mean, z_log_var, axis=None)
+        else:  # One Monte Carlo estimate per example, as a single "dim".
+            per_dim_kl = self.prior.kl(z_mean, z_log_var)[..., None]
         kl_per_example = ops.sum(per_dim_kl, axis=-1)
         weights = _mask_weights(mask)
         if weights is None:
@@ -302,6 +322,9 @@ class VIB(Sampling):
                 "free_bits": self.free_bits,
                 "free_bits_mode": self.free_bits_mode,
                 "log_name": self._log_name_given,
+                "prior": None
+                if self.prior is None
+                else keras.saving.serialize_keras_object(self.prior),
             }
         )
         return config
