@@ -257,10 +257,13 @@ def ood_report(
     """AUROC and TPR at `fpr` of every score of `ood_scores`, both ways.
 
     Args:
-        model, num_samples, batch_size, seed: as in `ood_scores`.
+        model: as in `ood_scores`.
         x_in: in-distribution inputs (e.g. the test set).
         x_out: out-of-distribution inputs.
+        num_samples: as in `ood_scores`.
         fpr: float in (0, 1), the false-positive rate of `tpr_at_fpr`.
+        batch_size: as in `ood_scores`.
+        seed: as in `ood_scores`.
 
     Returns:
         A dict mapping each score name to a dict with `ood_when` (the

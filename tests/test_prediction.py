@@ -102,9 +102,7 @@ def test_seed_reproducible_and_state_restored():
     kl_state = [float(v.numpy()) for v in vib.running_kl()]
     first = kv.prediction.predict_mc(model, x, num_samples=3, seed=5)
     # The running KL metric is left as it was.
-    assert [
-        float(v.numpy()) for v in vib.running_kl()
-    ] == kl_state
+    assert [float(v.numpy()) for v in vib.running_kl()] == kl_state
     second = kv.prediction.predict_mc(model, x, num_samples=3, seed=5)
     other = kv.prediction.predict_mc(model, x, num_samples=3, seed=6)
     np.testing.assert_array_equal(first, second)
