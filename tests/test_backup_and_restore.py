@@ -142,6 +142,11 @@ def runs(tmp_path_factory):
     script = work / "train.py"
     script.write_text(_SCRIPT)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    # The script imports this checkout's keras_vib, not an installed one.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [root] + [p for p in [env.get("PYTHONPATH")] if p]
+    )
     codes = []
     for _ in range(KILLS + 1):
         proc = subprocess.run(
