@@ -154,7 +154,7 @@ def runs(tmp_path_factory):
             env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=900,
         )
         codes.append(proc.returncode)
         if proc.returncode == 0:

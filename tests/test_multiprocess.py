@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 BACKEND = keras.backend.backend()
-TIMEOUT = 300
+TIMEOUT = 900
 # The workers import this checkout's keras_vib, not an installed one.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
