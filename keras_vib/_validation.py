@@ -120,13 +120,30 @@ def check_num_examples(name, array):
     return int(shape[0])
 
 
+def _static_dim(dim):
+    """`dim` as an int, or `None` if it is not known while tracing.
+
+    Tracers hand out dims as 0-d tensors (`torch.jit.trace`, which would
+    compare by identity) or symbolic expressions (JAX shape polymorphism,
+    which refuse comparisons with ints).
+    """
+    if dim is None or isinstance(dim, int):
+        return dim
+    try:
+        return int(dim)
+    except Exception:
+        return None
+
+
 def check_broadcastable(names, tensors):
     """Raise a `ValueError` naming the arguments if static shapes clash.
 
     Only dimensions known on both sides are compared (broadcasting rules:
     equal, or one of them 1).
     """
-    shapes = [tuple(getattr(t, "shape", ())) for t in tensors]
+    shapes = [
+        tuple(_static_dim(d) for d in getattr(t, "shape", ())) for t in tensors
+    ]
     rank = max(len(s) for s in shapes)
     padded = [(1,) * (rank - len(s)) + s for s in shapes]
     for axis in range(rank):

@@ -1,10 +1,18 @@
-"""Export keras_vib models as TensorFlow SavedModels with named endpoints.
+"""Export keras_vib models as TensorFlow SavedModels or ONNX files.
 
-This is the only TensorFlow-specific module of keras_vib. It builds on
-`keras.export.ExportArchive`, so it works with the TensorFlow backend and
-with the JAX backend (through `jax2tf`). The PyTorch backend cannot write a
-SavedModel without `torch_xla`; save a `.keras` file there, load it with
-`KERAS_BACKEND=tensorflow` and export from that process.
+Two formats, chosen with `format=`, as in `keras.Model.export`:
+
+- `"tf_saved_model"` (the default) builds on `keras.export.ExportArchive`,
+  so it works with the TensorFlow backend and with the JAX backend (through
+  `jax2tf`). The PyTorch backend cannot write a SavedModel without
+  `torch_xla`; save a `.keras` file there and export with `format="onnx"`,
+  or load it with `KERAS_BACKEND=tensorflow` and export from that process.
+- `"onnx"` builds on `keras.Model.export(format="onnx")` and works on all
+  three backends (it needs `tf2onnx` on TensorFlow, `jax2onnx` on JAX,
+  `onnx` on PyTorch). It writes the deterministic endpoints only: ONNX
+  has no random-number operator seeded by an input, so `serve_mc` and
+  `generate(n, seed)` exist in SavedModels only (with ONNX, draw the noise
+  yourself and call `decode`).
 
 - `keras_vib.export.classifier` writes a deterministic `serve` endpoint
   (every `Sampling`/`VIB` layer returns its mean) and, optionally, a Monte
@@ -30,9 +38,16 @@ import keras
 from keras_vib import _deprecation
 from keras_vib import _monte_carlo
 from keras_vib import _rate
+from keras_vib._validation import check_choice
 from keras_vib._validation import check_optional_positive_int
 
 SUPPORTED_BACKENDS = ("tensorflow", "jax")
+
+#: The values of the `format` argument of `classifier` and `vae`.
+FORMATS = ("tf_saved_model", "onnx")
+
+#: The backends that can write ONNX files.
+ONNX_BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def _check_backend():
@@ -88,8 +103,9 @@ def classifier(
     num_samples=None,
     input_signature=None,
     verbose=False,
+    format="tf_saved_model",
 ):
-    """Export a model with VIB bottlenecks as a TensorFlow SavedModel.
+    """Export a model with VIB bottlenecks as a SavedModel or an ONNX file.
 
     Endpoints (also signatures, for TF Serving and `saved_model_cli`):
 
@@ -103,6 +119,10 @@ def classifier(
       `seed`: the same computation as `keras_vib.prediction.predict_mc`
       (average over the first axis for its mean).
 
+    With `format="onnx"`, `filepath` is one ONNX file holding `serve`
+    (input `x`, output `y`, free batch size); `num_samples` must be `None`,
+    since ONNX cannot take the seed of its random operators as an input.
+
     Args:
         model: a built, single-input `keras.Model`.
         filepath: str or `pathlib.Path`, the SavedModel directory.
@@ -110,6 +130,7 @@ def classifier(
         input_signature: optional `keras.InputSpec` or `tf.TensorSpec` of the
             input; by default the model's input with a free batch size.
         verbose: bool, print the endpoints once written.
+        format: `"tf_saved_model"` (default) or `"onnx"`.
 
     Returns:
         The list of endpoint names written.
@@ -125,6 +146,11 @@ def classifier(
     >>> kv.export.classifier(model, path, num_samples=12)  # doctest: +SKIP
     ['serve', 'serve_mc']
     """
+    check_choice("format", format, FORMATS)
+    if format == "onnx":
+        return _classifier_onnx(
+            model, filepath, num_samples, input_signature, verbose
+        )
     _check_backend()
     _check_model(model)
     num_samples = check_optional_positive_int("num_samples", num_samples)
@@ -152,6 +178,16 @@ def classifier(
     return endpoints
 
 
+def _check_latent_variable_model(model):
+    for method in ("encode", "decode"):
+        if not callable(getattr(model, method, None)):
+            raise TypeError(
+                "Invalid value received for argument `model`. Expected a "
+                f"model with an `{method}` method (keras_vib.models.VAE or "
+                f"IWAE). Received: model={model!r}"
+            )
+
+
 def _latent_shape(model):
     shape = getattr(model, "latent_shape", None)
     if shape is None:
@@ -167,8 +203,14 @@ def _latent_shape(model):
     return tuple(shape)
 
 
-def vae(model, filepath, input_signature=None, verbose=False):
-    """Export a `VAE` or `IWAE` as a TensorFlow SavedModel.
+def vae(
+    model,
+    filepath,
+    input_signature=None,
+    verbose=False,
+    format="tf_saved_model",
+):
+    """Export a `VAE` or `IWAE` as a SavedModel or as ONNX files.
 
     Endpoints (also signatures, for TF Serving and `saved_model_cli`):
 
@@ -185,6 +227,12 @@ def vae(model, filepath, input_signature=None, verbose=False):
 
     Calls change no state: the same inputs always give the same outputs.
 
+    With `format="onnx"`, `filepath` is a directory holding `encode.onnx`
+    (input `x`, outputs `z_mean` and `z_log_var`) and `decode.onnx` (input
+    `z`, output `x_mean`). There is no `generate`: ONNX cannot take the seed
+    of its random operators as an input, so draw `z` from N(0, I) yourself
+    (e.g. `numpy.random.default_rng(seed).standard_normal`) and decode it.
+
     Args:
         model: a built model with `encode(x) -> (z_mean, z_log_var)`,
             `decode(z)`, an `encoder` and a `decoder` (`keras_vib.models.VAE`,
@@ -193,6 +241,7 @@ def vae(model, filepath, input_signature=None, verbose=False):
         input_signature: optional `keras.InputSpec` or `tf.TensorSpec` of the
             data `x`; by default the encoder's input with a free batch size.
         verbose: bool, print the endpoints once written.
+        format: `"tf_saved_model"` (default) or `"onnx"`.
 
     Returns:
         The list of endpoint names written.
@@ -207,15 +256,12 @@ def vae(model, filepath, input_signature=None, verbose=False):
     >>> kv.export.vae(model, tempfile.mkdtemp())  # doctest: +SKIP
     ['encode', 'decode', 'generate']
     """
+    check_choice("format", format, FORMATS)
+    if format == "onnx":
+        return _vae_onnx(model, filepath, input_signature, verbose)
     _check_backend()
     _check_model(model)
-    for method in ("encode", "decode"):
-        if not callable(getattr(model, method, None)):
-            raise TypeError(
-                "Invalid value received for argument `model`. Expected a "
-                f"model with an `{method}` method (keras_vib.models.VAE or "
-                f"IWAE). Received: model={model!r}"
-            )
+    _check_latent_variable_model(model)
     import tensorflow as tf
 
     encoder = getattr(model, "encoder", model)
@@ -352,6 +398,152 @@ def classifier_with_rate(
     endpoints.append("serve_rate")
     archive.write_out(str(filepath), verbose=verbose)
     return endpoints
+
+
+# ONNX. Each endpoint is one ONNX file, written by `keras.Model.export` from
+# a wrapper model whose `call` is the endpoint, so every backend uses its own
+# Keras converter (tf2onnx, jax2onnx, torch.onnx).
+
+
+class _OnnxEndpoint(keras.Model):
+    """A model whose forward pass is `fn(x)`, reading `model`'s weights."""
+
+    def __init__(self, model, fn, **kwargs):
+        super().__init__(**kwargs)
+        self.exported_model = model
+        self.fn = fn
+        self.built = True
+
+    def call(self, x):
+        return self.fn(x)
+
+
+def _check_onnx_backend():
+    backend = keras.backend.backend()
+    if backend not in ONNX_BACKENDS:
+        raise RuntimeError(
+            f"Exporting ONNX needs one of the backends {ONNX_BACKENDS}. "
+            f"Current backend: {backend}. Save the model with "
+            "`model.save('model.keras')`, load it in a process started with "
+            "`KERAS_BACKEND=tensorflow` and export it there."
+        )
+    if keras.config.dtype_policy().name != "float32":
+        raise ValueError(
+            "ONNX export needs the float32 dtype policy (a Keras "
+            "requirement). Received: keras.config.dtype_policy()="
+            f"{keras.config.dtype_policy().name}. Call "
+            "`keras.config.set_dtype_policy('float32')` and reload the model."
+        )
+
+
+def _onnx_input_spec(model, input_signature, name):
+    """A `keras.InputSpec` with a free batch size for `model`'s one input."""
+    if input_signature is None:
+        inputs = getattr(model, "inputs", None) or []
+        if len(inputs) != 1:
+            raise ValueError(
+                f"Cannot infer the input signature of model `{model.name}`: "
+                "it needs exactly one input tensor. Pass `input_signature`, "
+                "e.g. input_signature=keras.InputSpec(shape=(None, 784), "
+                "dtype='float32')."
+            )
+        input_signature = inputs[0]
+    shape = tuple(input_signature.shape)
+    dtype = keras.backend.standardize_dtype(input_signature.dtype)
+    return keras.InputSpec(shape=(None,) + shape[1:], dtype=dtype, name=name)
+
+
+def _write_onnx(model, fn, spec, path, output_names, verbose):
+    """Export `fn` as one ONNX file whose outputs are `output_names`."""
+    import onnx
+
+    endpoint = _OnnxEndpoint(model, fn, name="onnx_endpoint")
+    endpoint.export(
+        str(path), format="onnx", input_signature=[spec], verbose=verbose
+    )
+    # The converters name outputs after internal ops; give them stable names
+    # (an `Identity` each, so no node of the converted graph is touched).
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    if len(graph.output) != len(output_names):
+        raise RuntimeError(
+            f"The ONNX converter wrote {len(graph.output)} outputs for "
+            f"{path}, expected {len(output_names)} ({output_names})."
+        )
+    for output, name in zip(graph.output, output_names):
+        graph.node.append(
+            onnx.helper.make_node("Identity", [output.name], [name])
+        )
+        output.name = name
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def _classifier_onnx(model, filepath, num_samples, input_signature, verbose):
+    _check_onnx_backend()
+    _check_model(model)
+    if num_samples is not None:
+        raise ValueError(
+            "Invalid value received for argument `num_samples`. Expected "
+            "None with format='onnx': ONNX has no random operator seeded by "
+            "an input, so a Monte Carlo endpoint `serve_mc(x, seed)` cannot "
+            "be expressed. Export a SavedModel (format='tf_saved_model', "
+            "from the TensorFlow or JAX backend) for `serve_mc`, or serve "
+            f"the deterministic output. Received: num_samples={num_samples}"
+        )
+    spec = _onnx_input_spec(model, input_signature, "x")
+    _write_onnx(
+        model,
+        lambda x: _monte_carlo.deterministic_call(model, x),
+        spec,
+        filepath,
+        ["y"],
+        verbose,
+    )
+    return ["serve"]
+
+
+def _vae_onnx(model, filepath, input_signature, verbose):
+    import os
+
+    _check_onnx_backend()
+    _check_model(model)
+    _check_latent_variable_model(model)
+    encoder = getattr(model, "encoder", model)
+    x_spec = _onnx_input_spec(encoder, input_signature, "x")
+    z_spec = keras.InputSpec(
+        shape=(None,) + _latent_shape(model), dtype="float32", name="z"
+    )
+
+    def encode(x):
+        with _monte_carlo.sample_at_inference(model, False):
+            z_mean, z_log_var = _monte_carlo.stateless_call(
+                model, lambda: model.encode(x)
+            )
+        return z_mean, z_log_var
+
+    def decode(z):
+        with _monte_carlo.sample_at_inference(model, False):
+            return _monte_carlo.stateless_call(model, lambda: model.decode(z))
+
+    os.makedirs(filepath, exist_ok=True)
+    _write_onnx(
+        model,
+        encode,
+        x_spec,
+        os.path.join(filepath, "encode.onnx"),
+        ["z_mean", "z_log_var"],
+        verbose,
+    )
+    _write_onnx(
+        model,
+        decode,
+        z_spec,
+        os.path.join(filepath, "decode.onnx"),
+        ["x_mean"],
+        verbose,
+    )
+    return ["encode", "decode"]
 
 
 def _export_classifier(*args, **kwargs):
