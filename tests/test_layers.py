@@ -1,7 +1,6 @@
 """Sampling, VIB, GaussianBottleneck: behaviour, KL loss and metric, errors."""
 
 import math
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -216,28 +215,6 @@ def test_gaussian_bottleneck_trains_in_sequential():
     history = model.fit(x, y, epochs=4, batch_size=64, verbose=0)
     assert np.all(np.isfinite(history.history["kl_z"]))
     assert history.history["loss"][-1] < history.history["loss"][0]
-
-
-def test_readme_drop_in_examples_run():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("## Add a bottleneck", 1)[1].split("\n## ", 1)[0]
-    blocks = [
-        part.split("```", 1)[0] for part in section.split("```python")[1:]
-    ]
-    assert len(blocks) == 2
-    x = RNG.normal(size=(64, 784)).astype("float32")
-    y = RNG.integers(0, 10, size=64)
-    namespace = {}
-    exec(blocks[0], namespace)
-    history = namespace["model"].fit(
-        x, y, validation_split=0.25, batch_size=48, verbose=0
-    )
-    assert {"loss", "kl", "val_loss", "val_kl"} <= set(history.history)
-    exec(blocks[1], namespace)
-    sequential = namespace["model"]
-    assert (
-        tuple(sequential(x).shape) == (64, 10) and len(sequential.losses) == 1
-    )
 
 
 # --- configuration and bad input ----------------------------------------------

@@ -108,8 +108,12 @@ def test_detection_metrics_argument_errors():
 
 def test_entropy_closed_forms():
     probs = np.array([[0.25] * 4, [1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0, 0]])
+    # Probabilities are clipped away from 0 before the log: the certain row
+    # comes out at ~1e-10 nats, not exactly 0.
     np.testing.assert_allclose(
-        kv.uncertainty.entropy(probs), [math.log(4), 0.0, math.log(2)]
+        kv.uncertainty.entropy(probs),
+        [math.log(4), 0.0, math.log(2)],
+        atol=1e-9,
     )
     with pytest.raises(ValueError, match="probabilities"):
         kv.uncertainty.entropy([[2.0, -1.0]])
@@ -214,14 +218,20 @@ def test_no_sklearn_or_matplotlib_at_import():
     import subprocess
 
     code = (
-        "import sys; import keras_vib; "
+        "import sys; import keras; "
+        "print('sklearn' in sys.modules, 'matplotlib' in sys.modules); "
+        "import keras_vib; "
         "print('sklearn' in sys.modules, 'matplotlib' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-2:] == ["False", "False"]
+    before, after = out.stdout.strip().splitlines()[-2:]
+    if before != "False False":
+        # Seen with the torch backend: torch (through sympy) imports them.
+        pytest.skip(f"importing keras already imports them here ({before})")
+    assert after == "False False"
 
 
 def test_tutorial_smoke(tmp_path):
