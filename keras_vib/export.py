@@ -97,6 +97,30 @@ def _input_spec(model, input_signature, name="x"):
     )
 
 
+def _classifier_archive(model, x_spec, num_samples):
+    """An `ExportArchive` with `serve` and, if `num_samples`, `serve_mc`."""
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serve",
+        lambda x: _monte_carlo.deterministic_call(model, x),
+        input_signature=[x_spec],
+    )
+    endpoints = ["serve"]
+    if num_samples is not None:
+        endpoints.append("serve_mc")
+        archive.add_endpoint(
+            "serve_mc",
+            lambda x, seed: _monte_carlo.monte_carlo_call(
+                model, x, num_samples, seed
+            ),
+            input_signature=[x_spec, tf.TensorSpec((), "int32", name="seed")],
+        )
+    return archive, endpoints
+
+
 def classifier(
     model,
     filepath,
@@ -154,26 +178,9 @@ def classifier(
     _check_backend()
     _check_model(model)
     num_samples = check_optional_positive_int("num_samples", num_samples)
-    import tensorflow as tf
 
     x_spec = _input_spec(model, input_signature)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        "serve",
-        lambda x: _monte_carlo.deterministic_call(model, x),
-        input_signature=[x_spec],
-    )
-    endpoints = ["serve"]
-    if num_samples is not None:
-        endpoints.append("serve_mc")
-        archive.add_endpoint(
-            "serve_mc",
-            lambda x, seed: _monte_carlo.monte_carlo_call(
-                model, x, num_samples, seed
-            ),
-            input_signature=[x_spec, tf.TensorSpec((), "int32", name="seed")],
-        )
+    archive, endpoints = _classifier_archive(model, x_spec, num_samples)
     archive.write_out(str(filepath), verbose=verbose)
     return endpoints
 
@@ -365,7 +372,6 @@ def classifier_with_rate(
             "with a keras_vib `VIB` or `GaussianBottleneck` layer. Received: "
             f"model `{model.name}` without one"
         )
-    import tensorflow as tf
 
     x_spec = _input_spec(model, input_signature)
     if len(layers) == 1:
@@ -377,23 +383,7 @@ def classifier_with_rate(
         outputs, rates = _rate.rate_call(model, x)
         return {"output": outputs, **dict(zip(keys, rates))}
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        "serve",
-        lambda x: _monte_carlo.deterministic_call(model, x),
-        input_signature=[x_spec],
-    )
-    endpoints = ["serve"]
-    if num_samples is not None:
-        endpoints.append("serve_mc")
-        archive.add_endpoint(
-            "serve_mc",
-            lambda x, seed: _monte_carlo.monte_carlo_call(
-                model, x, num_samples, seed
-            ),
-            input_signature=[x_spec, tf.TensorSpec((), "int32", name="seed")],
-        )
+    archive, endpoints = _classifier_archive(model, x_spec, num_samples)
     archive.add_endpoint("serve_rate", serve_rate, input_signature=[x_spec])
     endpoints.append("serve_rate")
     archive.write_out(str(filepath), verbose=verbose)
