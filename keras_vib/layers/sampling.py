@@ -23,6 +23,16 @@ def _shapes_compatible(a, b):
     return all(x is None or y is None or x == y for x, y in zip(a, b))
 
 
+def _draw(z_mean, clipped_log_var, seed_generator):
+    # `keras_vib.ops.reparameterize` without its checks and clamp: the
+    # layer checked its inputs once, in `build`, and clamped already.
+    eps = keras.random.normal(
+        ops.shape(z_mean), dtype=z_mean.dtype, seed=seed_generator
+    )
+    std = ops.exp(0.5 * ops.cast(clipped_log_var, z_mean.dtype))
+    return z_mean + std * eps
+
+
 def first_mask(mask):
     """The first mask set, for `[z_mean, z_log_var]` with a list of masks."""
     if isinstance(mask, (list, tuple)):
@@ -134,20 +144,22 @@ class Sampling(SeedStateSavingMixin, keras.layers.Layer):
     def _sample(self, z_mean, z_log_var, training):
         if not (training or self.sample_at_inference):
             return z_mean
+        return self._sample_clipped(
+            z_mean, vib_ops.clip_log_var(z_log_var), training
+        )
+
+    def _sample_clipped(self, z_mean, clipped_log_var, training):
+        """`_sample` with `clipped_log_var` already clamped (any float)."""
+        if not (training or self.sample_at_inference):
+            return z_mean
         dtype = keras.backend.standardize_dtype(z_mean.dtype)
         if dtype not in _HALF_MAX:
-            return vib_ops.reparameterize(
-                z_mean,
-                ops.cast(z_log_var, z_mean.dtype),
-                seed=self.seed_generator,
-            )
+            return _draw(z_mean, clipped_log_var, self.seed_generator)
         # Half precision: sample in float32 and saturate before casting back.
         # With log_var clamped at 20 the noise scale reaches exp(10) ~ 2.2e4,
         # so `mean + std * eps` can pass float16's max (65504) and become inf.
-        z = vib_ops.reparameterize(
-            ops.cast(z_mean, "float32"),
-            ops.cast(z_log_var, "float32"),
-            seed=self.seed_generator,
+        z = _draw(
+            ops.cast(z_mean, "float32"), clipped_log_var, self.seed_generator
         )
         return ops.cast(ops.clip(z, -_HALF_MAX[dtype], _HALF_MAX[dtype]), dtype)
 

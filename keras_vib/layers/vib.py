@@ -34,15 +34,34 @@ def _batch_mean(per_dim, weights=None):
     return ops.sum(weights * per_dim, axis=0) / ops.maximum(total, 1.0)
 
 
-def _num_positions(kl_per_example):
-    """The number of KL terms, as float32 (static where the shape is)."""
-    shape = tuple(kl_per_example.shape)
+def _as_float32(x):
+    # Skips a cast op (a graph node, or a copy in eager torch) when possible.
+    if keras.backend.standardize_dtype(x.dtype) == "float32":
+        return x
+    return ops.cast(x, "float32")
+
+
+def _standard_normal_kl(z_mean, clipped_log_var):
+    """Per-dimension KL to N(0, I) of float32, already clamped inputs."""
+    # The same closed form as `keras_vib.ops.gaussian_kl`, without its
+    # argument checks and second clamp: this runs on every training step.
+    return 0.5 * (
+        ops.square(z_mean)
+        + ops.relu(ops.expm1(clipped_log_var) - clipped_log_var)
+    )
+
+
+def _num_positions(per_dim_kl):
+    """The number of KL terms (positions, not dims), as float32 (static
+    where the shape is)."""
+    shape = tuple(per_dim_kl.shape)[:-1]
     if all(isinstance(dim, int) for dim in shape):
         size = 1
         for dim in shape:
             size *= dim
         return ops.convert_to_tensor(float(size), "float32")
-    return ops.cast(ops.size(kl_per_example), "float32")
+    positions = ops.size(per_dim_kl) // ops.shape(per_dim_kl)[-1]
+    return ops.cast(positions, "float32")
 
 
 def _replica_sum_variable(name):
@@ -81,6 +100,14 @@ class _RunningKL(keras.metrics.Metric):
         # A closure, not attributes: the metric must not track the layer's
         # variables as its own, or JAX would carry two copies of the state.
         self._layer_variables = lambda: (total, count)
+        # Made once, eagerly, with the layer (see `reset_state`). Not on JAX:
+        # a jitted step donates (frees) the buffers of the state it is given,
+        # so a shared zero would be freed by the first step.
+        self._zero = (
+            None
+            if keras.backend.backend() == "jax"
+            else ops.zeros((), "float32")
+        )
 
     def update_state(self, *args, **kwargs):
         # The owning layer updates the variables in its forward pass.
@@ -93,8 +120,12 @@ class _RunningKL(keras.metrics.Metric):
         return ops.divide(total.value, ops.maximum(count.value, 1.0))
 
     def reset_state(self):
+        # `train_on_batch` resets every metric on every call, eagerly:
+        # assigning a ready-made zero skips a conversion per variable, which
+        # on TensorFlow costs more than the layer's graph ops.
         for variable in self._layer_variables():
-            variable.assign(0.0)
+            zero = self._zero
+            variable.assign(ops.zeros((), "float32") if zero is None else zero)
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
@@ -290,17 +321,18 @@ class VIB(Sampling):
 
     def call(self, inputs, training=None, mask=None):
         z_mean, z_log_var = self._check_inputs(inputs)
+        # Clamped once, for both the KL and the sample.
+        log_var = vib_ops.clip_log_var(_as_float32(z_log_var))
         if self.prior is None:
-            per_dim_kl = vib_ops.gaussian_kl(z_mean, z_log_var, axis=None)
+            per_dim_kl = _standard_normal_kl(_as_float32(z_mean), log_var)
         else:  # One Monte Carlo estimate per example, as a single "dim".
-            per_dim_kl = self.prior.kl(z_mean, z_log_var)[..., None]
-        kl_per_example = ops.sum(per_dim_kl, axis=-1)
+            per_dim_kl = self.prior.kl(z_mean, log_var)[..., None]
         weights = _mask_weights(mask)
         if weights is None:
-            total = ops.sum(kl_per_example)
-            count = _num_positions(kl_per_example)
+            total = ops.sum(per_dim_kl)
+            count = _num_positions(per_dim_kl)
         else:
-            total = ops.sum(weights * kl_per_example)
+            total = ops.sum(weights * ops.sum(per_dim_kl, axis=-1))
             count = ops.sum(weights)
         if self.free_bits == 0.0:
             # The batch-mean KL, from the sums the metric needs anyway.
@@ -311,7 +343,7 @@ class VIB(Sampling):
         # Running sums over examples, so the logged KL is the epoch mean.
         self._kl_total.assign_add(ops.stop_gradient(total))
         self._kl_count.assign_add(count)
-        return self._sample(z_mean, z_log_var, training)
+        return self._sample_clipped(z_mean, log_var, training)
 
     def get_config(self):
         config = super().get_config()
