@@ -70,19 +70,38 @@ def package_version(name):
         return None
 
 
-def machine_markdown():
+# Taken when a script starts, before its own workers add to it.
+LOAD_AT_START = os.getloadavg()
+#: One-minute load average per core above which the machine counts as busy.
+BUSY_LOAD_PER_CORE = 1.5
+
+
+def machine_is_busy():
+    """Whether the one-minute load average at start was above the limit."""
+    return LOAD_AT_START[0] > BUSY_LOAD_PER_CORE * (os.cpu_count() or 1)
+
+
+def machine_markdown(forced=False):
     """A short markdown description of the machine and software versions."""
     versions = ", ".join(
         f"{name} {version}"
         for name, version in ((n, package_version(n)) for n in _VERSIONED)
         if version is not None
     )
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    start = ", ".join(f"{x:.2f}" for x in LOAD_AT_START)
+    end = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    busy = (
+        " **Taken on a busy machine (written with `--force-busy`): "
+        "compare the ratios only.**"
+        if forced and machine_is_busy()
+        else ""
+    )
     return (
         f"- Machine: {os.cpu_count()} cores, {cpu_model()}, "
         f"{platform.system()} {platform.machine()}, Python "
-        f"{platform.python_version()}; load average at start {load} "
-        "(shared with other developers' jobs).\n"
+        f"{platform.python_version()}; load average (1, 5, 15 min) at "
+        f"start {start}, at the end {end} (the end includes this "
+        f"benchmark's own processes).{busy}\n"
         f"- Versions: {versions}.\n"
         f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC."
     )
@@ -342,13 +361,21 @@ def markdown_table(header, rows):
 # ---------------------------------------------------------------------- output
 
 
-def write_section(path, name, body):
+def write_section(path, name, body, force=False):
     """Replace the text between the `section: name` markers of a markdown file.
 
     Re-reads the file right before writing and touches nothing outside the
     markers, since other sections belong to other scripts. Creates the file
-    and/or the markers if they are missing.
+    and/or the markers if they are missing. Refuses (returns `False`) when
+    the machine was busy at start, unless `force`.
     """
+    if machine_is_busy() and not force:
+        print(
+            f"not writing section {name} of {path}: the load average at start "
+            f"({LOAD_AT_START[0]:.2f}) was above {BUSY_LOAD_PER_CORE} per "
+            "core; rerun on a quiet machine, or pass --force-busy"
+        )
+        return False
     begin = f"<!-- section: {name} -->"
     end = f"<!-- end section: {name} -->"
     text = ""
@@ -364,6 +391,8 @@ def write_section(path, name, body):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         f.write(text)
+    print(f"wrote section {name} of {path}")
+    return True
 
 
 def base_parser(description, steps, repeats, warmup):
@@ -394,6 +423,12 @@ def base_parser(description, steps, repeats, warmup):
     )
     parser.add_argument(
         "--no-write", action="store_true", help="print the table only"
+    )
+    parser.add_argument(
+        "--force-busy",
+        action="store_true",
+        help="write the section even if the machine was busy at start "
+        "(the section then says so)",
     )
     parser.add_argument(
         "--threads",

@@ -331,7 +331,7 @@ def main():
                 if args.threads
                 else "."
             ),
-            _common.machine_markdown(),
+            _common.machine_markdown(args.force_busy),
             f"Command: `{_common.command_string()}`",
             "Median (min–max) over rounds. *CPU* is the process's CPU time "
             "(all threads); *CPU ms/step/k* is the cost per importance "
@@ -345,8 +345,9 @@ def main():
         + (["Notes: " + " ".join(notes)] if notes else [])
     )
     if not args.no_write:
-        _common.write_section(args.output, "iwae_scaling", body)
-        print(f"wrote section iwae_scaling of {args.output}")
+        _common.write_section(
+            args.output, "iwae_scaling", body, force=args.force_busy
+        )
     return 0
 
 

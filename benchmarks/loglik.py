@@ -426,7 +426,7 @@ def main():
                 if args.threads
                 else "."
             ),
-            _common.machine_markdown(),
+            _common.machine_markdown(args.force_busy),
             f"Command: `{_common.command_string()}`",
             "Throughput. CPU-time rates are the ones to quote on this shared "
             "machine; wall-time rates depend on what else was running:\n\n"
@@ -438,8 +438,9 @@ def main():
         ]
     )
     if not args.no_write:
-        _common.write_section(args.output, "loglik", body)
-        print(f"wrote section loglik of {args.output}")
+        _common.write_section(
+            args.output, "loglik", body, force=args.force_busy
+        )
     return 0
 
 

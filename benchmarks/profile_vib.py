@@ -5,8 +5,8 @@ convolution, so the bottleneck's own cost hides in the noise. Here the
 network around it is tiny (Dense(64) -> two Dense(128) heads -> bottleneck
 -> Dense(1), batch 32), so (a) keras_vib `VIB`, (b) the floor `z = z_mean`
 and (c) the bojone/vib port differ mostly by the bottleneck itself. Each
-program runs in its own process (interleaved rounds, CPU time per
-`train_on_batch` step). Then one process per backend runs `cProfile` (with
+program runs in its own process (interleaved rounds, CPU time per training
+step, run by `train_on_batch` and by `fit`). Then one process per backend runs `cProfile` (with
 CPU time as its clock) over the steps of (a) and (c) and reports the time
 spent inside the bottleneck layer's `call` (forward pass only; the backward
 pass runs in the backend's autograd and is not attributed to Python frames).
@@ -20,6 +20,9 @@ import os
 import sys
 
 import _common
+
+# `fit` resets the metrics once per epoch, `train_on_batch` on every call.
+MODES = ("train_on_batch", "fit")
 
 VARIANTS = {
     "a": "(a) keras_vib VIB",
@@ -64,8 +67,20 @@ def setup(spec):
         model = _model(spec["variant"])
 
         def run(steps):
-            for _ in range(steps):
-                model.train_on_batch(x, y)
+            if spec["mode"] == "fit":
+                # One epoch of `steps` batches: metrics reset once per epoch.
+                model.fit(
+                    np.tile(x, (steps, 1)),
+                    np.tile(y, (steps, 1)),
+                    batch_size=len(x),
+                    epochs=1,
+                    shuffle=False,
+                    verbose=0,
+                )
+            else:
+                # `train_on_batch` resets every metric on every call.
+                for _ in range(steps):
+                    model.train_on_batch(x, y)
             np.asarray(model.trainable_variables[-1]).ravel()[0].item()
 
         return run
@@ -116,32 +131,38 @@ def main():
     time_rows, prof_rows = [], []
     for backend in backends:
         env = {"KERAS_BACKEND": backend}
-        specs = [
-            (f"{VARIANTS[v]} {backend}", {"task": "time", "variant": v}, env)
-            for v in VARIANTS
-        ]
-        print(f"=== {backend}")
-        workers, _ = _common.start_workers(script, specs, threads=args.threads)
-        try:
-            t = _common.interleave(
-                workers, args.steps, args.repeats, args.warmup
+        for mode in MODES:
+            label = {v: f"{VARIANTS[v]} {backend} {mode}" for v in VARIANTS}
+            specs = [
+                (label[v], {"task": "time", "variant": v, "mode": mode}, env)
+                for v in VARIANTS
+            ]
+            print(f"=== {backend}, {mode}")
+            workers, _ = _common.start_workers(
+                script, specs, threads=args.threads
             )
-        finally:
-            for w in workers:
-                w.close()
-        label = {v: f"{VARIANTS[v]} {backend}" for v in VARIANTS}
-        cpu = {v: t.cpu[label[v]] for v in VARIANTS if label[v] in t.cpu}
-        if len(cpu) == 3:
-            time_rows.append(
-                [
-                    backend,
-                    *[_common.fmt_ms(cpu[v]) for v in VARIANTS],
-                    _common.fmt_ms([a - c for a, c in zip(cpu["a"], cpu["c"])]),
-                    _common.fmt_ratio(
-                        _common.paired_ratios(cpu["a"], cpu["c"])
-                    ),
-                ]
-            )
+            try:
+                t = _common.interleave(
+                    workers, args.steps, args.repeats, args.warmup
+                )
+            finally:
+                for w in workers:
+                    w.close()
+            cpu = {v: t.cpu[label[v]] for v in VARIANTS if label[v] in t.cpu}
+            if len(cpu) == 3:
+                time_rows.append(
+                    [
+                        backend,
+                        f"`{mode}`",
+                        *[_common.fmt_ms(cpu[v]) for v in VARIANTS],
+                        _common.fmt_ms(
+                            [a - c for a, c in zip(cpu["a"], cpu["c"])]
+                        ),
+                        _common.fmt_ratio(
+                            _common.paired_ratios(cpu["a"], cpu["c"])
+                        ),
+                    ]
+                )
         if backend != "torch":
             # TF and JAX run the layer's Python once, when tracing; the steps
             # execute a compiled graph, so there is nothing to attribute.
@@ -171,6 +192,7 @@ def main():
     time_table = _common.markdown_table(
         [
             "Keras backend",
+            "steps run by",
             "(a) CPU ms/step",
             "(b) CPU ms/step",
             "(c) CPU ms/step",
@@ -196,10 +218,14 @@ def main():
             "### The bottleneck layer\n\n"
             "A model in which the bottleneck dominates the step: Dense(64), "
             "two Dense(128) heads, the bottleneck, Dense(1); batch 32, Adam. "
-            f"CPU time per `train_on_batch` step, {args.repeats} interleaved "
-            f"rounds of {args.steps} steps after {args.warmup} warm-up steps, "
-            "one process per program, 1 intra-op thread:",
-            _common.machine_markdown(),
+            "CPU time per training step, run by `train_on_batch` (which "
+            "resets every metric, the logged KL's included, on every call) "
+            "and by `fit` (one epoch of the same batches: metrics reset once "
+            f"per epoch); {args.repeats} interleaved rounds of {args.steps} "
+            f"steps after {args.warmup} warm-up steps, one process per "
+            "program, 1 intra-op thread. The middle of each cell is the "
+            "median, the range the smallest and largest round:",
+            _common.machine_markdown(args.force_busy),
             f"Command: `{_common.command_string()}`",
             time_table,
             "`cProfile` (CPU clock) over "
@@ -210,8 +236,9 @@ def main():
         ]
     )
     if not args.no_write:
-        _common.write_section(args.output, "profiling-bottleneck", body)
-        print(f"wrote section profiling-bottleneck of {args.output}")
+        _common.write_section(
+            args.output, "profiling-bottleneck", body, force=args.force_busy
+        )
     return 0
 
 

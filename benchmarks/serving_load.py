@@ -9,8 +9,9 @@ answer for the same input (and seed); the resident memory is read after a
 warm-up round and after the last round.
 
 Reports requests per second and p50/p99 latency at batch 1 and 64 (a
-separate timed pass per batch size), as a Markdown table on stdout. Figures
-from a busy machine are not worth publishing; run it on a quiet one:
+separate timed pass per batch size), as a Markdown table on stdout and in
+the `serving_load` section of `docs/BENCHMARKS.md` (not written when the
+machine is busy, unless `--force-busy`). Run it on a quiet machine:
 
     KERAS_BACKEND=tensorflow TF_CPP_MIN_LOG_LEVEL=3 \\
         python benchmarks/serving_load.py --threads 8 --requests 2000
@@ -31,6 +32,7 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import _common  # noqa: E402
 import numpy as np  # noqa: E402
 
 FEATURES, CLASSES, MC_SAMPLES = 32, 10, 8
@@ -155,6 +157,9 @@ def main(argv=None):
         help="allowed RSS growth between the first and the last round",
     )
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("--output", default=_common.DEFAULT_OUTPUT)
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--force-busy", action="store_true")
     args = parser.parse_args(argv)
 
     failures = []
@@ -198,15 +203,36 @@ def main(argv=None):
                     f"{q[49]:.2f} | {q[98]:.2f} |"
                 )
         if rows:
-            load = os.getloadavg()
-            print(
-                f"Command: `{' '.join([sys.executable] + sys.argv)}`; "
-                f"{args.threads} threads x {args.requests} requests; load "
-                f"average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n"
+            table = "\n".join(
+                [
+                    "| endpoint | batch | requests/s | p50 ms | p99 ms |",
+                    "|---|---|---|---|---|",
+                    *rows,
+                ]
             )
-            print("| endpoint | batch | requests/s | p50 ms | p99 ms |")
-            print("|---|---|---|---|---|")
-            print("\n".join(rows))
+            print(table)
+            body = "\n\n".join(
+                [
+                    "### Serving under load\n\n"
+                    "A classifier with a `GaussianBottleneck` (32 features, "
+                    "10 classes), exported as a SavedModel (`serve`, "
+                    "`serve_mc`, 8 samples) and as ONNX (`serve`), loaded in "
+                    f"one process; {args.threads} threads each send "
+                    f"{args.requests} requests of a fixed batch size. Every "
+                    "answer equals the single-threaded answer for the same "
+                    "input and seed (checked), and the resident memory stays "
+                    f"within {args.rss_tolerance_mb:.0f} MB after warm-up "
+                    "rounds of mixed batch sizes 1-"
+                    f"{args.max_batch}.",
+                    _common.machine_markdown(args.force_busy),
+                    f"Command: `{_common.command_string()}`",
+                    table,
+                ]
+            )
+            if not args.no_write and not failures:
+                _common.write_section(
+                    args.output, "serving_load", body, force=args.force_busy
+                )
     if failures:
         print("FAILED\n" + "\n".join(failures[:20]), file=sys.stderr)
         return 1

@@ -325,7 +325,7 @@ def main():
                 if args.threads
                 else "."
             ),
-            _common.machine_markdown(),
+            _common.machine_markdown(args.force_busy),
             f"Command: `{_common.command_string()}`",
             "Time per step, median (min–max) over rounds. *Wall* is elapsed "
             "time; *CPU* is the CPU time of the program's process (all "
@@ -342,8 +342,9 @@ def main():
         + (["Notes: " + " ".join(notes)] if notes else [])
     )
     if not args.no_write:
-        _common.write_section(args.output, "vib_overhead", body)
-        print(f"wrote section vib_overhead of {args.output}")
+        _common.write_section(
+            args.output, "vib_overhead", body, force=args.force_busy
+        )
     return 0
 
 
