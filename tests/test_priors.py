@@ -108,6 +108,16 @@ def test_trains_and_saves(tmp_path):
     np.testing.assert_allclose(
         loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6
     )
+    # The Monte Carlo draws resume where they were: the same next KL.
+    np.testing.assert_array_equal(
+        to_numpy(loaded_prior.seed_generator.state),
+        to_numpy(prior.seed_generator.state),
+    )
+    z_mean = keras.ops.zeros((4, prior.means.shape[-1]))
+    np.testing.assert_array_equal(
+        to_numpy(loaded_prior.kl(z_mean, z_mean)),
+        to_numpy(prior.kl(z_mean, z_mean)),
+    )
 
 
 def test_rate_with_one_component_matches_closed_form():

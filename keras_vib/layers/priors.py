@@ -4,13 +4,14 @@ import keras
 from keras import ops
 
 from keras_vib import ops as vib_ops
+from keras_vib._seed_state import SeedStateSavingMixin
 from keras_vib._validation import check_positive_float
 from keras_vib._validation import check_positive_int
 from keras_vib._validation import check_seed
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
-class MixturePrior(keras.layers.Layer):
+class MixturePrior(SeedStateSavingMixin, keras.layers.Layer):
     """A learned mixture of diagonal Gaussians, the marginal r(z) of a VIB.
 
     `r(z) = sum_k pi_k N(z; m_k, diag(exp(v_k)))` with `num_components`
@@ -25,7 +26,8 @@ class MixturePrior(keras.layers.Layer):
     differentiable with respect to both q and r). Pass it to `VIB` or
     `GaussianBottleneck` as `prior=`; the variables are created on the
     layer's first call (the latent size is read from it) and are saved in
-    `.keras` files with the layer.
+    `.keras` files with the layer, as is the state of its Monte Carlo seed
+    generator (a resumed run draws what the uninterrupted one would).
 
     Args:
         num_components: int >= 1, the number of Gaussians K.
