@@ -289,3 +289,22 @@ def test_tile_layout():
     assert grid.shape == (59, 59) and grid.dtype == np.uint8
     assert np.all(grid[1:29, 1:29] == 255) and np.all(grid[1:29, 30:58] == 0)
     assert np.all(grid[0] == 255) and np.all(grid[:, 29] == 255)
+
+
+def test_mnist_uncertainty_smoke(tmp_path):
+    # Runs on every backend: the attacks take gradients with each backend's
+    # own autodiff (tf.GradientTape, jax.grad, torch.autograd).
+    out_json = tmp_path / "uncertainty.json"
+    run_example("mnist_uncertainty.py", "--smoke", "--json", str(out_json))
+    result = json.loads(out_json.read_text())
+    assert result["backend"] == keras.backend.backend()
+    for prediction in ("mean", "mc"):
+        calibration = result["calibration"][prediction]
+        assert 0.0 <= calibration["error"] <= 1.0
+        assert 0.0 <= calibration["ece"] <= 1.0
+        for scores in result["ood"][prediction].values():
+            for score in scores.values():
+                assert 0.0 <= score["auroc"] <= 1.0
+        accuracies = result["robustness"][prediction]
+        assert {"clean", "fgsm_0.05", "pgd_0.05", "pgd_0.3"} <= set(accuracies)
+        assert all(0.0 <= a <= 1.0 for a in accuracies.values())
