@@ -4,11 +4,13 @@ Author: keras_vib contributors
 Date created: 2026/12/01
 Last modified: 2026/12/01
 Description: Per-example rate, calibration and a served model that returns
-the rate, for a small VIB classifier on MNIST.
+    the rate, for a small VIB classifier on MNIST.
 Run time: `--smoke` 120 s (TensorFlow, 2 shared cores at load average
-~30, most of it start-up and export). The default run (5 epochs of a
-784-256-256 net on 60,000 images) was not timed on a quiet machine yet.
+    ~30, most of it start-up and export). The default run (5 epochs of a
+    784-256-256 net on 60,000 images) was not timed on a quiet machine yet.
+"""
 
+"""
 ## Introduction
 
 A variational information bottleneck (VIB) does not only regularize a
@@ -29,34 +31,54 @@ trust. This tutorial trains a small VIB classifier on MNIST and then:
 4. exports a TensorFlow SavedModel whose `serve_rate` endpoint returns the
    prediction together with the rate.
 
-Run it with the data in a local folder (`KERAS_VIB_DATA`, or pass nothing to
-let Keras download MNIST and Fashion-MNIST):
+The data come from `kv.datasets`: a local folder with `mnist.npz` and
+`fashion_mnist.npz` (`--data-dir` or `KERAS_VIB_DATA`), or else a download
+by `keras.datasets`:
 
-    KERAS_VIB_DATA=../shared/data python examples/uncertainty.py
+    python examples/uncertainty.py --data-dir ../shared/data
 
 `--smoke` runs it on tiny synthetic data in seconds (for CI).
 """
 
-# ## Setup
+"""
+## Setup
 
+TensorFlow's C++ start-up messages are hidden while Keras is imported and
+seeded (as in the [quickstart](quickstart.md)); errors still show.
+"""
+
+import argparse
 import os
-import sys
 import tempfile
 import time
 
 import matplotlib
 
 matplotlib.use("Agg")
-import keras  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-import keras_vib as kv  # noqa: E402
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+_stderr = os.dup(2)
+os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+try:
+    import keras
 
-SMOKE = "--smoke" in sys.argv
-HERE = os.path.dirname(os.path.abspath(__file__))
-FIGURE = os.path.join(HERE, "..", "docs", "img", "uncertainty_tutorial.png")
-keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)  # seeding imports TensorFlow, if installed
+finally:
+    os.dup2(_stderr, 2)
+
+import keras_vib as kv
+
+parser = argparse.ArgumentParser(description="The rate as uncertainty")
+parser.add_argument("--smoke", action="store_true", help="tiny run (for CI)")
+parser.add_argument(
+    "--data-dir", default=None, help="folder with mnist.npz, fashion_mnist.npz"
+)
+parser.add_argument("--figure-dir", default="figures")
+args, _ = parser.parse_known_args()
+
+SMOKE = args.smoke
 start_time = time.time()
 
 """
@@ -80,8 +102,8 @@ if SMOKE:
     x_test, y_test = fake(200, prototypes)
     x_fashion, _ = fake(200, rng.random((10, 784)).astype("float32"))
 else:
-    (x_train, y_train), (x_test, y_test) = kv.datasets.load_mnist()
-    _, (x_fashion, _) = kv.datasets.load_fashion_mnist()
+    (x_train, y_train), (x_test, y_test) = kv.datasets.load_mnist(args.data_dir)
+    _, (x_fashion, _) = kv.datasets.load_fashion_mnist(args.data_dir)
 x_noise = np.random.default_rng(1).random(x_test.shape).astype("float32")
 print("train", x_train.shape, "test", x_test.shape, "fashion", x_fashion.shape)
 
@@ -190,10 +212,18 @@ left.legend(fontsize="small")
 kv.uncertainty.reliability_diagram(
     y_test, probs, num_bins=15, ax=right, label="VIB"
 )
+left.set_title("Rate of each input")
+right.set_title("Reliability on MNIST test digits")
 figure.tight_layout()
-if not SMOKE:
-    figure.savefig(FIGURE, dpi=110)
-    print("saved", FIGURE)
+os.makedirs(args.figure_dir, exist_ok=True)
+figure_path = os.path.join(args.figure_dir, "uncertainty.png")
+figure.savefig(figure_path, dpi=110)
+print(f"\nFigure written to {figure_path}")
+
+"""
+![Rate histogram of MNIST, Fashion-MNIST and noise; reliability diagram](
+img/uncertainty.png)
+"""
 
 """
 ## Serve the rate

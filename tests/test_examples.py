@@ -141,3 +141,44 @@ def test_kl_weight(tmp_path):
     for label in ("warm-up to 0.1", "free bits 4", "adaptive, target 4"):
         rate, accuracy = floats_after(label, out)
         assert rate >= 0.0 and 0.0 <= accuracy <= 1.0
+
+
+@tensorflow_only
+def test_uncertainty(tmp_path):
+    # The smoke run uses synthetic digits: it needs no data.
+    out = run_tutorial("uncertainty.py", tmp_path)
+    for name in ("MNIST test", "Fashion-MNIST", "uniform noise"):
+        assert floats_after(f"rate on {name}:", out)[0] >= 0.0
+    accuracy, ece = floats_after("test accuracy", out)
+    assert 0.0 <= accuracy <= 1.0 and 0.0 <= ece <= 100.0
+    # The served SavedModel returns the rate computed in process.
+    served = out.split("served rate:")[1].split("\n")[0].split()
+    local = out.split("in process:")[1].split("\n")[0].split()
+    assert served and served == local
+
+
+@tensorflow_only
+def test_insert_bottleneck(tmp_path):
+    out = run_tutorial("insert_bottleneck.py", tmp_path)
+    # The inserted bottleneck starts as the identity on the mean, and the
+    # deployed model (bottleneck removed) predicts what the bottleneck
+    # model predicts at inference (differences printed as `1.2e-07`).
+    for label in ("at insertion:", "against the bottleneck model:"):
+        (value,) = re.findall(label + r" (\S+)", out)
+        assert float(value) < 1e-5, (label, value)
+    base = floats_after("trained model: test accuracy", out)[0]
+    tuned = floats_after("kl_weight=0.01", out)
+    assert 0.0 <= base <= 1.0 and all(0.0 <= a <= 1.0 for a in tuned[:2])
+    assert tuned[2] > 0.0  # the KL, in nats
+
+
+@tensorflow_only
+def test_keras_io_vae_port(tmp_path):
+    # The smoke run uses synthetic images: it needs no data.
+    out = run_tutorial("keras_io_vae_port.py", tmp_path)
+    assert "test ELBO" in out and "log-likelihood estimate" in out
+    assert "reconstructs the same: True" in out
+    for name in ("latent_grid", "clusters"):
+        path = os.path.join(tmp_path, f"keras_io_vae_port_{name}.png")
+        assert f"Figure written to {path}" in out
+        assert 0 < os.path.getsize(path) < 300_000

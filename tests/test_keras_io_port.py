@@ -3,12 +3,9 @@
 Its encoder returns `[z_mean, z_log_var, z]` (z from its own `Sampling`
 layer): accepted, z ignored. Its decoder ends in a sigmoid: refused by
 `likelihood="bernoulli"` with an error naming the change, accepted by
-`"bernoulli_probs"`. The ported script itself runs in `--smoke` mode.
+`"bernoulli_probs"`. The ported script itself,
+`examples/keras_io_vae_port.py`, runs in tests/test_examples.py.
 """
-
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -17,8 +14,6 @@ from helpers import to_numpy
 from keras import ops
 
 from keras_vib import models
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 LATENT = 2
 
@@ -139,37 +134,3 @@ def test_other_encoder_output_shapes_say_what_to_return():
     for encoder in (wrong_third, four):
         with pytest.raises(ValueError, match=r"\[z_mean, z_log_var\]"):
             models.VAE(encoder, decoder)
-
-
-@pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow",
-    reason="backend-independent wiring; checked on TensorFlow",
-)
-def test_port_script_smoke(tmp_path):
-    # The script in a subprocess, as a user runs it, with this checkout's
-    # keras_vib and no data directory (the smoke mode needs none).
-    env_dir = str(tmp_path)
-    env = dict(os.environ, KERAS_VIB_FIGURE_DIR=env_dir)
-    env["KERAS_BACKEND"] = keras.backend.backend()
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (ROOT, env.get("PYTHONPATH")) if p
-    )
-    env.pop("KERAS_VIB_DATA", None)
-    script = os.path.join(ROOT, "examples", "keras_io_vae_port.py")
-    proc = subprocess.run(
-        [sys.executable, script, "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=str(tmp_path),
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = proc.stdout
-    assert "test ELBO" in out and "log-likelihood estimate" in out
-    assert "reconstructs the same: True" in out
-    for name in ("latent_grid", "clusters"):
-        path = os.path.join(env_dir, f"keras_io_vae_port_{name}.png")
-        assert f"wrote {path}" in out
-        assert 0 < os.path.getsize(path) < 300_000
