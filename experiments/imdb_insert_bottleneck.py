@@ -35,6 +35,7 @@ import os
 import sys
 import time
 
+import _quiet  # noqa: F401  (hides TensorFlow's start-up logs)
 import keras
 import numpy as np
 

@@ -204,6 +204,7 @@ def epoch_order(seed, epoch, n):
 
 
 def run_init(args):
+    import _quiet  # noqa: F401  (hides TensorFlow's start-up logs)
     import keras
     import numpy as np
 
@@ -253,6 +254,7 @@ def test_elbo(encoder_fn, logits_decoder, x, seed):
 
 
 def run_training(args):
+    import _quiet  # noqa: F401  (hides TensorFlow's start-up logs)
     import keras
 
     import keras_vib as kv

@@ -40,11 +40,12 @@ import json
 import os
 import time
 
-import keras  # noqa: E402
+import _quiet  # noqa: F401  (hides TensorFlow's start-up logs)
+import keras
 import numpy as np
-from keras import ops  # noqa: E402
+from keras import ops
 
-import keras_vib as kv  # noqa: E402
+import keras_vib as kv
 
 EPSILONS = (0.05, 0.1, 0.2, 0.3)
 
