@@ -199,6 +199,7 @@ for name, (history, _) in results.items():
         ax_kl.plot(epochs, history["kl"], label=name)
     ax_acc.plot(epochs, history["val_accuracy"], label=name)
 ax_kl.set_yscale("log")
+ax_kl.legend(fontsize=8)
 ax_kl.set_xlabel("fine-tuning epoch")
 ax_kl.set_ylabel("KL (nats per example)")
 ax_acc.set_xlabel("fine-tuning epoch")
