@@ -8,6 +8,7 @@ in-process. The paths that differ between backends run everywhere; the rest
 only on TensorFlow, to keep the suite fast.
 """
 
+import ast
 import importlib.util
 import json
 import math
@@ -40,6 +41,34 @@ def _load(name):
 # The harnesses import their sibling `_quiet` by name, as a script would.
 sys.modules.setdefault("_quiet", _load("_quiet"))
 paper = _load("_iwae_paper_model")
+
+
+def _imported_modules(nodes):
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            yield from (alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module.split(".")[0]
+
+
+def test_every_harness_hides_tensorflow_start_up_logs():
+    # `_quiet` imports Keras with TensorFlow's C++ start-up messages hidden.
+    # Each harness imports it (itself, or through `_iwae_paper_model`)
+    # before its first module-level import of Keras; one that imports Keras
+    # only inside functions imports `_quiet` there.
+    quiet = {"_quiet", "_iwae_paper_model"}
+    noisy = {"keras", "keras_vib", "tensorflow"}
+    for name in sorted(os.listdir(EXPERIMENTS)):
+        if not name.endswith(".py") or name == "_quiet.py":
+            continue
+        with open(os.path.join(EXPERIMENTS, name)) as f:
+            tree = ast.parse(f.read())
+        top = list(_imported_modules(tree.body))
+        if noisy & set(top):
+            first_noisy = min(top.index(m) for m in noisy & set(top))
+            assert quiet & set(top[:first_noisy]), name
+        else:
+            assert quiet & set(_imported_modules(ast.walk(tree))), name
 
 
 def run_example(script, *args, timeout=600):
