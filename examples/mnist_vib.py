@@ -5,9 +5,9 @@ Date created: 2026/12/01
 Last modified: 2026/12/01
 Description: Alemi et al.'s Deep Variational Information Bottleneck on
     permutation-invariant MNIST, against the same network without it.
-Run time: about 3 minutes on a quiet 2-core CPU (TensorFlow backend),
-    estimated from the fastest epochs in docs/RESULTS.md (10-11 s each);
-    not yet measured end to end. `--smoke`: under a minute.
+Run time: 6 minutes end to end, measured on 2026-12-01, TensorFlow backend,
+    pinned to one core of the 2-core machine while other jobs ran (load
+    average 4.6-7). `--smoke`: under a minute.
 """
 
 """
@@ -200,7 +200,10 @@ img/mnist_vib.png)
 
 A run of a few epochs with one seed shows the mechanics: the three errors
 printed above, and whether the wrong predictions are the ones whose sampled
-probabilities spread most. The evidence is in the longer runs.
+probabilities spread most. (The run timed in the header printed 1.48%
+deterministic, 1.38% VIB from the mean of z and 1.52% with 12 samples; the
+spread was 0.037 when right and 0.213 when wrong.) The evidence is in the
+longer runs.
 
 Over 40 epochs and 3 seeds with the paper's learning rate (see
 [the results](../RESULTS.md), made with `experiments/mnist_vib.py`), Deep
