@@ -216,8 +216,8 @@ With the same networks, the IWAE trains on a tighter bound than the VAE,
 so it should reach the better (lower) NLL; after a few epochs on a slice of
 the test set the gap printed above is small and noisy (compare it with the
 standard errors; the run timed in the header printed 102.82 ± 0.91 nats
-for the VAE and 100.84 ± 0.88 for the IWAE). Samples, reconstructions and interpolations come from the
-same three methods for both models.
+for the VAE and 100.84 ± 0.88 for the IWAE). Samples, reconstructions and
+interpolations come from the same three methods for both models.
 
 The paper's comparison, all 10,000 test images with K = 5000 and 20 epochs
 (see [the results](../RESULTS.md), made with `experiments/mnist_vae.py` and
