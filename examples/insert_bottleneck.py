@@ -6,8 +6,9 @@ Last modified: 2026/12/01
 Description: Insert a variational information bottleneck into a trained Keras
     model with `kv.layers.insert_bottleneck`, fine-tune it, and remove it
     again.
-Run time: not timed yet (about a minute on two CPU cores was the estimate).
-    `--smoke`: seconds.
+Run time: 65 s end to end, measured on 2026-12-01, TensorFlow backend, pinned
+    to one core of the 2-core machine while other jobs ran (load average
+    3.7-4.5). `--smoke`: seconds.
 """
 
 """
@@ -193,11 +194,15 @@ against accuracy: the larger `kl_weight`, the further the KL falls.
 """
 
 fig, (ax_kl, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
-for name, (history, _) in results.items():
+for index, (name, (history, _)) in enumerate(results.items()):
     epochs = np.arange(1, len(history["loss"]) + 1)
+    # One colour per run in both panels; the control run in black.
+    style = (
+        {"color": "black"} if "kl" not in history else {"color": f"C{index}"}
+    )
     if "kl" in history:
-        ax_kl.plot(epochs, history["kl"], label=name)
-    ax_acc.plot(epochs, history["val_accuracy"], label=name)
+        ax_kl.plot(epochs, history["kl"], label=name, **style)
+    ax_acc.plot(epochs, history["val_accuracy"], label=name, **style)
 ax_kl.set_yscale("log")
 ax_kl.legend(fontsize=8)
 ax_kl.set_xlabel("fine-tuning epoch")
