@@ -52,11 +52,12 @@ _WORKER = textwrap.dedent(
     import keras_vib as kv
     from helpers import classification_data, linear_gaussian, make_vib_model
 
-    # "ddp": torchrun's environment; "halves" / "global": one process.
-    mode, work = sys.argv[1], sys.argv[2]
+    # "ddp": one of the processes torchrun (or the test) starts; "single":
+    # the two one-process references, "halves" and "global".
+    ddp, work = sys.argv[1] == "ddp", sys.argv[2]
     REPLICAS, GLOBAL_BATCH, STEPS, EPOCHS = 2, 16, 4, 2
     LOCAL = GLOBAL_BATCH // REPLICAS
-    if mode == "ddp":
+    if ddp:
         dist.init_process_group("gloo")  # MASTER_ADDR/PORT, RANK, WORLD_SIZE
         rank = dist.get_rank()
         assert dist.get_world_size() == REPLICAS
@@ -90,99 +91,100 @@ _WORKER = textwrap.dedent(
 
         return model, model, (lg.sample_x(STEPS * GLOBAL_BATCH),), loss_fn
 
-    out = {}
-    for name in ("vib", "vae"):
-        model, bottleneck, data, loss_fn = build(name)
-        data = [torch.as_tensor(batches(a)) for a in data]
-        net = model
-        if mode == "ddp":
-            net = torch.nn.parallel.DistributedDataParallel(model)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-        seed_states = [v for v in model.non_trainable_variables
-                       if v.path.endswith("seed_generator_state")]
-        assert seed_states
-        losses, kls = [], []
-        for epoch in range(EPOCHS):
-            running = bottleneck.running_kl()
-            for v in running:
-                v.assign(0.0)
-            for step in range(STEPS):
-                optimizer.zero_grad()
-                if mode == "ddp":
-                    loss = loss_fn(net, *[a[step, rank] for a in data])
-                    logged = loss.detach().clone()
-                    dist.all_reduce(logged)
-                    logged = logged / REPLICAS
-                elif mode == "halves":
-                    start = [v.value.clone() for v in seed_states]
-                    halves = []
-                    for r in range(REPLICAS):
-                        for v, s in zip(seed_states, start):
-                            v.assign(s)
-                        halves.append(loss_fn(net, *[a[step, r] for a in data]))
-                    loss = logged = sum(halves) / REPLICAS
-                else:
-                    loss = logged = loss_fn(
-                        net, *[a[step].reshape((-1,) + a.shape[3:])
-                               for a in data])
-                loss.backward()
-                optimizer.step()
-                losses.append(float(logged))
-            total, count = (v.value.detach().clone() for v in running)
+    def train(mode):
+        out = {}
+        for name in ("vib", "vae"):
+            model, bottleneck, data, loss_fn = build(name)
+            data = [torch.as_tensor(batches(a)) for a in data]
+            net = model
             if mode == "ddp":
-                dist.all_reduce(total)
-                dist.all_reduce(count)
-            kls.append(float(total / count))
-        out[name] = {
-            "loss": losses,
-            "kl": kls,
-            "count": float(count),
-            "weights": [keras.ops.convert_to_numpy(w).tolist()
-                        for w in model.trainable_weights],
-        }
-    suffix = f"ddp_{rank}" if mode == "ddp" else mode
-    with open(os.path.join(work, f"out_{suffix}.json"), "w") as f:
-        json.dump(out, f)
-    if mode == "ddp":
+                net = torch.nn.parallel.DistributedDataParallel(model)
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+            seed_states = [v for v in model.non_trainable_variables
+                           if v.path.endswith("seed_generator_state")]
+            assert seed_states
+            losses, kls = [], []
+            for epoch in range(EPOCHS):
+                running = bottleneck.running_kl()
+                for v in running:
+                    v.assign(0.0)
+                for step in range(STEPS):
+                    optimizer.zero_grad()
+                    if mode == "ddp":
+                        loss = loss_fn(net, *[a[step, rank] for a in data])
+                        logged = loss.detach().clone()
+                        dist.all_reduce(logged)
+                        logged = logged / REPLICAS
+                    elif mode == "halves":
+                        start = [v.value.clone() for v in seed_states]
+                        halves = []
+                        for r in range(REPLICAS):
+                            for v, s in zip(seed_states, start):
+                                v.assign(s)
+                            batch = [a[step, r] for a in data]
+                            halves.append(loss_fn(net, *batch))
+                        loss = logged = sum(halves) / REPLICAS
+                    else:
+                        loss = logged = loss_fn(
+                            net, *[a[step].reshape((-1,) + a.shape[3:])
+                                   for a in data])
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(float(logged))
+                total, count = (v.value.detach().clone() for v in running)
+                if mode == "ddp":
+                    dist.all_reduce(total)
+                    dist.all_reduce(count)
+                kls.append(float(total / count))
+            out[name] = {
+                "loss": losses,
+                "kl": kls,
+                "count": float(count),
+                "weights": [keras.ops.convert_to_numpy(w).tolist()
+                            for w in model.trainable_weights],
+            }
+        return out
+
+    for mode in ["ddp"] if ddp else ["halves", "global"]:
+        suffix = f"ddp_{rank}" if mode == "ddp" else mode
+        with open(os.path.join(work, f"out_{suffix}.json"), "w") as f:
+            json.dump(train(mode), f)
+    if ddp:
         dist.destroy_process_group()
     """
 )
 
 
-def _launch(script, mode, work):
-    num_processes = 2 if mode == "ddp" else 1
+def _run_all(script, work):
+    """The two DDP processes and the one-process references, side by side."""
     env = dict(os.environ, KERAS_BACKEND="torch", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(
         [ROOT, TESTS] + [p for p in [env.get("PYTHONPATH")] if p]
     )
     # What `torchrun --nproc-per-node 2` sets, on loopback.
-    env.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        WORLD_SIZE=str(num_processes),
-    )
-    procs = [
-        subprocess.Popen(
+    ddp_env = dict(env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    ddp_env["WORLD_SIZE"] = "2"
+
+    def start(mode, env):
+        return subprocess.Popen(
             [sys.executable, str(script), mode, str(work)],
-            env=dict(env, RANK=str(i), LOCAL_RANK=str(i)),
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for i in range(num_processes)
-    ]
+
+    procs = [
+        start("ddp", dict(ddp_env, RANK=str(i), LOCAL_RANK=str(i)))
+        for i in range(2)
+    ] + [start("single", env)]
     outputs = wait_all(procs, TIMEOUT)
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
-    names = (
-        [f"ddp_{i}" for i in range(num_processes)]
-        if mode == "ddp"
-        else [mode]
-    )
-    results = []
-    for name in names:
+    results = {}
+    for name in ("ddp_0", "ddp_1", "halves", "global"):
         with open(work / f"out_{name}.json") as f:
-            results.append(json.load(f))
+            results[name] = json.load(f)
     return results
 
 
@@ -197,10 +199,8 @@ def torch_runs(tmp_path_factory):
     work = tmp_path_factory.mktemp("torch_ddp")
     script = work / "worker.py"
     script.write_text(_WORKER)
-    halves = _launch(script, "halves", work)[0]
-    whole = _launch(script, "global", work)[0]
-    pair = _launch(script, "ddp", work)
-    return halves, whole, pair
+    runs = _run_all(script, work)
+    return runs["halves"], runs["global"], [runs["ddp_0"], runs["ddp_1"]]
 
 
 # Float32 round-off. The runs differ only in where the two replicas'
