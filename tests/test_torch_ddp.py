@@ -232,12 +232,12 @@ def test_two_processes_equal_one(torch_runs, name):
 @pytest.mark.parametrize("name", ["vib", "vae"])
 def test_replicas_draw_the_same_noise(torch_runs, name):
     # One noise draw for the whole global batch (as one process, or JAX's
-    # DataParallel, draws it) is not what DDP computes: the first step's
-    # loss differs by far more than round-off.
+    # DataParallel, draws it) is not what DDP computes: its losses are out
+    # of tolerance by two decades.
     halves, whole, pair = torch_runs
-    assert abs(whole[name]["loss"][0] - pair[0][name]["loss"][0]) > 1e3 * (
-        ATOL + RTOL * abs(whole[name]["loss"][0])
-    )
+    whole_loss = np.array(whole[name]["loss"])
+    gap = np.abs(whole_loss - pair[0][name]["loss"])
+    assert np.max(gap / (ATOL + RTOL * np.abs(whole_loss))) > 100
     np.testing.assert_allclose(
         halves[name]["loss"][0], pair[0][name]["loss"][0], rtol=RTOL
     )
