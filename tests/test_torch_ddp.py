@@ -130,7 +130,7 @@ _WORKER = textwrap.dedent(
                                    for a in data])
                     loss.backward()
                     optimizer.step()
-                    losses.append(float(logged))
+                    losses.append(float(logged.detach()))
                 total, count = (v.value.detach().clone() for v in running)
                 if mode == "ddp":
                     dist.all_reduce(total)
