@@ -205,12 +205,13 @@ def torch_runs(tmp_path_factory):
 
 # Float32 round-off. The runs differ only in where the two replicas'
 # gradients are added: DDP all-reduces (g0 + g1) / 2 in gloo, the reference
-# lets autograd form g0 / 2 + g1 / 2. Each gradient then differs by a few
-# ulp (relative 2**-23 = 1.2e-7); Adam's step, lr * m / sqrt(v), is scale
-# free, so the 8 steps move a weight by at most 8 * 1e-2 = 0.08 and their
-# round-off stays near 8 * 0.08 * 1.2e-7 ~ 1e-7. rtol 1e-5 / atol 1e-6
-# leaves two decades for the loss's own sums; the global-noise reference
-# differs by orders more (checked below).
+# lets autograd form g0 / 2 + g1 / 2, a relative difference of a few ulp
+# (eps = 2**-23 = 1.2e-7) per gradient. Adam's direction m / sqrt(v) is
+# scale free, so a step of size <= lr = 1e-2 moves by <= lr * 4 eps = 5e-9;
+# 8 steps give ~4e-8 on a weight, and a loss of order 1 sums a few dozen
+# float32 terms (~1e-6 relative at worst). atol 1e-6 / rtol 1e-5 sit a
+# decade above both; the global-noise reference is out by far more
+# (checked below).
 RTOL, ATOL = 1e-5, 1e-6
 
 
@@ -224,7 +225,7 @@ def test_two_processes_equal_one(torch_runs, name):
                 np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
         # Each replica counted its own half; the all-reduce sees them all.
         assert result[name]["count"] == halves[name]["count"] == 4 * 16
-    # The KL was logged, and training moved the weights.
+    # The KL was logged, and the loss changed over the run.
     assert all(kl > 0 for kl in halves[name]["kl"])
     assert halves[name]["loss"][0] != halves[name]["loss"][-1]
 
