@@ -8,9 +8,11 @@ each other or `conftest`.
 - Statistics: `assert_moments` with tolerances derived from the sample size.
 - Small data and models: `classification_data`, `make_vib_model`,
   `linear_gaussian`.
+- Processes: `free_port`, `wait_all` (bounded, always cleaned up).
 """
 
 import math
+import socket
 
 import keras
 import numpy as np
@@ -25,6 +27,31 @@ HALF_PRECISION_POLICIES = {
     "mixed_float16": "float16",
     "mixed_bfloat16": "bfloat16",
 }
+
+
+def free_port():
+    """A TCP port on the loopback address that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_all(procs, timeout):
+    """`communicate()` with every `subprocess.Popen` in `procs`, in order.
+
+    Every process still running when this returns or raises (a timeout, a
+    failed test) is killed, so no worker outlives its test.
+
+    Returns:
+        A list of `(stdout, stderr)`, one per process.
+    """
+    try:
+        return [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def to_numpy(x):

@@ -14,7 +14,6 @@ processes are killed if the test fails.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,8 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+from helpers import free_port
+from helpers import wait_all
 
 BACKEND = keras.backend.backend()
 TIMEOUT = 900
@@ -125,19 +126,13 @@ _WORKER = textwrap.dedent(
 )
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(script, num_processes, work):
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join(
         [ROOT] + [p for p in [env.get("PYTHONPATH")] if p]
     )
     env.pop("XLA_FLAGS", None)
-    port = str(_free_port())
+    port = str(free_port())
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), str(i), str(num_processes), port]
@@ -149,13 +144,7 @@ def _launch(script, num_processes, work):
         )
         for i in range(num_processes)
     ]
-    try:
-        outputs = [p.communicate(timeout=TIMEOUT) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    outputs = wait_all(procs, TIMEOUT)
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
     results = []
