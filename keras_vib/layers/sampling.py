@@ -29,8 +29,9 @@ def _draw(z_mean, clipped_log_var, seed_generator):
     eps = keras.random.normal(
         ops.shape(z_mean), dtype=z_mean.dtype, seed=seed_generator
     )
-    std = ops.exp(0.5 * ops.cast(clipped_log_var, z_mean.dtype))
-    return z_mean + std * eps
+    if clipped_log_var.dtype != z_mean.dtype:
+        clipped_log_var = ops.cast(clipped_log_var, z_mean.dtype)
+    return z_mean + ops.exp(0.5 * clipped_log_var) * eps
 
 
 def first_mask(mask):

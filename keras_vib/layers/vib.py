@@ -1,5 +1,7 @@
 """`VIB`: a variational information bottleneck layer."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -52,14 +54,13 @@ def _standard_normal_kl(z_mean, clipped_log_var):
 
 
 def _num_positions(per_dim_kl):
-    """The number of KL terms (positions, not dims), as float32 (static
-    where the shape is)."""
+    """The number of KL terms (positions, not dims): a Python float where
+    the shape is static (no op to run), else a float32 tensor."""
     shape = tuple(per_dim_kl.shape)[:-1]
     if all(isinstance(dim, int) for dim in shape):
-        size = 1
-        for dim in shape:
-            size *= dim
-        return ops.convert_to_tensor(float(size), "float32")
+        return float(math.prod(shape))
+    if len(shape) == 1:
+        return ops.cast(ops.shape(per_dim_kl)[0], "float32")
     positions = ops.size(per_dim_kl) // ops.shape(per_dim_kl)[-1]
     return ops.cast(positions, "float32")
 
@@ -335,8 +336,12 @@ class VIB(Sampling):
             total = ops.sum(weights * ops.sum(per_dim_kl, axis=-1))
             count = ops.sum(weights)
         if self.free_bits == 0.0:
-            # The batch-mean KL, from the sums the metric needs anyway.
-            penalty = total / ops.maximum(count, 1.0)
+            # The batch-mean KL, from the sums the metric needs anyway; an
+            # empty batch contributes 0, not NaN.
+            if isinstance(count, float):
+                penalty = total / max(count, 1.0)
+            else:
+                penalty = total / ops.maximum(count, 1.0)
         else:
             penalty = self.kl_penalty(per_dim_kl, weights)
         self.add_loss(self.kl_weight * penalty)
