@@ -5,7 +5,9 @@ Date created: 2026/12/01
 Last modified: 2026/12/01
 Description: The keras.io convolutional VAE on MNIST, ported to
     keras_vib.models.VAE: any backend, saving, log-likelihood.
-Run time: not timed yet. `--smoke`: seconds.
+Run time: 8.3 minutes end to end (499 s), measured on 2026-12-01, TensorFlow
+    backend, pinned to one core of the 2-core machine while other jobs ran
+    (load average 3.8-4.5). `--smoke`: seconds.
 """
 
 """
