@@ -12,7 +12,10 @@ each other or `conftest`.
 """
 
 import math
+import os
 import socket
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -52,6 +55,70 @@ def wait_all(procs, timeout):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def run_replica_script(script, work, modes, env, timeout):
+    """Start `python script <mode> <work>` for each `(mode, env)` at once.
+
+    Used by the multi-process tests: the replicas and the one-process
+    reference run side by side, then every process is waited for (and
+    killed on a timeout). Each must exit 0.
+
+    Args:
+        script: path of the worker script.
+        work: folder the workers write their JSON results into.
+        modes: list of `(mode, env)`, one per process.
+        env: base environment; `PYTHONPATH` gains the repository and
+            `tests/` (the workers import `helpers`).
+        timeout: seconds for each process.
+    """
+    tests = os.path.dirname(os.path.abspath(__file__))
+    path = [os.path.dirname(tests), tests, env.get("PYTHONPATH")]
+    base = dict(env, PYTHONPATH=os.pathsep.join(p for p in path if p))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), mode, str(work)],
+            env=dict(base, **extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for mode, extra in modes
+    ]
+    outputs = wait_all(procs, timeout)
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+
+
+def assert_replicas_match(pair, halves, name, rtol, atol, examples):
+    """Each replica's losses, KLs and weights equal the one-process run.
+
+    `pair` holds the two replicas' results, `halves` the one-process run
+    that feeds each global batch as the replicas' halves; `examples` is
+    the number of examples the running KL must have counted.
+    """
+    for result in pair:
+        for key in ("loss", "kl", "weights"):
+            assert len(result[name][key]) == len(halves[name][key])
+            for a, b in zip(result[name][key], halves[name][key]):
+                np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+        # Each replica counted its half; the global value adds them.
+        assert result[name]["count"] == halves[name]["count"] == examples
+    # The KL was logged, and the loss changed over the run.
+    assert all(kl > 0 for kl in halves[name]["kl"])
+    assert halves[name]["loss"][0] != halves[name]["loss"][-1]
+
+
+def assert_whole_batch_noise_differs(pair, halves, whole, name, rtol, atol):
+    """One noise draw for the whole global batch is not what the replicas
+    compute: its losses are out of tolerance by two decades (so the match
+    above cannot pass without checking the noise)."""
+    whole_loss = np.array(whole[name]["loss"])
+    gap = np.abs(whole_loss - pair[0][name]["loss"])
+    assert np.max(gap / (atol + rtol * np.abs(whole_loss))) > 100
+    np.testing.assert_allclose(
+        halves[name]["loss"][0], pair[0][name]["loss"][0], rtol=rtol
+    )
 
 
 def to_numpy(x):
