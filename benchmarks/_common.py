@@ -116,6 +116,24 @@ def command_string(argv=None):
     )
 
 
+def import_keras_quietly():
+    """Import Keras (and TensorFlow, when installed) with their C++ start-up
+    messages hidden: on a CPU-only machine they look like failures. Errors
+    still show: stderr is restored before an exception propagates."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        import keras
+
+        keras.utils.set_random_seed(0)  # seeding imports TensorFlow
+    finally:
+        os.dup2(saved, 2)
+        os.close(null)
+        os.close(saved)
+    return keras
+
+
 # --------------------------------------------------------------------- workers
 
 

@@ -51,7 +51,7 @@ def rss_mb():
 
 
 def export(root):
-    import keras
+    keras = _common.import_keras_quietly()
 
     import keras_vib as kv
 
