@@ -31,6 +31,8 @@ def _run(script, section, tmp_path, *args):
         BACKEND,
         "--output",
         str(output),
+        # The suite runs three backends side by side: the machine is busy.
+        "--force-busy",
         *args,
     ]
     result = subprocess.run(
@@ -111,12 +113,35 @@ def test_loglik_smoke(tmp_path):
     assert "peak RSS" in body
 
 
-def test_write_section_only_touches_its_section(tmp_path):
+def _load_common():
     spec = importlib.util.spec_from_file_location(
         "_common", os.path.join(REPO, "benchmarks", "_common.py")
     )
     _common = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(_common)
+    return _common
+
+
+def test_busy_machine_writes_nothing_unless_forced(tmp_path):
+    _common = _load_common()
+    busy = 1.5 * os.cpu_count() + 1.0
+    _common.LOAD_AT_START = (busy, busy, busy)
+    assert _common.machine_is_busy()
+    path = tmp_path / "doc.md"
+    path.write_text("<!-- section: a -->\nold\n<!-- end section: a -->\n")
+    assert _common.write_section(str(path), "a", "new") is False
+    assert "old" in path.read_text()
+    assert _common.write_section(str(path), "a", "new", force=True) is True
+    assert "new" in path.read_text()
+    assert "busy machine" in _common.machine_markdown(forced=True)
+    _common.LOAD_AT_START = (0.0, 0.0, 0.0)
+    assert not _common.machine_is_busy()
+    assert "busy machine" not in _common.machine_markdown(forced=True)
+
+
+def test_write_section_only_touches_its_section(tmp_path):
+    _common = _load_common()
+    _common.LOAD_AT_START = (0.0, 0.0, 0.0)  # as on a quiet machine
     path = tmp_path / "doc.md"
     path.write_text(
         "head\n<!-- section: a -->\nold\n<!-- end section: a -->\n"
