@@ -286,12 +286,31 @@ def thread_env(threads):
     return env
 
 
-def start_workers(script, specs, log_dir=None, echo=print, threads=0):
+#: glibc settings that keep freed large buffers in the heap: with the
+#: defaults, every buffer of 16 MB or so freed after a step goes back to the
+#: OS and the next step page-faults it in again (PyTorch's and TensorFlow's
+#: CPU allocators call `malloc`/`free` per tensor). The same settings the
+#: PyTorch CPU performance guide reaches with jemalloc or tcmalloc.
+MALLOC_KEEP_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(2**32),
+    "MALLOC_TRIM_THRESHOLD_": str(2**36),
+}
+
+
+def allocator_env(keep):
+    """`MALLOC_KEEP_ENV` if `keep`, else the defaults (no variables)."""
+    return dict(MALLOC_KEEP_ENV) if keep else {}
+
+
+def start_workers(
+    script, specs, log_dir=None, echo=print, threads=0, malloc_keep=False
+):
     """Start workers one at a time, so their start-up does not overlap.
 
     Args:
         specs: list of `(label, spec, env)`.
         threads: passed to `thread_env` for every worker.
+        malloc_keep: give every worker `MALLOC_KEEP_ENV`.
 
     Returns:
         `(workers, skipped)`: the started workers and `{label: reason}` for
@@ -301,7 +320,9 @@ def start_workers(script, specs, log_dir=None, echo=print, threads=0):
     for label, spec, env in specs:
         echo(f"starting {label} ...")
         try:
-            full_env = dict(thread_env(threads), **(env or {}))
+            full_env = dict(
+                thread_env(threads), **allocator_env(malloc_keep), **(env or {})
+            )
             workers.append(
                 Worker(label, script, spec, env=full_env, log_dir=log_dir)
             )
@@ -365,9 +386,9 @@ def fmt_ms(values):
     return f"{med * 1e3:.2f} ({lo * 1e3:.2f}–{hi * 1e3:.2f})"
 
 
-def fmt_ratio(values):
+def fmt_ratio(values, digits=3):
     med, lo, hi = summary(values)
-    return f"{med:.3f} ({lo:.3f}–{hi:.3f})"
+    return f"{med:.{digits}f} ({lo:.{digits}f}–{hi:.{digits}f})"
 
 
 def markdown_table(header, rows):
@@ -454,7 +475,61 @@ def base_parser(description, steps, repeats, warmup):
         default=1,
         help="intra-op threads per program (0: each library's default)",
     )
+    parser.add_argument(
+        "--malloc-keep",
+        action="store_true",
+        help="run every program with glibc's MALLOC_MMAP_THRESHOLD_ and "
+        "MALLOC_TRIM_THRESHOLD_ raised, so that large freed buffers are "
+        "reused instead of returned to the OS (see MALLOC_KEEP_ENV)",
+    )
     return parser
+
+
+def matmul_reference(shapes, rows):
+    """A compiled float32 matmul of `rows` rows by each of `shapes`.
+
+    The reference rate of a benchmark: the backend's own dense matmul
+    (`jax.jit`, `tf.function` or eager torch) in the same process.
+
+    Args:
+        shapes: list of `(inner, outer)` right-hand-side shapes.
+        rows: rows of each left-hand side.
+
+    Returns:
+        `(run, flops)`: `run()` does the matmuls and waits for them;
+        `flops` is their FLOP count, `2 * rows * inner * outer` summed.
+    """
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    lhs = [rng.standard_normal((rows, k)).astype("float32") for k, _ in shapes]
+    rhs = [rng.standard_normal(s).astype("float32") * 0.05 for s in shapes]
+    flops = float(sum(2 * rows * k * n for k, n in shapes))
+    backend = os.environ.get("KERAS_BACKEND") or keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        f = jax.jit(lambda a, b: [x @ y for x, y in zip(a, b)])
+        a = [jax.numpy.asarray(v) for v in lhs]
+        b = [jax.numpy.asarray(v) for v in rhs]
+        return (lambda: jax.block_until_ready(f(a, b))), flops
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        f = tf.function(lambda a, b: [tf.matmul(x, y) for x, y in zip(a, b)])
+        a, b = [tf.constant(v) for v in lhs], [tf.constant(v) for v in rhs]
+        return (lambda: [t.numpy() for t in f(a, b)][0][0, 0]), flops
+    import torch
+
+    a = [torch.from_numpy(v) for v in lhs]
+    b = [torch.from_numpy(v) for v in rhs]
+
+    def run():
+        with torch.no_grad():
+            return [x @ y for x, y in zip(a, b)]
+
+    return run, flops
 
 
 def backends_arg(text):

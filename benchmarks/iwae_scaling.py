@@ -142,10 +142,37 @@ def _setup_pythae(spec):
     return run
 
 
+#: The matmul reference: the decoder's largest layer on k=50 * batch rows.
+MATMUL_ROWS = 50 * BATCH
+MATMUL_SHAPES = [(HIDDEN, DATA_DIM)]
+
+
+def step_flops(k):
+    """Matmul FLOPs of one train step: forward and two backward products
+    per weight matrix, decoder on k * batch rows, encoder on batch rows."""
+    decoder = 2 * (LATENT * HIDDEN + HIDDEN * HIDDEN + HIDDEN * DATA_DIM)
+    encoder = 2 * (DATA_DIM * HIDDEN + HIDDEN * HIDDEN + 2 * HIDDEN * LATENT)
+    return 3.0 * (k * BATCH * decoder + BATCH * encoder)
+
+
 def setup(spec):
     if spec["program"] == "pythae":
-        return _setup_pythae(spec)
-    return _setup_keras(spec)
+        train = _setup_pythae(spec)
+    else:
+        train = _setup_keras(spec)
+    reference, reference_flops = _common.matmul_reference(
+        MATMUL_SHAPES, MATMUL_ROWS
+    )
+    reference()  # compile
+
+    def run(steps, k, task="step"):
+        if task == "matmul":
+            for _ in range(steps):
+                reference()
+            return {"flops": steps * reference_flops}
+        return train(steps, k)
+
+    return run
 
 
 # ------------------------------------------------------------------ parent side
@@ -162,6 +189,12 @@ def main():
         "--jit", default="on,off", help="jit_compile settings: on,off"
     )
     parser.add_argument("--no-pythae", action="store_true", help="skip Pythae")
+    parser.add_argument(
+        "--matmul-calls",
+        type=int,
+        default=10,
+        help="matmul reference calls per worker and round",
+    )
     parser.add_argument(
         "--torch-compile",
         action="store_true",
@@ -188,9 +221,8 @@ def main():
             if backend == "torch" and jit == "on" and not args.torch_compile:
                 notes.append(
                     "torch with `jit_compile=True` (`torch.compile`) is left "
-                    "out by default (`--torch-compile` adds it): compiling the "
-                    "train step did not finish within 12 minutes on this "
-                    "shared machine."
+                    "out of this run (`--torch-compile` adds it): compiling "
+                    "the train steps takes minutes."
                 )
                 continue
             label = f"keras_vib {backend} jit {jit}"
@@ -214,18 +246,24 @@ def main():
             notes.append("Pythae skipped: `pythae` is not installed.")
 
     workers, skipped = _common.start_workers(
-        os.path.abspath(__file__), specs, threads=args.threads
+        os.path.abspath(__file__),
+        specs,
+        threads=args.threads,
+        malloc_keep=args.malloc_keep,
     )
     for label, reason in skipped.items():
         notes.append(f"{label} skipped: {reason}")
     wall = {(w.label, k): [] for w in workers for k in ks}
     cpu = {(w.label, k): [] for w in workers for k in ks}
+    matmul_rate = {w.label: [] for w in workers}
+    warmup_seconds = {}
     jit_used = {}
     try:
         for w in workers:
             for k in ks:
                 print(f"warm-up {w.label} k={k}")
-                w.run(args.warmup, k=k)
+                seconds, _, _ = w.run(args.warmup, k=k)
+                warmup_seconds[w.label, k] = seconds
         for r in range(args.repeats):
             order = workers if r % 2 == 0 else workers[::-1]
             for k in ks:
@@ -234,6 +272,9 @@ def main():
                     wall[w.label, k].append(s / steps_for[k])
                     cpu[w.label, k].append(c / steps_for[k])
                     jit_used[w.label] = extra.get("jit_compile")
+            for w in order:
+                _, c, extra = w.run(args.matmul_calls, k=0, task="matmul")
+                matmul_rate[w.label].append(extra["flops"] / c / 1e9)
             print(
                 f"round {r + 1}/{args.repeats}: "
                 + ", ".join(
@@ -256,6 +297,10 @@ def main():
         for k in ks:
             key = (w.label, k)
             per_sample = [t / k for t in cpu[key]]
+            rate = [step_flops(k) / c / 1e9 for c in cpu[key]]
+            fraction = [
+                r / m for r, m in zip(rate, matmul_rate[w.label], strict=True)
+            ]
             row = [
                 w.label,
                 str(jit_used.get(w.label)),
@@ -263,6 +308,10 @@ def main():
                 _common.fmt_ms(wall[key]),
                 _common.fmt_ms(cpu[key]),
                 _common.fmt_ms(per_sample),
+                _common.fmt_ratio(rate, digits=1),
+                _common.fmt_ratio(matmul_rate[w.label], digits=1),
+                _common.fmt_ratio(fraction),
+                f"{warmup_seconds[key]:.0f}",
             ]
             if pythae and w.label != pythae:
                 row.append(
@@ -286,6 +335,10 @@ def main():
             "wall ms/step",
             "CPU ms/step",
             "CPU ms/step/k",
+            "GFLOP per CPU-s",
+            "matmul GFLOP per CPU-s",
+            "fraction of matmul",
+            "warm-up s",
             "/ Pythae wall",
             "/ Pythae CPU",
         ],
@@ -331,11 +384,29 @@ def main():
                 if args.threads
                 else "."
             ),
-            _common.machine_markdown(args.force_busy),
+            _common.machine_markdown(args.force_busy)
+            + (
+                "\n- Allocator: every program ran with glibc's "
+                + ", ".join(
+                    f"`{k}={v}`" for k, v in _common.MALLOC_KEEP_ENV.items()
+                )
+                + " (`--malloc-keep`): freed large buffers stay in the heap."
+                if args.malloc_keep
+                else "\n- Allocator: glibc defaults."
+            ),
             f"Command: `{_common.command_string()}`",
             "Median (min–max) over rounds. *CPU* is the process's CPU time "
             "(all threads); *CPU ms/step/k* is the cost per importance "
-            "sample, which should stay flat or fall as k grows. The ratio "
+            "sample, which should stay flat or fall as k grows. *GFLOP per "
+            "CPU-s* counts the step's matmul work only (forward and two "
+            "backward products per weight matrix: "
+            f"{step_flops(kmax) / 1e9:.2f} GFLOP at k={kmax}). *matmul GFLOP "
+            "per CPU-s* is the same process's rate on a plain compiled matmul "
+            f"of the decoder's largest layer ({MATMUL_ROWS}×{HIDDEN} @ "
+            f"{HIDDEN}×{DATA_DIM}, {args.matmul_calls} calls after each "
+            "round), and the *fraction* divides the two, round by round. "
+            "*Warm-up s* is the wall time of the first steps (tracing and "
+            "compilation included). The ratio "
             "columns divide by Pythae's time at the same k in the same round "
             "(below 1: keras_vib is faster). The machine is shared with "
             "other developers' jobs, so wall times are noisy; quote the "

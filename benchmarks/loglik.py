@@ -36,6 +36,8 @@ LATENT = 50
 BATCH = 100
 #: Multiply-adds of one decoder row, times 2: the FLOPs of its three matmuls.
 DECODER_FLOPS = 2 * (LATENT * HIDDEN + HIDDEN * HIDDEN + HIDDEN * DATA_DIM)
+#: The decoder's three weight shapes: the matmul reference.
+MATMUL_SHAPES = [(LATENT, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, DATA_DIM)]
 
 
 # ------------------------------------------------------------------ worker side
@@ -59,45 +61,6 @@ def _model():
 
     encoder, decoder = _common.iwae_paper_networks(DATA_DIM, HIDDEN, LATENT)
     return VAE(encoder, decoder, seed=0)
-
-
-def _matmul_reference(rows):
-    """A compiled function running the decoder's three matmuls on `rows` rows."""
-    import keras
-    import numpy as np
-
-    rng = np.random.default_rng(1)
-    shapes = [(LATENT, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, DATA_DIM)]
-    lhs = [rng.standard_normal((rows, k)).astype("float32") for k, _ in shapes]
-    rhs = [rng.standard_normal(s).astype("float32") * 0.05 for s in shapes]
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        f = jax.jit(lambda a, b: [x @ y for x, y in zip(a, b)])
-        a, b = (
-            [jax.numpy.asarray(v) for v in lhs],
-            [jax.numpy.asarray(v) for v in rhs],
-        )
-        return lambda: jax.block_until_ready(f(a, b))
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        f = tf.function(lambda a, b: [tf.matmul(x, y) for x, y in zip(a, b)])
-        a, b = [tf.constant(v) for v in lhs], [tf.constant(v) for v in rhs]
-        return lambda: [t.numpy() for t in f(a, b)][0][0, 0]
-    import torch
-
-    a, b = (
-        [torch.from_numpy(v) for v in lhs],
-        [torch.from_numpy(v) for v in rhs],
-    )
-
-    def run():
-        with torch.no_grad():
-            return [x @ y for x, y in zip(a, b)]
-
-    return run
 
 
 def _rss_mb(field):
@@ -182,7 +145,7 @@ def setup(spec):
         if task == "matmul":
             if reference is None or rows != params["rows"]:
                 rows = params["rows"]
-                reference = _matmul_reference(rows)
+                reference, _ = _common.matmul_reference(MATMUL_SHAPES, rows)
                 reference()  # compile
             for _ in range(steps):
                 reference()
@@ -283,6 +246,7 @@ def main():
             script,
             [(f"loglik {backend}", spec, {"KERAS_BACKEND": backend})],
             threads=args.threads,
+            malloc_keep=args.malloc_keep,
         )
         if not workers:
             rate_rows.append(
@@ -361,6 +325,7 @@ def main():
                     )
                 ],
                 threads=args.threads,
+                malloc_keep=args.malloc_keep,
             )
             if not workers:
                 rss_rows.append([backend, str(k), "skipped", "–", "–", "–"])

@@ -147,6 +147,10 @@ class Likelihood(keras.layers.Layer):
             float32 tensor `(batch,)` or `(k, batch)`.
         """
         event_ndim = _check_event_shape(x, outputs)
+        return self._log_prob_summed(x, outputs, event_ndim)
+
+    def _log_prob_summed(self, x, outputs, event_ndim):
+        # Subclasses with a fused form of the sum override this.
         per_element = self._log_prob_elementwise(x, outputs)
         if event_ndim == 0:
             return per_element
@@ -236,6 +240,14 @@ class Bernoulli(Likelihood):
     def __init__(self, from_logits=True, **kwargs):
         super().__init__(**kwargs)
         self.from_logits = check_bool("from_logits", from_logits)
+
+    def _log_prob_summed(self, x, outputs, event_ndim):
+        if self.from_logits and event_ndim:
+            # The sum inside the op's custom gradient: one backward pass.
+            return vib_ops.bernoulli_log_prob(
+                x, outputs, axis=_event_axes(outputs, event_ndim)
+            )
+        return super()._log_prob_summed(x, outputs, event_ndim)
 
     def _log_prob_elementwise(self, x, outputs):
         if self.from_logits:

@@ -385,3 +385,27 @@ def run_layer_test(
         for loss in layer.losses:
             assert dtype_of(loss) == "float32"
             assert np.isfinite(float(to_numpy(loss)))
+
+
+def gradients(fn, tensors):
+    """Gradients of the scalar fn(*tensors) with respect to `tensors`."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tensors = [tf.constant(t) for t in tensors]
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            value = fn(*tensors)
+        return [g.numpy() for g in tape.gradient(value, tensors)]
+    if backend == "jax":
+        import jax
+
+        grad_fn = jax.jit(jax.grad(lambda ts: fn(*ts)))
+        grads = grad_fn([keras.ops.convert_to_tensor(t) for t in tensors])
+        return [np.asarray(g) for g in grads]
+    import torch
+
+    tensors = [torch.tensor(np.asarray(t), requires_grad=True) for t in tensors]
+    grads = torch.autograd.grad(fn(*tensors), tensors)
+    return [g.detach().cpu().numpy() for g in grads]

@@ -75,6 +75,55 @@ def test_chunking_is_exact_and_seed_reproducible():
     assert np.max(np.abs(other_seed - one_chunk)) > 1e-3
 
 
+def test_draws_follow_the_documented_block_seeds():
+    # The estimate for a seed is a function of the documented noise scheme
+    # only: block j of batch b is NumPy's default_rng(SeedSequence([seed, b,
+    # j])) drawing (NOISE_BLOCK, batch rows, latent) normals. Recomputed here
+    # in NumPy, with a short last batch and a short last chunk.
+    from keras_vib.models.log_likelihood import NOISE_BLOCK
+
+    lg = linear_gaussian()
+    x = lg.sample_x(11)
+    model = _model(lg, models.IWAE, mean_scale=0.5, log_var_shift=1.0)
+    seed, num_samples, batch_size = 7, 70, 4
+    est = model.log_likelihood(
+        x,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        chunk_size=9,
+        seed=seed,
+        verbose=0,
+    )
+    expected = []
+    for b, start in enumerate(range(0, len(x), batch_size)):
+        x_batch = x[start : start + batch_size]
+        blocks = [
+            np.random.default_rng(
+                np.random.SeedSequence([seed, b, j]).generate_state(1)[0]
+            ).standard_normal(
+                (NOISE_BLOCK, len(x_batch), LATENT), dtype=np.float32
+            )
+            for j in range(-(-num_samples // NOISE_BLOCK))
+        ]
+        noise = np.concatenate(blocks)[:num_samples]
+        mean, log_var = model.encode(x_batch)
+        log_w = ops.convert_to_numpy(
+            losses.iwae_log_weights(
+                x_batch,
+                mean,
+                log_var,
+                model.decoder,
+                noise,
+                likelihood=model.likelihood,
+            )
+        ).astype("float64")
+        top = log_w.max(axis=0)
+        expected.append(
+            top + np.log(np.exp(log_w - top).sum(axis=0)) - np.log(num_samples)
+        )
+    np.testing.assert_allclose(est, np.concatenate(expected), atol=2e-4)
+
+
 def test_bad_arguments():
     lg = linear_gaussian()
     model = _model(lg)

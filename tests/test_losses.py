@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from helpers import LATENT
 from helpers import D
+from helpers import gradients
 from helpers import linear_gaussian
 from keras import ops
 
@@ -83,30 +84,6 @@ def test_exact_posterior_gives_exact_log_px_for_any_k():
         np.testing.assert_allclose(b, lg.log_px(x), atol=2e-4)
 
 
-def _grad_wrt(fn, tensors):
-    """Gradients of the scalar fn(*tensors) with respect to `tensors`."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        tensors = [tf.constant(t) for t in tensors]
-        with tf.GradientTape() as tape:
-            tape.watch(tensors)
-            value = fn(*tensors)
-        return [g.numpy() for g in tape.gradient(value, tensors)]
-    if backend == "jax":
-        import jax
-
-        grad_fn = jax.jit(jax.grad(lambda ts: fn(*ts)))
-        grads = grad_fn([ops.convert_to_tensor(t) for t in tensors])
-        return [np.asarray(g) for g in grads]
-    import torch
-
-    tensors = [torch.tensor(np.asarray(t), requires_grad=True) for t in tensors]
-    grads = torch.autograd.grad(fn(*tensors), tensors)
-    return [g.detach().cpu().numpy() for g in grads]
-
-
 def test_dreg_same_value_lower_encoder_gradient_variance():
     lg = linear_gaussian()
     x = lg.sample_x(1)
@@ -141,7 +118,7 @@ def test_dreg_same_value_lower_encoder_gradient_variance():
     np.testing.assert_array_equal(values["iwae"], values["dreg"])
     grads = {
         e: np.concatenate(
-            _grad_wrt(lambda m, lv: ops.sum(bound(e)(m, lv)), [m0, lv0]), axis=1
+            gradients(lambda m, lv: ops.sum(bound(e)(m, lv)), [m0, lv0]), axis=1
         )
         for e in ("iwae", "dreg")
     }

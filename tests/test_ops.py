@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from helpers import Z_TOLERANCE
 from helpers import assert_moments
+from helpers import gradients
 from helpers import to_numpy
 from hypothesis import given
 from hypothesis import strategies as st
@@ -346,4 +347,72 @@ def test_log_mean_exp_is_float32_for_half_inputs():
         to_numpy(result),
         special.logsumexp(x.astype("float64"), axis=0) - np.log(2),
         rtol=1e-6,
+    )
+
+
+# --- Bernoulli log-density: the custom gradient ----------------------------
+
+
+@pytest.mark.parametrize(
+    "x_shape, logits_shape, axis",
+    [
+        ((4, 7), (3, 4, 7), -1),  # x broadcast over k samples, as in IWAE
+        ((4, 7), (3, 4, 7), None),
+        ((4, 2, 7), (4, 2, 7), (1, 2)),
+        ((4, 7), (1, 7), 0),  # logits broadcast over the batch
+    ],
+)
+def test_bernoulli_log_prob_gradient_matches_closed_form(
+    x_shape, logits_shape, axis
+):
+    # d/dl = x - sigmoid(l) and d/dx = l, summed back over broadcast axes;
+    # l = 0 is included, where the true gradient is x - 1/2.
+    x = RNG.uniform(size=x_shape).astype("float32")
+    logits = RNG.normal(scale=4.0, size=logits_shape).astype("float32")
+    logits.flat[::3] = 0.0
+    out_shape = np.broadcast_shapes(x_shape, logits_shape)
+    value = vib_ops.bernoulli_log_prob(x, logits, axis=axis)
+    weight = RNG.normal(size=tuple(value.shape)).astype("float32")
+
+    def weighted(x, logits):
+        log_p = vib_ops.bernoulli_log_prob(x, logits, axis=axis)
+        return keras.ops.sum(log_p * keras.ops.convert_to_tensor(weight))
+
+    d_x, d_logits = gradients(weighted, [x, logits])
+    if axis is None:
+        w = weight
+    else:
+        w = np.expand_dims(weight, axis)
+    w = np.broadcast_to(w, out_shape).astype("float64")
+    x64 = np.broadcast_to(x, out_shape).astype("float64")
+    l64 = np.broadcast_to(logits, out_shape).astype("float64")
+    expected_logits = w * (x64 - special.expit(l64))
+    expected_x = w * l64
+
+    def reduce_to(g, shape):
+        extra = g.ndim - len(shape)
+        g = g.sum(axis=tuple(range(extra)))
+        axes = tuple(
+            i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1
+        )
+        return g.sum(axis=axes, keepdims=True)
+
+    np.testing.assert_allclose(
+        d_logits, reduce_to(expected_logits, logits_shape), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        d_x, reduce_to(expected_x, x_shape), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_bernoulli_log_prob_gradient_for_logits_only():
+    # Data are constants (no gradient for x): only the logits' gradient.
+    x = (RNG.uniform(size=(5, 6)) < 0.5).astype("float32")
+    logits = RNG.normal(scale=2.0, size=(2, 5, 6)).astype("float32")
+    (d_logits,) = gradients(
+        lambda logits: keras.ops.sum(vib_ops.bernoulli_log_prob(x, logits)),
+        [logits],
+    )
+    np.testing.assert_allclose(
+        d_logits, x - special.expit(logits.astype("float64")), atol=1e-6
     )

@@ -15,6 +15,7 @@ The draws come from NumPy's generator, so they are also the same on every
 backend. They depend on `seed` and `batch_size`.
 """
 
+import concurrent.futures
 import math
 import weakref
 
@@ -190,21 +191,67 @@ def log_likelihood(
     chunk_fn = _cached_chunk_function(model)
     log_k = math.log(num_samples)
     results = []
-    for b in range(num_batches):
-        x_batch = x[b * batch_size : (b + 1) * batch_size]
-        num_real = x_batch.shape[0]
-        # Pad the last batch (and below, the last chunk) to the full shape,
-        # so that each shape is traced and compiled once.
-        if num_real < batch_size:
-            pad = [(0, batch_size - num_real)] + [(0, 0)] * (x.ndim - 1)
-            x_batch = np.pad(x_batch, pad, mode="edge")
-        x_batch = ops.convert_to_tensor(x_batch, "float32")
-        z_mean, z_log_var = _encode_for_evaluation(model, x_batch)
+    noise_stream = _noise_stream(
+        seed, n, batch_size, num_samples, chunk_size, _latent_shape(model, x)
+    )
+    # The next chunk's noise is drawn on a second thread (NumPy releases
+    # the GIL while it draws) while the backend evaluates this chunk.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(next, noise_stream)
+        for b in range(num_batches):
+            x_batch = x[b * batch_size : (b + 1) * batch_size]
+            num_real = x_batch.shape[0]
+            # Pad the last batch (and the last chunk, see `_noise_stream`)
+            # to the full shape, so that each shape is compiled once.
+            if num_real < batch_size:
+                pad = [(0, batch_size - num_real)] + [(0, 0)] * (x.ndim - 1)
+                x_batch = np.pad(x_batch, pad, mode="edge")
+            x_batch = ops.convert_to_tensor(x_batch, "float32")
+            z_mean, z_log_var = _encode_for_evaluation(model, x_batch)
+            total = None
+            for _ in range(num_chunks):
+                noise, mask = pending.result()
+                pending = pool.submit(next, noise_stream, None)
+                chunk = chunk_fn(
+                    x_batch,
+                    z_mean,
+                    z_log_var,
+                    ops.convert_to_tensor(noise, z_mean.dtype),
+                    ops.convert_to_tensor(mask),
+                )
+                total = chunk if total is None else ops.logaddexp(total, chunk)
+                if progbar is not None:
+                    progbar.add(1)
+            results.append(ops.convert_to_numpy(total - log_k)[:num_real])
+    return np.concatenate(results).astype("float32")
+
+
+def _latent_shape(model, x):
+    latent_shape = getattr(model, "latent_shape", None)
+    if latent_shape is None:
+        latent_shape = tuple(
+            _encode_for_evaluation(
+                model, ops.convert_to_tensor(x[:1], "float32")
+            )[0].shape[1:]
+        )
+    return tuple(latent_shape)
+
+
+def _noise_stream(seed, n, batch_size, num_samples, chunk_size, latent_shape):
+    """Yield `(noise, mask)` for every chunk of every batch, in order.
+
+    `noise` is `(chunk_size, batch_size) + latent_shape`; the last chunk is
+    padded with zeros and `mask` (`(chunk_size,)`) is 0 for real samples
+    and -inf for padding.
+    """
+    for b in range(math.ceil(n / batch_size)):
+        num_real = min(batch_size, n - b * batch_size)
         blocks = {}
-        total = None
         for start in range(0, num_samples, chunk_size):
             stop = min(start + chunk_size, num_samples)
-            noise = _noise(blocks, seed, b, num_real, start, stop, z_mean)
+            noise = _noise(
+                blocks, seed, b, num_real, start, stop, batch_size, latent_shape
+            )
             mask = np.zeros(chunk_size, "float32")
             if stop - start < chunk_size:
                 pad = [(0, chunk_size - (stop - start))] + [(0, 0)] * (
@@ -212,18 +259,7 @@ def log_likelihood(
                 )
                 noise = np.pad(noise, pad)
                 mask[stop - start :] = -np.inf
-            chunk = chunk_fn(
-                x_batch,
-                z_mean,
-                z_log_var,
-                ops.convert_to_tensor(noise, z_mean.dtype),
-                ops.convert_to_tensor(mask),
-            )
-            total = chunk if total is None else ops.logaddexp(total, chunk)
-            if progbar is not None:
-                progbar.add(1)
-        results.append(ops.convert_to_numpy(total - log_k)[:num_real])
-    return np.concatenate(results).astype("float32")
+            yield noise, mask
 
 
 def _encode_for_evaluation(model, x_batch):
@@ -235,19 +271,21 @@ def _encode_for_evaluation(model, x_batch):
     return model.encode(x_batch)
 
 
-def _noise(blocks, seed, batch_index, num_real, start, stop, z_mean):
+def _noise(
+    blocks, seed, batch_index, num_real, start, stop, batch_size, latent_shape
+):
     """Standard normal noise for samples [start, stop) of one batch.
 
     Slices of per-block draws, each block from its own seed. The draws are
     made with NumPy on the host: no per-shape compilation on JAX, and the
-    same noise on every backend. Padding rows (beyond `num_real`) repeat
-    the first row's noise; their results are discarded.
+    same noise on every backend. Padding rows (beyond `num_real`, up to
+    `batch_size`) repeat the first row's noise; their results are discarded.
     """
     first, last = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
     for index in list(blocks):
         if index < first:
             del blocks[index]
-    shape = (NOISE_BLOCK, num_real) + tuple(z_mean.shape[1:])
+    shape = (NOISE_BLOCK, num_real) + tuple(latent_shape)
     for index in range(first, last + 1):
         if index not in blocks:
             rng = np.random.default_rng(_block_seed(seed, batch_index, index))
@@ -255,7 +293,7 @@ def _noise(blocks, seed, batch_index, num_real, start, stop, z_mean):
     noise = np.concatenate([blocks[i] for i in range(first, last + 1)], axis=0)
     offset = start - first * NOISE_BLOCK
     noise = noise[offset : offset + (stop - start)]
-    num_pad = z_mean.shape[0] - num_real
+    num_pad = batch_size - num_real
     if num_pad:
         noise = np.concatenate(
             [noise, np.repeat(noise[:, :1], num_pad, axis=1)], axis=1
