@@ -302,6 +302,17 @@ def allocator_env(keep):
     return dict(MALLOC_KEEP_ENV) if keep else {}
 
 
+def allocator_markdown(keep):
+    """The allocator line of a section's machine description."""
+    if not keep:
+        return "\n- Allocator: glibc defaults."
+    settings = ", ".join(f"`{k}={v}`" for k, v in MALLOC_KEEP_ENV.items())
+    return (
+        f"\n- Allocator: every program ran with glibc's {settings} "
+        "(`--malloc-keep`): freed large buffers stay in the heap."
+    )
+
+
 def start_workers(
     script, specs, log_dir=None, echo=print, threads=0, malloc_keep=False
 ):

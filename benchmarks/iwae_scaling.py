@@ -385,15 +385,7 @@ def main():
                 else "."
             ),
             _common.machine_markdown(args.force_busy)
-            + (
-                "\n- Allocator: every program ran with glibc's "
-                + ", ".join(
-                    f"`{k}={v}`" for k, v in _common.MALLOC_KEEP_ENV.items()
-                )
-                + " (`--malloc-keep`): freed large buffers stay in the heap."
-                if args.malloc_keep
-                else "\n- Allocator: glibc defaults."
-            ),
+            + _common.allocator_markdown(args.malloc_keep),
             f"Command: `{_common.command_string()}`",
             "Median (min–max) over rounds. *CPU* is the process's CPU time "
             "(all threads); *CPU ms/step/k* is the cost per importance "
@@ -417,7 +409,10 @@ def main():
     )
     if not args.no_write:
         _common.write_section(
-            args.output, "iwae_scaling", body, force=args.force_busy
+            args.output,
+            "iwae_scaling" + ("_malloc_keep" if args.malloc_keep else ""),
+            body,
+            force=args.force_busy,
         )
     return 0
 

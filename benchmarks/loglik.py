@@ -391,7 +391,8 @@ def main():
                 if args.threads
                 else "."
             ),
-            _common.machine_markdown(args.force_busy),
+            _common.machine_markdown(args.force_busy)
+            + _common.allocator_markdown(args.malloc_keep),
             f"Command: `{_common.command_string()}`",
             "Throughput. CPU-time rates are the ones to quote on this shared "
             "machine; wall-time rates depend on what else was running:\n\n"
@@ -404,7 +405,10 @@ def main():
     )
     if not args.no_write:
         _common.write_section(
-            args.output, "loglik", body, force=args.force_busy
+            args.output,
+            "loglik" + ("_malloc_keep" if args.malloc_keep else ""),
+            body,
+            force=args.force_busy,
         )
     return 0
 

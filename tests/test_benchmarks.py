@@ -71,7 +71,7 @@ def test_iwae_scaling_smoke(tmp_path):
     jit = "off" if BACKEND == "torch" else "on"
     body = _run(
         "iwae_scaling.py",
-        "iwae_scaling",
+        "iwae_scaling_malloc_keep",
         tmp_path,
         "--k",
         "1,2",
@@ -84,8 +84,13 @@ def test_iwae_scaling_smoke(tmp_path):
         "1",
         "--warmup",
         "1",
+        "--matmul-calls",
+        "1",
+        "--malloc-keep",
     )
     assert f"keras_vib {BACKEND} jit {jit}" in body
+    assert "fraction of matmul" in body
+    assert "MALLOC_TRIM_THRESHOLD_" in body
 
 
 def test_loglik_smoke(tmp_path):
