@@ -193,9 +193,10 @@ class Worker:
         spec: JSON-serialisable dict passed to the worker's `setup`.
         env: extra environment variables (e.g. `KERAS_BACKEND`).
         log_dir: directory for the worker's stderr log.
+        cpu: optional CPU index the worker process is pinned to.
     """
 
-    def __init__(self, label, script, spec, env=None, log_dir=None):
+    def __init__(self, label, script, spec, env=None, log_dir=None, cpu=None):
         self.label = label
         full_env = dict(os.environ)
         full_env.update(env or {})
@@ -216,6 +217,7 @@ class Worker:
             bufsize=1,
             env=full_env,
             cwd=REPO_DIR,
+            preexec_fn=None if cpu is None else _pin_to(cpu),
         )
         self._receive()  # wait for "ready"
 
@@ -302,6 +304,23 @@ def allocator_env(keep):
     return dict(MALLOC_KEEP_ENV) if keep else {}
 
 
+def _pin_to(cpu):
+    def pin():
+        os.sched_setaffinity(0, {cpu})
+
+    return pin
+
+
+def single_cpu():
+    """The CPU that one-thread workers are pinned to: the last one allowed.
+
+    With one intra-op thread per program, pinning keeps a runtime's helper
+    threads (e.g. XLA:CPU's pool, which `--xla_cpu_multi_thread_eigen`
+    does not cover) off the other cores, so CPU time is one core's work.
+    """
+    return max(os.sched_getaffinity(0))
+
+
 def allocator_markdown(keep):
     """The allocator line of a section's machine description."""
     if not keep:
@@ -335,7 +354,14 @@ def start_workers(
                 thread_env(threads), **allocator_env(malloc_keep), **(env or {})
             )
             workers.append(
-                Worker(label, script, spec, env=full_env, log_dir=log_dir)
+                Worker(
+                    label,
+                    script,
+                    spec,
+                    env=full_env,
+                    log_dir=log_dir,
+                    cpu=single_cpu() if threads == 1 else None,
+                )
             )
         except WorkerError as e:
             skipped[label] = str(e).strip().splitlines()[-1]

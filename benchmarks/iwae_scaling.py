@@ -380,7 +380,8 @@ def main():
             f"k, after {args.warmup} warm-up steps per k; one process per row "
             "group"
             + (
-                f", limited to {args.threads} intra-op thread(s) (`--threads`)."
+                f", limited to {args.threads} intra-op thread(s) (`--threads`)"
+                + (", pinned to one core." if args.threads == 1 else ".")
                 if args.threads
                 else "."
             ),

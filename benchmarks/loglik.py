@@ -387,7 +387,14 @@ def main():
             "each evaluation block is compared with the mean of its two "
             "neighbours"
             + (
-                f". Every program is limited to {args.threads} intra-op thread(s)."
+                f". Every program is limited to {args.threads} intra-op "
+                "thread(s)"
+                + (
+                    ", pinned to one core (the noise thread of "
+                    "`log_likelihood` shares it; its CPU time is included)."
+                    if args.threads == 1
+                    else "."
+                )
                 if args.threads
                 else "."
             ),
