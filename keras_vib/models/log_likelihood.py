@@ -32,8 +32,12 @@ from keras_vib._validation import check_verbose
 
 #: Noise granularity in samples (independent of `chunk_size`).
 NOISE_BLOCK = 32
-#: Default decoder rows per chunk (`chunk_size * batch_size`).
-_ROWS_PER_CHUNK = 16384
+#: Default decoder rows per chunk (`chunk_size * batch_size`). Measured on
+#: the 784-200-200-50 MNIST model, one CPU thread: about 1,000 rows was the
+#: fastest on all three backends (1.5x TensorFlow's and 2.2x eager torch's
+#: rate at 16,000 rows, whose 50 MB temporaries the allocator maps and
+#: page-faults in again on every operation).
+_ROWS_PER_CHUNK = 1024
 
 
 def _block_seed(seed, batch_index, block_index):
@@ -130,7 +134,7 @@ def log_likelihood(
         num_samples: int >= 1, K.
         batch_size: int >= 1, examples per encoder call.
         chunk_size: int >= 1 or `None`, samples per decoder call (the decoder
-            sees `chunk_size * batch_size` rows). `None` picks about 16384
+            sees `chunk_size * batch_size` rows). `None` picks about 1024
             rows. It changes memory and speed, not the result (see the
             module docstring).
         seed: int or `None`. The same int (with the same `batch_size`) gives
