@@ -239,7 +239,8 @@ def main():
                 (
                     "pythae (torch)",
                     {"program": "pythae", "ks": ks, "max_steps": max_steps},
-                    {},
+                    # Its matmul reference must be torch's, like its steps.
+                    {"KERAS_BACKEND": "torch"},
                 )
             )
         else:
