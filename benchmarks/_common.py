@@ -321,6 +321,18 @@ def single_cpu():
     return max(os.sched_getaffinity(0))
 
 
+def _pinned_cpu(threads):
+    """`single_cpu()` for one-thread workers on a quiet machine, else None.
+
+    On a busy machine (e.g. a test suite running beside it) every worker
+    pinned to one core would queue behind the others; such a run may only
+    be written with `--force-busy`, which says to compare ratios only.
+    """
+    if threads != 1 or machine_is_busy():
+        return None
+    return single_cpu()
+
+
 def allocator_markdown(keep):
     """The allocator line of a section's machine description."""
     if not keep:
@@ -360,7 +372,7 @@ def start_workers(
                     spec,
                     env=full_env,
                     log_dir=log_dir,
-                    cpu=single_cpu() if threads == 1 else None,
+                    cpu=_pinned_cpu(threads),
                 )
             )
         except WorkerError as e:

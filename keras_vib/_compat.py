@@ -14,6 +14,13 @@ try:  # Private: divides a loss by the number of tf.distribute replicas.
 except ImportError:  # pragma: no cover - only on an incompatible Keras
     _scale_loss_for_distribution = None
 
+try:  # Private: the `StatelessScope` a stateless computation runs in.
+    from keras.src.backend.common.stateless_scope import (
+        get_stateless_scope as _get_stateless_scope,
+    )
+except ImportError:  # pragma: no cover - only on an incompatible Keras
+    _get_stateless_scope = None
+
 
 def _missing(what):
     return RuntimeError(
@@ -58,6 +65,22 @@ def is_detached(variable):
     if not hasattr(variable, "_value"):
         raise _missing("Variable._value")
     return variable._value is None
+
+
+def is_outside_stateless_state(variable):
+    """Whether `variable` is read inside a `StatelessScope` that lacks it.
+
+    JAX's jitted train and test steps compute the metrics in a stateless
+    scope that maps only the metric variables: a layer variable read there
+    gives its value from before the step (a constant baked into the compiled
+    step), not the step's.
+    """
+    if _get_stateless_scope is None:
+        raise _missing(
+            "keras.src.backend.common.stateless_scope.get_stateless_scope"
+        )
+    scope = _get_stateless_scope()
+    return scope is not None and scope.get_current_value(variable) is None
 
 
 def connected_operations(tensors):

@@ -32,6 +32,16 @@ def test_is_detached_reads_a_variable_state():
     assert _compat.is_detached(variable) is False, "_compat.is_detached broke"
 
 
+def test_is_outside_stateless_state_sees_the_scope_mapping():
+    variable = keras.Variable(1.0)
+    other = keras.Variable(2.0)
+    message = "_compat.is_outside_stateless_state broke"
+    assert _compat.is_outside_stateless_state(variable) is False, message
+    with keras.StatelessScope(state_mapping=[(other, np.float32(3.0))]):
+        assert _compat.is_outside_stateless_state(variable) is True, message
+        assert _compat.is_outside_stateless_state(other) is False, message
+
+
 def test_connected_operations_walks_both_directions():
     inputs = keras.Input((4,))
     h = keras.layers.Dense(3, name="up")(inputs)

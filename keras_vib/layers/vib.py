@@ -36,20 +36,14 @@ def _batch_mean(per_dim, weights=None):
     return ops.sum(weights * per_dim, axis=0) / ops.maximum(total, 1.0)
 
 
-def _as_float32(x):
-    # Skips a cast op (a graph node, or a copy in eager torch) when possible.
-    if keras.backend.standardize_dtype(x.dtype) == "float32":
-        return x
-    return ops.cast(x, "float32")
-
-
 def _standard_normal_kl(z_mean, clipped_log_var):
     """Per-dimension KL to N(0, I) of float32, already clamped inputs."""
     # The same closed form as `keras_vib.ops.gaussian_kl`, without its
-    # argument checks and second clamp: this runs on every training step.
+    # argument checks and second clamp: this runs on every training step
+    # (Python operators, not `keras.ops`, where they suffice: eager torch
+    # pays Keras's dispatch on each op).
     return 0.5 * (
-        ops.square(z_mean)
-        + ops.relu(ops.expm1(clipped_log_var) - clipped_log_var)
+        z_mean * z_mean + ops.relu(ops.expm1(clipped_log_var) - clipped_log_var)
     )
 
 
@@ -92,8 +86,10 @@ class _RunningKL(keras.metrics.Metric):
     backend (JAX's `stateless_call` maps non-trainable variables but not
     metric variables); this metric only reads and resets them, so the KL
     shows in `fit`/`evaluate` logs and `History` everywhere. Under JAX the
-    per-batch value (progress bar) is NaN: the state is detached during a
-    jitted epoch. The epoch value is exact on every backend.
+    per-batch value (progress bar, `train_on_batch`) is NaN: the jitted step
+    computes it in a stateless scope without the layer's variables (which
+    are detached during a jitted epoch). The epoch value is exact on every
+    backend.
     """
 
     def __init__(self, total, count, name):
@@ -101,14 +97,10 @@ class _RunningKL(keras.metrics.Metric):
         # A closure, not attributes: the metric must not track the layer's
         # variables as its own, or JAX would carry two copies of the state.
         self._layer_variables = lambda: (total, count)
-        # Made once, eagerly, with the layer (see `reset_state`). Not on JAX:
-        # a jitted step donates (frees) the buffers of the state it is given,
-        # so a shared zero would be freed by the first step.
-        self._zero = (
-            None
-            if keras.backend.backend() == "jax"
-            else ops.zeros((), "float32")
-        )
+        # Made once, eagerly, with the layer (see `reset_state`). On JAX it
+        # is only a template: a jitted step donates (frees) the buffers of
+        # the state it is given, so each reset needs a buffer of its own.
+        self._zero = ops.zeros((), "float32")
 
     def update_state(self, *args, **kwargs):
         # The owning layer updates the variables in its forward pass.
@@ -116,17 +108,28 @@ class _RunningKL(keras.metrics.Metric):
 
     def result(self):
         total, count = self._layer_variables()
-        if _compat.is_detached(total):
+        # JAX: inside a jitted step (or a jitted epoch's state) the step's
+        # sums are out of reach; say so rather than show a stale value.
+        if _compat.is_detached(total) or _compat.is_outside_stateless_state(
+            total
+        ):
             return ops.convert_to_tensor(float("nan"))
-        return ops.divide(total.value, ops.maximum(count.value, 1.0))
+        # No examples yet: 0, as Keras's `Mean` reports.
+        return ops.divide_no_nan(total.value, count.value)
 
     def reset_state(self):
-        # `train_on_batch` resets every metric on every call, eagerly:
-        # assigning a ready-made zero skips a conversion per variable, which
-        # on TensorFlow costs more than the layer's graph ops.
+        # `train_on_batch` resets every metric on every call, eagerly.
+        backend = keras.backend.backend()
         for variable in self._layer_variables():
-            zero = self._zero
-            variable.assign(ops.zeros((), "float32") if zero is None else zero)
+            if backend == "tensorflow":
+                # Keras's `assign` converts the value again and reads the
+                # variable back (an eager op each); TensorFlow can skip both.
+                variable.value.assign(self._zero, read_value=False)
+            elif backend == "jax":
+                # A new buffer: one multiply costs a fifth of `jnp.zeros`.
+                variable.assign(self._zero * 0.0)
+            else:
+                variable.assign(self._zero)
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
@@ -144,8 +147,11 @@ class VIB(Sampling):
     unmasked positions only. The loss is added in training and in
     evaluation, so `val_loss` is comparable to `loss`. The mean KL in nats
     is logged under `log_name` (`kl` by default) in `fit` and `evaluate`
-    logs and in `History`, on every backend. The KL is computed in float32
-    under mixed precision.
+    logs and in `History`, on every backend (on JAX the per-batch value,
+    in the progress bar and from `train_on_batch`/`test_on_batch`, is NaN:
+    Keras computes it inside the jitted step, out of the layer's reach; the
+    batch's KL is then `total / count` of `running_kl()`). The KL is
+    computed in float32 under mixed precision.
 
     `kl_weight` lives in a non-trainable float32 variable
     (`layer.kl_weight`): it is saved with the model's weights, and the
@@ -322,10 +328,17 @@ class VIB(Sampling):
 
     def call(self, inputs, training=None, mask=None):
         z_mean, z_log_var = self._check_inputs(inputs)
+        dtypes = self._input_dtypes
+        # The KL in float32 (also under mixed precision).
+        if dtypes.log_var != "float32":
+            z_log_var = ops.cast(z_log_var, "float32")
         # Clamped once, for both the KL and the sample.
-        log_var = vib_ops.clip_log_var(_as_float32(z_log_var))
+        log_var = vib_ops.clip_log_var(z_log_var)
         if self.prior is None:
-            per_dim_kl = _standard_normal_kl(_as_float32(z_mean), log_var)
+            mean = z_mean
+            if dtypes.mean != "float32":
+                mean = ops.cast(mean, "float32")
+            per_dim_kl = _standard_normal_kl(mean, log_var)
         else:  # One Monte Carlo estimate per example, as a single "dim".
             per_dim_kl = self.prior.kl(z_mean, log_var)[..., None]
         weights = _mask_weights(mask)
@@ -344,9 +357,10 @@ class VIB(Sampling):
                 penalty = total / ops.maximum(count, 1.0)
         else:
             penalty = self.kl_penalty(per_dim_kl, weights)
-        self.add_loss(self.kl_weight * penalty)
+        self.add_loss(penalty * self.kl_weight.value)
         # Running sums over examples, so the logged KL is the epoch mean.
-        self._kl_total.assign_add(ops.stop_gradient(total))
+        # No `stop_gradient`: no backend differentiates through an assign.
+        self._kl_total.assign_add(total)
         self._kl_count.assign_add(count)
         return self._sample_clipped(z_mean, log_var, training)
 
