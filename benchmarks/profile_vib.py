@@ -5,11 +5,13 @@ convolution, so the bottleneck's own cost hides in the noise. Here the
 network around it is tiny (Dense(64) -> two Dense(128) heads -> bottleneck
 -> Dense(1), batch 32), so (a) keras_vib `VIB`, (b) the floor `z = z_mean`
 and (c) the bojone/vib port differ mostly by the bottleneck itself. Each
-program runs in its own process (interleaved rounds, CPU time per training
-step, run by `train_on_batch` and by `fit`). Then one process per backend runs `cProfile` (with
-CPU time as its clock) over the steps of (a) and (c) and reports the time
-spent inside the bottleneck layer's `call` (forward pass only; the backward
-pass runs in the backend's autograd and is not attributed to Python frames).
+worker process holds all three programs and times them in turn (CPU time
+per training step, run by `train_on_batch` and by `fit`); several processes
+per backend show how much a process's own speed varies. Then one torch
+process runs `cProfile` (with CPU time as its clock) over the steps of (a)
+and (c) and reports the time spent inside the bottleneck layer's `call`
+(forward pass only; the backward pass runs in the backend's autograd and is
+not attributed to Python frames).
 
 Usage:
 
@@ -64,9 +66,14 @@ def setup(spec):
     x = rng.random((32, 64)).astype("float32")
     y = (rng.random((32, 1)) < 0.5).astype("float32")
     if spec["task"] == "time":
-        model = _model(spec["variant"])
+        # All three programs in one process: on this machine the same
+        # program runs up to 1.5x slower in one process than in another
+        # (memory layout), which would swamp a 5% difference between
+        # programs each in its own process.
+        models = {v: _model(v) for v in VARIANTS}
+        rounds = [0]
 
-        def run(steps):
+        def steps_of(model, steps):
             if spec["mode"] == "fit":
                 # One epoch of `steps` batches: metrics reset once per epoch.
                 model.fit(
@@ -82,6 +89,17 @@ def setup(spec):
                 for _ in range(steps):
                     model.train_on_batch(x, y)
             np.asarray(model.trainable_variables[-1]).ravel()[0].item()
+
+        def run(steps):
+            # Alternate the order (a b c, then c b a) between rounds.
+            order = list(models) if rounds[0] % 2 == 0 else list(models)[::-1]
+            rounds[0] += 1
+            cpu = {}
+            for v in order:
+                start = time.process_time()
+                steps_of(models[v], steps)
+                cpu[v] = (time.process_time() - start) / steps
+            return cpu
 
         return run
 
@@ -123,6 +141,12 @@ def main():
     parser = _common.base_parser(
         __doc__.splitlines()[0], steps=40, repeats=7, warmup=10
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=3,
+        help="worker processes per backend and mode (each runs all three)",
+    )
     args = parser.parse_args()
     if args.worker:
         return _common.worker_main(setup)
@@ -132,10 +156,13 @@ def main():
     for backend in backends:
         env = {"KERAS_BACKEND": backend}
         for mode in MODES:
-            label = {v: f"{VARIANTS[v]} {backend} {mode}" for v in VARIANTS}
             specs = [
-                (label[v], {"task": "time", "variant": v, "mode": mode}, env)
-                for v in VARIANTS
+                (
+                    f"process {i + 1} {backend} {mode}",
+                    {"task": "time", "mode": mode},
+                    env,
+                )
+                for i in range(args.processes)
             ]
             print(f"=== {backend}, {mode}")
             workers, _ = _common.start_workers(
@@ -148,8 +175,20 @@ def main():
             finally:
                 for w in workers:
                     w.close()
-            cpu = {v: t.cpu[label[v]] for v in VARIANTS if label[v] in t.cpu}
-            if len(cpu) == 3:
+            cpu = {v: [] for v in VARIANTS}
+            per_process = []
+            for w in workers:
+                rounds = t.extra[w.label]
+                for v in VARIANTS:
+                    cpu[v] += [r[v] for r in rounds]
+                per_process.append(
+                    _common.summary(
+                        _common.paired_ratios(
+                            [r["a"] for r in rounds], [r["c"] for r in rounds]
+                        )
+                    )[0]
+                )
+            if cpu["a"]:
                 time_rows.append(
                     [
                         backend,
@@ -161,6 +200,7 @@ def main():
                         _common.fmt_ratio(
                             _common.paired_ratios(cpu["a"], cpu["c"])
                         ),
+                        ", ".join(f"{r:.3f}" for r in per_process),
                     ]
                 )
         if backend != "torch":
@@ -198,6 +238,7 @@ def main():
             "(c) CPU ms/step",
             "(a) − (c) ms",
             "(a)/(c)",
+            "(a)/(c) median per process",
         ],
         time_rows,
     )
@@ -221,10 +262,16 @@ def main():
             "CPU time per training step, run by `train_on_batch` (which "
             "resets every metric, the logged KL's included, on every call) "
             "and by `fit` (one epoch of the same batches: metrics reset once "
-            f"per epoch); {args.repeats} interleaved rounds of {args.steps} "
-            f"steps after {args.warmup} warm-up steps, one process per "
-            "program, 1 intra-op thread. The middle of each cell is the "
-            "median, the range the smallest and largest round:",
+            f"per epoch). {args.processes} processes per backend and mode, "
+            "each holding the three programs and timing them in turn "
+            f"(order alternating), {args.repeats} rounds of {args.steps} "
+            f"steps each after {args.warmup} warm-up steps, 1 intra-op "
+            "thread. The middle of each cell is the median over all rounds "
+            "of all processes, the range the smallest and largest round; "
+            "ratios are taken within a round (same process, side by side). "
+            "The same program runs at different speeds in different "
+            "processes (up to 1.5x here), so programs are compared within "
+            "a process:",
             _common.machine_markdown(args.force_busy),
             f"Command: `{_common.command_string()}`",
             time_table,

@@ -118,6 +118,27 @@ def test_loglik_smoke(tmp_path):
     assert "peak RSS" in body
 
 
+def test_profile_vib_smoke(tmp_path):
+    body = _run(
+        "profile_vib.py",
+        "profiling-bottleneck",
+        tmp_path,
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--warmup",
+        "1",
+        "--processes",
+        "1",
+    )
+    # Both modes, the three programs timed side by side in one process.
+    assert f"| {BACKEND} | `train_on_batch` |" in body
+    assert f"| {BACKEND} | `fit` |" in body
+    if BACKEND == "torch":
+        assert "(c) bojone/vib port" in body  # the cProfile rows
+
+
 def _load_common():
     spec = importlib.util.spec_from_file_location(
         "_common", os.path.join(REPO, "benchmarks", "_common.py")
@@ -142,6 +163,17 @@ def test_busy_machine_writes_nothing_unless_forced(tmp_path):
     _common.LOAD_AT_START = (0.0, 0.0, 0.0)
     assert not _common.machine_is_busy()
     assert "busy machine" not in _common.machine_markdown(forced=True)
+
+
+def test_one_thread_workers_are_pinned_only_on_a_quiet_machine():
+    _common = _load_common()
+    _common.LOAD_AT_START = (0.0, 0.0, 0.0)
+    assert _common._pinned_cpu(1) == _common.single_cpu()
+    assert _common._pinned_cpu(0) is None  # all threads: no pinning
+    busy = 2 * _common.BUSY_LOAD_PER_CORE * (os.cpu_count() or 1)
+    _common.LOAD_AT_START = (busy, busy, busy)
+    # Busy: pinned workers would queue on one core behind the other jobs.
+    assert _common._pinned_cpu(1) is None
 
 
 def test_write_section_only_touches_its_section(tmp_path):
