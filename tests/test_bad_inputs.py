@@ -73,6 +73,27 @@ def test_rank_one_inputs_are_refused(layer_cls):
         layer_cls()([np.zeros(3, "float32"), np.zeros(3, "float32")])
 
 
+@pytest.mark.parametrize("layer_cls", [kv.layers.Sampling, kv.layers.VIB])
+def test_inputs_unlike_the_built_shape_are_refused(layer_cls):
+    layer = layer_cls(seed=0)
+    layer([np.zeros((2, 3), "float32"), np.zeros((2, 3), "float32")])
+    # Eager calls: another batch size is fine, another latent size is not.
+    layer([np.zeros((5, 3), "float32"), np.zeros((5, 3), "float32")])
+    wider = np.zeros((2, 4), "float32")
+    with pytest.raises(ValueError, match=r"`z_mean`.*last dimension 3"):
+        layer([wider, wider])
+    deeper = np.zeros((2, 1, 3), "float32")
+    with pytest.raises(ValueError, match=r"`z_mean`.*rank 2"):
+        layer([deeper, deeper])
+    # Symbolic calls are checked against the built shape too.
+    symbolic = keras.Input((4,))
+    with pytest.raises(ValueError, match=r"`z_mean`.*last dimension 3"):
+        layer([symbolic, symbolic])
+    # A mismatch after a first, valid call is still caught.
+    with pytest.raises(ValueError, match=r"`z_log_var`.*shape of `z_mean`"):
+        layer([np.zeros((2, 3), "float32"), np.zeros((3, 3), "float32")])
+
+
 def test_vae_fit_with_targets_is_refused():
     vae = _tiny_vae()
     vae.compile("adam")

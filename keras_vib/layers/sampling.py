@@ -152,12 +152,12 @@ class Sampling(SeedStateSavingMixin, keras.layers.Layer):
         self._built_latent_dim = mean_shape[-1]
 
     def _check_inputs(self, inputs):
-        """`[z_mean, z_log_var]`, checked once per new shapes and dtypes.
+        """`(z_mean, z_log_var, dtypes)`, checked once per new signature.
 
         Eager backends (torch) run `call` on every step: repeating the
         checks (or Keras's per-call `InputSpec` test) there is measurable
         in a small model, so a call whose shapes and dtypes match the last
-        checked ones skips them.
+        checked ones skips them. `dtypes` holds the standardized dtypes.
         """
         if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
             raise ValueError(
@@ -166,32 +166,35 @@ class Sampling(SeedStateSavingMixin, keras.layers.Layer):
                 f"`[z_mean, z_log_var]`. Received: inputs={inputs!r}"
             )
         z_mean, z_log_var = inputs
-        signature = (z_mean.shape, z_log_var.shape, z_mean.dtype)
-        signature += (z_log_var.dtype,)
-        if self._checked is None or self._checked[0] != signature:
+        signature = (
+            z_mean.shape,
+            z_log_var.shape,
+            z_mean.dtype,
+            z_log_var.dtype,
+        )
+        checked = self._checked
+        if checked is None or checked[0] != signature:
             check_float_tensor("z_mean", z_mean, self.name)
             check_float_tensor("z_log_var", z_log_var, self.name)
             self._split_shapes([z_mean.shape, z_log_var.shape])
-            self._checked = (signature, _InputDtypes(z_mean, z_log_var))
-        return z_mean, z_log_var
+            checked = (signature, _InputDtypes(z_mean, z_log_var))
+            self._checked = checked
+        return z_mean, z_log_var, checked[1]
 
-    @property
-    def _input_dtypes(self):
-        """What `_check_inputs` found out about the last inputs' dtypes."""
-        return self._checked[1]
-
-    def _sample(self, z_mean, z_log_var, training):
+    def _sample(self, z_mean, z_log_var, training, dtype):
         if not (training or self.sample_at_inference):
             return z_mean
         return self._sample_clipped(
-            z_mean, vib_ops.clip_log_var(z_log_var), training
+            z_mean, vib_ops.clip_log_var(z_log_var), training, dtype
         )
 
-    def _sample_clipped(self, z_mean, clipped_log_var, training):
-        """`_sample` with `clipped_log_var` already clamped (any float)."""
+    def _sample_clipped(self, z_mean, clipped_log_var, training, dtype):
+        """`_sample` with `clipped_log_var` already clamped (any float).
+
+        `dtype` is `z_mean`'s standardized dtype.
+        """
         if not (training or self.sample_at_inference):
             return z_mean
-        dtype = self._input_dtypes.mean
         if dtype not in _HALF_MAX:
             return _draw(z_mean, clipped_log_var, self.seed_generator)
         # Half precision: sample in float32 and saturate before casting back.
@@ -204,8 +207,8 @@ class Sampling(SeedStateSavingMixin, keras.layers.Layer):
 
     def call(self, inputs, training=None, mask=None):
         # `mask` only passes through (see `compute_mask`).
-        z_mean, z_log_var = self._check_inputs(inputs)
-        return self._sample(z_mean, z_log_var, training)
+        z_mean, z_log_var, dtypes = self._check_inputs(inputs)
+        return self._sample(z_mean, z_log_var, training, dtypes.mean)
 
     def compute_output_shape(self, input_shape):
         return self._split_shapes(input_shape)[0]

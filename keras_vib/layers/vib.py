@@ -353,8 +353,7 @@ class VIB(Sampling):
         return outputs
 
     def call(self, inputs, training=None, mask=None):
-        z_mean, z_log_var = self._check_inputs(inputs)
-        dtypes = self._input_dtypes
+        z_mean, z_log_var, dtypes = self._check_inputs(inputs)
         # The KL in float32 (also under mixed precision).
         if dtypes.log_var != "float32":
             z_log_var = ops.cast(z_log_var, "float32")
@@ -388,7 +387,7 @@ class VIB(Sampling):
         # No `stop_gradient`: no backend differentiates through an assign.
         self._kl_total.assign_add(total)
         self._kl_count.assign_add(count)
-        return self._sample_clipped(z_mean, log_var, training)
+        return self._sample_clipped(z_mean, log_var, training, dtypes.mean)
 
     def get_config(self):
         config = super().get_config()
