@@ -384,8 +384,9 @@ class VIB(Sampling):
             penalty = self.kl_penalty(per_dim_kl, weights)
         self.add_loss(penalty * self.kl_weight.value)
         # Running sums over examples, so the logged KL is the epoch mean.
-        # No `stop_gradient`: no backend differentiates through an assign.
-        self._kl_total.assign_add(total)
+        # `stop_gradient`: under an eager `jax.grad` (e.g. input gradients)
+        # the variable would otherwise keep a tracer after the transform.
+        self._kl_total.assign_add(ops.stop_gradient(total))
         self._kl_count.assign_add(count)
         return self._sample_clipped(z_mean, log_var, training, dtypes.mean)
 
