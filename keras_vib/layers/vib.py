@@ -142,8 +142,7 @@ class _RunningKL(keras.metrics.Metric):
         self._layer_variables = lambda: (total, count)
         # Made once, eagerly, with the layer (see `reset_state`).
         self._zero = ops.zeros((), "float32")
-        self._backend = keras.backend.backend()
-        self._assign_zero = None  # TensorFlow, JAX: made by the first reset.
+        self._assign_zero = None  # Chosen for the backend by the first reset.
 
     def update_state(self, *args, **kwargs):
         # The owning layer updates the variables in its forward pass.
@@ -164,11 +163,12 @@ class _RunningKL(keras.metrics.Metric):
         # `train_on_batch` resets every metric on every call, eagerly.
         if self._assign_zero is None:
             variables = self._layer_variables()
-            if self._backend == "tensorflow":
+            backend = keras.backend.backend()
+            if backend == "tensorflow":
                 self._assign_zero = _zero_assigner_on_tensorflow(
                     variables, self._zero
                 )
-            elif self._backend == "jax":
+            elif backend == "jax":
                 self._assign_zero = _zero_assigner_on_jax(variables)
             else:
                 self._assign_zero = lambda: [
