@@ -4,8 +4,12 @@ The IMDB CNN of `vib_overhead.py` spends almost all of its step in the
 convolution, so the bottleneck's own cost hides in the noise. Here the
 network around it is tiny (Dense(64) -> two Dense(128) heads -> bottleneck
 -> Dense(1), batch 32), so (a) keras_vib `VIB`, (b) the floor `z = z_mean`
-and (c) the bojone/vib port differ mostly by the bottleneck itself. Each
-worker process holds all three programs and times them in turn (CPU time
+and (c) the bojone/vib port differ mostly by the bottleneck itself. (d) is
+the port with its KL logged the standard Keras way, a `keras.metrics.Mean`
+updated in `call`: what logging the KL costs by itself. It cannot run on
+JAX, where a metric updated in a layer's `call` logs 0 from
+`train_on_batch` and fails in `fit` (keras-team/keras#21639). Each
+worker process holds all the programs and times them in turn (CPU time
 per training step, run by `train_on_batch` and by `fit`); several processes
 per backend show how much a process's own speed varies. Then one torch
 process runs `cProfile` (with CPU time as its clock) over the steps of (a)
@@ -30,7 +34,32 @@ VARIANTS = {
     "a": "(a) keras_vib VIB",
     "b": "(b) floor",
     "c": "(c) bojone/vib port",
+    "d": "(d) the port, KL logged by a Keras `Mean`",
 }
+
+
+def _variants(backend):
+    """The programs that run on `backend` ((d) does not on JAX)."""
+    return [v for v in VARIANTS if not (v == "d" and backend == "jax")]
+
+
+def _logged_port_class():
+    import keras
+    import vib_overhead
+
+    class LoggedPort(vib_overhead._bojone_vib_class()):
+        """The port, with its KL logged by a Keras `Mean` updated in `call`."""
+
+        def __init__(self, lamb, **kwargs):
+            super().__init__(lamb, **kwargs)
+            self.kl_tracker = keras.metrics.Mean(name="kl")
+
+        def add_loss(self, loss):
+            # The port's only loss is `lamb * KL`: log the KL itself.
+            self.kl_tracker.update_state(loss / self.lamb)
+            super().add_loss(loss)
+
+    return LoggedPort
 
 
 def _model(variant):
@@ -47,8 +76,10 @@ def _model(variant):
         z = keras_vib.layers.VIB(kl_weight=0.1, seed=0)([z_mean, z_log_var])
     elif variant == "b":
         z = z_mean
-    else:
+    elif variant == "c":
         z = vib_overhead._bojone_vib_class()(0.1)([z_mean, z_log_var])
+    else:
+        z = _logged_port_class()(0.1)([z_mean, z_log_var])
     outputs = keras.layers.Dense(1, activation="sigmoid")(z)
     model = keras.Model(inputs, outputs)
     model.compile(optimizer="adam", loss="binary_crossentropy")
@@ -70,7 +101,9 @@ def setup(spec):
         # program runs up to 1.5x slower in one process than in another
         # (memory layout), which would swamp a 5% difference between
         # programs each in its own process.
-        models = {v: _model(v) for v in VARIANTS}
+        import keras
+
+        models = {v: _model(v) for v in _variants(keras.backend.backend())}
         rounds = [0]
 
         def steps_of(model, steps):
@@ -155,6 +188,7 @@ def main():
     time_rows, prof_rows = [], []
     for backend in backends:
         env = {"KERAS_BACKEND": backend}
+        variants = _variants(backend)
         for mode in MODES:
             specs = [
                 (
@@ -175,11 +209,11 @@ def main():
             finally:
                 for w in workers:
                     w.close()
-            cpu = {v: [] for v in VARIANTS}
+            cpu = {v: [] for v in variants}
             per_process = []
             for w in workers:
                 rounds = t.extra[w.label]
-                for v in VARIANTS:
+                for v in variants:
                     cpu[v] += [r[v] for r in rounds]
                 per_process.append(
                     _common.summary(
@@ -193,14 +227,19 @@ def main():
                     [
                         backend,
                         f"`{mode}`",
-                        *[_common.fmt_ms(cpu[v]) for v in VARIANTS],
-                        _common.fmt_ms(
-                            [a - c for a, c in zip(cpu["a"], cpu["c"])]
-                        ),
+                        *[
+                            _common.fmt_ms(cpu[v]) if v in cpu else "n/a"
+                            for v in VARIANTS
+                        ],
                         _common.fmt_ratio(
                             _common.paired_ratios(cpu["a"], cpu["c"])
                         ),
                         ", ".join(f"{r:.3f}" for r in per_process),
+                        _common.fmt_ratio(
+                            _common.paired_ratios(cpu["d"], cpu["c"])
+                        )
+                        if "d" in cpu
+                        else "n/a",
                     ]
                 )
         if backend != "torch":
@@ -236,9 +275,10 @@ def main():
             "(a) CPU ms/step",
             "(b) CPU ms/step",
             "(c) CPU ms/step",
-            "(a) − (c) ms",
+            "(d) CPU ms/step",
             "(a)/(c)",
             "(a)/(c) median per process",
+            "(d)/(c)",
         ],
         time_rows,
     )
@@ -259,11 +299,15 @@ def main():
             "### The bottleneck layer\n\n"
             "A model in which the bottleneck dominates the step: Dense(64), "
             "two Dense(128) heads, the bottleneck, Dense(1); batch 32, Adam. "
-            "CPU time per training step, run by `train_on_batch` (which "
+            "(a) keras_vib `VIB`, (b) the floor `z = z_mean`, (c) the "
+            "bojone/vib port, (d) the port with its KL logged the standard "
+            "Keras way, a `keras.metrics.Mean` updated in `call` (not on "
+            "JAX, where such a metric logs 0 from `train_on_batch` and fails "
+            "in `fit`: keras-team/keras#21639). CPU time per training step, run by `train_on_batch` (which "
             "resets every metric, the logged KL's included, on every call) "
             "and by `fit` (one epoch of the same batches: metrics reset once "
             f"per epoch). {args.processes} processes per backend and mode, "
-            "each holding the three programs and timing them in turn "
+            "each holding the programs and timing them in turn "
             f"(order alternating), {args.repeats} rounds of {args.steps} "
             f"steps each after {args.warmup} warm-up steps, 1 intra-op "
             "thread. The middle of each cell is the median over all rounds "
