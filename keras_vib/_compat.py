@@ -53,6 +53,22 @@ def flatten_layers(layer):
     return list(layer._flatten_layers(include_self=True, recursive=True))
 
 
+def running_sum_variable(name):
+    """A float32 scalar sum that each data-parallel replica adds to locally.
+
+    Like Keras's own metric variables: under `tf.distribute` every replica
+    adds its shard to its own copy, and a read outside the replicas sums the
+    copies; other backends ignore both settings. Keras before 3.9 has no
+    `synchronization` argument: there the variable is made without it.
+    """
+    kwargs = dict(initializer="zeros", shape=(), dtype="float32", name=name)
+    kwargs.update(trainable=False, autocast=False, aggregation="sum")
+    try:
+        return keras.Variable(synchronization="on_read", **kwargs)
+    except TypeError:  # Keras < 3.9
+        return keras.Variable(**kwargs)
+
+
 def is_detached(variable):
     """Whether a variable's value is detached (JAX, inside a jitted epoch).
 
@@ -81,33 +97,6 @@ def is_outside_stateless_state(variable):
         )
     scope = _get_stateless_scope()
     return scope is not None and scope.get_current_value(variable) is None
-
-
-def connected_operations(tensors):
-    """Every operation in the functional graph connected to `tensors`.
-
-    Walks the Keras functional graph (upstream and downstream) from the
-    `KerasTensor`s in `tensors`. Returns an empty list for eager tensors.
-    """
-    stack = []
-    for tensor in keras.tree.flatten(tensors):
-        history = getattr(tensor, "_keras_history", None)
-        if history is not None:
-            stack.append(history.operation)
-    seen, found = set(), []
-    while stack:
-        operation = stack.pop()
-        if id(operation) in seen:
-            continue
-        seen.add(id(operation))
-        found.append(operation)
-        if not hasattr(operation, "_inbound_nodes"):
-            raise _missing("Operation._inbound_nodes / _outbound_nodes")
-        for node in operation._inbound_nodes + operation._outbound_nodes:
-            stack.append(node.operation)
-            for tensor in node.input_tensors:
-                stack.append(tensor._keras_history.operation)
-    return found
 
 
 def producer(tensor):

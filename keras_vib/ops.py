@@ -13,12 +13,11 @@ Reductions, stated once for the whole module:
 """
 
 import functools
-import math
 
-import keras
 from keras import ops
 
 from keras_vib import _deprecation
+from keras_vib import _kernels
 from keras_vib._validation import check_broadcastable
 from keras_vib._validation import check_optional_positive_int
 
@@ -28,8 +27,6 @@ from keras_vib._validation import check_optional_positive_int
 #: outside the range the gradient with respect to `log_var` is zero.
 LOG_VAR_MIN = -30.0
 LOG_VAR_MAX = 20.0
-
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _float32(x):
@@ -69,12 +66,6 @@ def clip_log_var(log_var, min_value=LOG_VAR_MIN, max_value=LOG_VAR_MAX):
 
 def _sum(x, axis):
     return x if axis is None else ops.sum(x, axis=axis)
-
-
-def _exp_minus_one_minus(r):
-    # exp(r) - 1 - r >= 0, via expm1: the naive form loses the r**2/2 term to
-    # rounding near r = 0 and can come out slightly negative in float32.
-    return ops.relu(ops.expm1(r) - r)
 
 
 @_renamed_arguments(mean="z_mean", log_var="z_log_var")
@@ -129,8 +120,7 @@ def gaussian_kl(
     mean = _float32(z_mean)
     log_var = clip_log_var(_float32(z_log_var))
     if prior_mean is None and prior_log_var is None:
-        per_dim = 0.5 * (ops.square(mean) + _exp_minus_one_minus(log_var))
-        return _sum(per_dim, axis)
+        return _sum(_kernels.standard_normal_kl(mean, log_var), axis)
     prior_mean = (
         ops.zeros_like(mean) if prior_mean is None else _float32(prior_mean)
     )
@@ -139,10 +129,7 @@ def gaussian_kl(
         if prior_log_var is None
         else clip_log_var(_float32(prior_log_var))
     )
-    mahalanobis = ops.square(mean - prior_mean) * ops.exp(-prior_log_var)
-    per_dim = 0.5 * (
-        mahalanobis + _exp_minus_one_minus(log_var - prior_log_var)
-    )
+    per_dim = _kernels.gaussian_kl(mean, log_var, prior_mean, prior_log_var)
     return _sum(per_dim, axis)
 
 
@@ -166,12 +153,8 @@ def gaussian_log_prob(x, mean, log_var, axis=-1):
     array([-2.7568, -2.7568], dtype=float32)
     """
     check_broadcastable(("x", "mean", "log_var"), (x, mean, log_var))
-    x = _float32(x)
-    mean = _float32(mean)
     log_var = clip_log_var(_float32(log_var))
-    per_dim = -0.5 * (
-        _LOG_2PI + log_var + ops.square(x - mean) * ops.exp(-log_var)
-    )
+    per_dim = _kernels.gaussian_log_prob(_float32(x), _float32(mean), log_var)
     return _sum(per_dim, axis)
 
 
@@ -191,7 +174,7 @@ def standard_normal_log_prob(x, axis=-1):
     -0.9189385175704956
     """
     x = _float32(x)
-    return _sum(-0.5 * (_LOG_2PI + ops.square(x)), axis)
+    return _sum(-0.5 * (_kernels.LOG_2PI + ops.square(x)), axis)
 
 
 def bernoulli_log_prob(x, logits, axis=-1):
@@ -354,8 +337,7 @@ def reparameterize(z_mean, z_log_var, seed=None, num_samples=None):
     shape = ops.shape(mean)
     if num_samples is not None:
         shape = (num_samples,) + tuple(shape)
-    eps = keras.random.normal(shape, dtype=mean.dtype, seed=seed)
-    return mean + ops.exp(0.5 * log_var) * eps
+    return _kernels.reparameterize(mean, log_var, seed, shape)
 
 
 #: The modes of `free_bits_penalty`.

@@ -85,6 +85,8 @@ class GaussianBottleneck(VIB):
             )
         self.mean_head.build(input_shape)
         self.log_var_head.build(input_shape)
+        latent_shape = self.compute_output_shape(input_shape)
+        super().build([latent_shape, latent_shape])
         self.input_spec = keras.InputSpec(
             ndim=len(input_shape), axes={-1: input_shape[-1]}
         )

@@ -3,13 +3,14 @@
 import keras
 from keras import ops
 
+from keras_vib import _kernels
 from keras_vib import ops as vib_ops
 from keras_vib._seed_state import SeedStateSavingMixin
 from keras_vib._validation import check_bool
 from keras_vib._validation import check_float_tensor
 from keras_vib._validation import check_seed
 
-# Largest finite values of the half-precision dtypes (see `Sampling._sample`).
+# Largest finite values of the half-precision dtypes (see `Sampling.sample`).
 _HALF_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38}
 
 
@@ -23,23 +24,14 @@ def _shapes_compatible(a, b):
     return all(x is None or y is None or x == y for x, y in zip(a, b))
 
 
-def _draw(z_mean, clipped_log_var, seed_generator):
-    # `keras_vib.ops.reparameterize` without its checks and clamp: the
-    # layer has checked its inputs (`_check_inputs`) and clamped already.
-    eps = keras.random.normal(
-        ops.shape(z_mean), dtype=z_mean.dtype, seed=seed_generator
+def _two_inputs_error(layer, received):
+    return (
+        "Invalid value received for argument `inputs` of layer "
+        f"`{layer.name}`. Expected a list of two tensors `[z_mean, "
+        "z_log_var]`; for one tensor of features (e.g. in a `Sequential`), "
+        "use `keras_vib.layers.GaussianBottleneck`, which owns its mean and "
+        f"log-variance heads. Received: {received}"
     )
-    if clipped_log_var.dtype != z_mean.dtype:
-        clipped_log_var = ops.cast(clipped_log_var, z_mean.dtype)
-    return z_mean + ops.exp(0.5 * clipped_log_var) * eps
-
-
-class _InputDtypes:
-    """Standardized dtypes of `[z_mean, z_log_var]` (see `_check_inputs`)."""
-
-    def __init__(self, z_mean, z_log_var):
-        self.mean = keras.backend.standardize_dtype(z_mean.dtype)
-        self.log_var = keras.backend.standardize_dtype(z_log_var.dtype)
 
 
 def first_mask(mask):
@@ -101,8 +93,8 @@ class Sampling(SeedStateSavingMixin, keras.layers.Layer):
         )
         self.seed_generator = keras.random.SeedGenerator(self.seed)
         self.supports_masking = True
-        # The rank and latent size seen by `build`, and what `_check_inputs`
-        # learnt about the last (shapes, dtypes) it checked.
+        # The rank and latent size seen by `build`, and the last (shapes,
+        # dtypes) that `_check_inputs` checked.
         self._built_rank = None
         self._built_latent_dim = None
         self._checked = None
@@ -113,11 +105,7 @@ class Sampling(SeedStateSavingMixin, keras.layers.Layer):
             or len(input_shape) != 2
             or not all(hasattr(s, "__len__") for s in input_shape)
         ):
-            raise ValueError(
-                "Invalid value received for argument `inputs` of layer "
-                f"`{self.name}`. Expected a list of two tensors "
-                f"`[z_mean, z_log_var]`. Received: input_shape={input_shape}"
-            )
+            raise ValueError(_two_inputs_error(self, f"{input_shape=}"))
         mean_shape, log_var_shape = map(_shape_tuple, input_shape)
         if len(mean_shape) < 2:
             raise ValueError(
@@ -152,19 +140,10 @@ class Sampling(SeedStateSavingMixin, keras.layers.Layer):
         self._built_latent_dim = mean_shape[-1]
 
     def _check_inputs(self, inputs):
-        """`(z_mean, z_log_var, dtypes)`, checked once per new signature.
-
-        Eager backends (torch) run `call` on every step: repeating the
-        checks (or Keras's per-call `InputSpec` test) there is measurable
-        in a small model, so a call whose shapes and dtypes match the last
-        checked ones skips them. `dtypes` holds the standardized dtypes.
-        """
+        """`(z_mean, z_log_var)`, checked once per new shapes and dtypes
+        (eager torch runs `call` on every step)."""
         if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
-            raise ValueError(
-                "Invalid value received for argument `inputs` of layer "
-                f"`{self.name}`. Expected a list of two tensors "
-                f"`[z_mean, z_log_var]`. Received: inputs={inputs!r}"
-            )
+            raise ValueError(_two_inputs_error(self, f"{inputs=!r}"))
         z_mean, z_log_var = inputs
         signature = (
             z_mean.shape,
@@ -172,43 +151,36 @@ class Sampling(SeedStateSavingMixin, keras.layers.Layer):
             z_mean.dtype,
             z_log_var.dtype,
         )
-        checked = self._checked
-        if checked is None or checked[0] != signature:
+        if self._checked != signature:
             check_float_tensor("z_mean", z_mean, self.name)
             check_float_tensor("z_log_var", z_log_var, self.name)
             self._split_shapes([z_mean.shape, z_log_var.shape])
-            checked = (signature, _InputDtypes(z_mean, z_log_var))
-            self._checked = checked
-        return z_mean, z_log_var, checked[1]
+            self._checked = signature
+        return z_mean, z_log_var
 
-    def _sample(self, z_mean, z_log_var, training, dtype):
+    def sample(self, z_mean, clipped_log_var, training=None):
+        """`z_mean`, or a draw `z_mean + exp(clipped_log_var / 2) * eps` when
+        training or `sample_at_inference`; `clipped_log_var` is clamped
+        already (any float dtype)."""
         if not (training or self.sample_at_inference):
             return z_mean
-        return self._sample_clipped(
-            z_mean, vib_ops.clip_log_var(z_log_var), training, dtype
-        )
-
-    def _sample_clipped(self, z_mean, clipped_log_var, training, dtype):
-        """`_sample` with `clipped_log_var` already clamped (any float).
-
-        `dtype` is `z_mean`'s standardized dtype.
-        """
-        if not (training or self.sample_at_inference):
-            return z_mean
+        dtype = keras.backend.standardize_dtype(z_mean.dtype)
         if dtype not in _HALF_MAX:
-            return _draw(z_mean, clipped_log_var, self.seed_generator)
+            return _kernels.reparameterize(
+                z_mean, clipped_log_var, self.seed_generator
+            )
         # Half precision: sample in float32 and saturate before casting back.
         # With log_var clamped at 20 the noise scale reaches exp(10) ~ 2.2e4,
         # so `mean + std * eps` can pass float16's max (65504) and become inf.
-        z = _draw(
+        z = _kernels.reparameterize(
             ops.cast(z_mean, "float32"), clipped_log_var, self.seed_generator
         )
         return ops.cast(ops.clip(z, -_HALF_MAX[dtype], _HALF_MAX[dtype]), dtype)
 
     def call(self, inputs, training=None, mask=None):
         # `mask` only passes through (see `compute_mask`).
-        z_mean, z_log_var, dtypes = self._check_inputs(inputs)
-        return self._sample(z_mean, z_log_var, training, dtypes.mean)
+        z_mean, z_log_var = self._check_inputs(inputs)
+        return self.sample(z_mean, vib_ops.clip_log_var(z_log_var), training)
 
     def compute_output_shape(self, input_shape):
         return self._split_shapes(input_shape)[0]

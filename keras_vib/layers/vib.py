@@ -1,180 +1,40 @@
 """`VIB`: a variational information bottleneck layer."""
 
-import math
-
 import keras
 from keras import ops
 
-from keras_vib import _compat
 from keras_vib import _deprecation
+from keras_vib import _kernels
 from keras_vib import ops as vib_ops
 from keras_vib._validation import check_choice
 from keras_vib._validation import check_log_name
 from keras_vib._validation import check_non_negative_float
 from keras_vib.layers import priors
 from keras_vib.layers.bottlenecks import DEFAULT_LOG_NAME
-from keras_vib.layers.bottlenecks import bottlenecks_of
-from keras_vib.layers.bottlenecks import make_log_names_distinct
+from keras_vib.layers.kl_report import KLReport
 from keras_vib.layers.sampling import Sampling
 from keras_vib.layers.sampling import first_mask
 
 
-def _mask_weights(mask):
-    mask = first_mask(mask)
-    return None if mask is None else ops.cast(mask, "float32")
+def _sums(per_dim_kl, mask):
+    """`(total, count)`: the KL summed over the unmasked positions, and how
+    many there are (a float32 scalar each)."""
+    if mask is None:
+        count = ops.size(per_dim_kl) // ops.shape(per_dim_kl)[-1]
+        return ops.sum(per_dim_kl), ops.cast(count, "float32")
+    weights = ops.cast(mask, "float32")
+    return ops.sum(weights * ops.sum(per_dim_kl, axis=-1)), ops.sum(weights)
 
 
-def _batch_mean(per_dim, weights=None):
+def _batch_mean(per_dim, mask):
     """Mean over every axis but the last, over unmasked positions only."""
-    latent_dim = ops.shape(per_dim)[-1]
-    per_dim = ops.reshape(per_dim, (-1, latent_dim))
-    if weights is None:
+    per_dim = ops.reshape(per_dim, (-1, ops.shape(per_dim)[-1]))
+    if mask is None:
         return ops.mean(per_dim, axis=0)
-    weights = ops.reshape(weights, (-1, 1))
+    weights = ops.reshape(ops.cast(mask, "float32"), (-1, 1))
     # max(., 1): a fully masked batch contributes 0, not NaN.
-    total = ops.sum(weights)
-    return ops.sum(weights * per_dim, axis=0) / ops.maximum(total, 1.0)
-
-
-def _standard_normal_kl(z_mean, clipped_log_var):
-    """Per-dimension KL to N(0, I) of float32, already clamped inputs."""
-    # The same closed form as `keras_vib.ops.gaussian_kl`, without its
-    # argument checks and second clamp: this runs on every training step
-    # (Python operators, not `keras.ops`, where they suffice: eager torch
-    # pays Keras's dispatch on each op).
-    return 0.5 * (
-        z_mean * z_mean + ops.relu(ops.expm1(clipped_log_var) - clipped_log_var)
-    )
-
-
-def _num_positions(per_dim_kl):
-    """The number of KL terms (positions, not dims): a Python float where
-    the shape is static (no op to run), else a float32 tensor."""
-    shape = tuple(per_dim_kl.shape)[:-1]
-    if all(isinstance(dim, int) for dim in shape):
-        return float(math.prod(shape))
-    if len(shape) == 1:
-        return ops.cast(ops.shape(per_dim_kl)[0], "float32")
-    positions = ops.size(per_dim_kl) // ops.shape(per_dim_kl)[-1]
-    return ops.cast(positions, "float32")
-
-
-def _replica_sum_variable(name):
-    """A float32 running sum that each data-parallel replica updates locally.
-
-    Like Keras's own metric variables (`synchronization="on_read"`,
-    `aggregation="sum"`): under `tf.distribute` every replica adds its shard
-    to its own copy, and reading the value outside the replicas (epoch logs)
-    sums the copies. Other backends ignore both settings.
-    """
-    return keras.Variable(
-        initializer="zeros",
-        shape=(),
-        dtype="float32",
-        trainable=False,
-        autocast=False,
-        aggregation="sum",
-        synchronization="on_read",
-        name=name,
-    )
-
-
-def _zero_assigner_on_tensorflow(variables, zero):
-    """A function that assigns `zero` to `variables` in one eager op each.
-
-    Keras's `assign` converts the value again and reads the variable back,
-    and `tf.Variable.assign` adds Python checks: 150 against 20 µs per
-    variable here, on a path that `train_on_batch` takes on every call.
-    """
-    import tensorflow as tf  # Optional dependency: this backend only.
-
-    targets = [variable.value for variable in variables]
-    if any(isinstance(t, tf.distribute.DistributedValues) for t in targets):
-        # Through each variable, so that every replica's copy is assigned.
-        return lambda: [t.assign(zero, read_value=False) for t in targets]
-    handles = [target.handle for target in targets]
-
-    def assign_zero():
-        for handle in handles:
-            tf.raw_ops.AssignVariableOp(resource=handle, value=zero)
-
-    return assign_zero
-
-
-def _zero_assigner_on_jax(variables):
-    """A function that gives each of `variables` a fresh zero buffer.
-
-    A jitted step donates (frees) the buffers of the state it is given, so
-    every reset needs new ones; one call of a jitted function makes them
-    all, 17 against 73 µs for two multiplies of a template here.
-    """
-    import jax  # Optional dependency: this backend only.
-    import jax.numpy as jnp
-
-    fresh_zeros = jax.jit(
-        lambda: tuple(jnp.zeros((), "float32") for _ in variables)
-    )
-
-    def assign_zero():
-        for variable, zero in zip(variables, fresh_zeros()):
-            variable.assign(zero)
-
-    return assign_zero
-
-
-class _RunningKL(keras.metrics.Metric):
-    """Reports `total / count`, held in two non-trainable layer variables.
-
-    The layer updates its own variables in `call()`, which works on every
-    backend (JAX's `stateless_call` maps non-trainable variables but not
-    metric variables); this metric only reads and resets them, so the KL
-    shows in `fit`/`evaluate` logs and `History` everywhere. Under JAX the
-    per-batch value (progress bar, `train_on_batch`) is NaN: the jitted step
-    computes it in a stateless scope without the layer's variables (which
-    are detached during a jitted epoch). The epoch value is exact on every
-    backend.
-    """
-
-    def __init__(self, total, count, name):
-        super().__init__(name=name)
-        # A closure, not attributes: the metric must not track the layer's
-        # variables as its own, or JAX would carry two copies of the state.
-        self._layer_variables = lambda: (total, count)
-        # Made once, eagerly, with the layer (see `reset_state`).
-        self._zero = ops.zeros((), "float32")
-        self._assign_zero = None  # Chosen for the backend by the first reset.
-
-    def update_state(self, *args, **kwargs):
-        # The owning layer updates the variables in its forward pass.
-        pass
-
-    def result(self):
-        total, count = self._layer_variables()
-        # JAX: inside a jitted step (or a jitted epoch's state) the step's
-        # sums are out of reach; say so rather than show a stale value.
-        if _compat.is_detached(total) or _compat.is_outside_stateless_state(
-            total
-        ):
-            return ops.convert_to_tensor(float("nan"))
-        # No examples yet: 0, as Keras's `Mean` reports.
-        return ops.divide_no_nan(total.value, count.value)
-
-    def reset_state(self):
-        # `train_on_batch` resets every metric on every call, eagerly.
-        if self._assign_zero is None:
-            variables = self._layer_variables()
-            backend = keras.backend.backend()
-            if backend == "tensorflow":
-                self._assign_zero = _zero_assigner_on_tensorflow(
-                    variables, self._zero
-                )
-            elif backend == "jax":
-                self._assign_zero = _zero_assigner_on_jax(variables)
-            else:
-                self._assign_zero = lambda: [
-                    v.assign(self._zero) for v in variables
-                ]
-        self._assign_zero()
+    total = ops.maximum(ops.sum(weights), 1.0)
+    return ops.sum(weights * per_dim, axis=0) / total
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
@@ -303,13 +163,12 @@ class VIB(Sampling):
             dtype="float32",
             name="kl_weight",
         )
-        self._kl_total = _replica_sum_variable("kl_total")
-        self._kl_count = _replica_sum_variable("kl_count")
-        self.kl_metric = _RunningKL(
-            self._kl_total,
-            self._kl_count,
-            name=self._log_name_given or DEFAULT_LOG_NAME,
-        )
+        self.kl_metric = KLReport(self._log_name_given or DEFAULT_LOG_NAME)
+        # The running KL's sums are this layer's own variables (see
+        # `KLReport`), saved after `kl_weight`.
+        self._kl_sums = self.kl_metric.sums()
+        # Set by `keras_vib._rate` to collect per-example rates (see `rate`).
+        self.rate_records = None
 
     # -- the bottleneck interface (used by callbacks and prediction) -------
 
@@ -332,12 +191,29 @@ class VIB(Sampling):
         """The running KL since the last metric reset, as variables.
 
         Returns:
-            `(total, count)`: float32 scalar variables holding the sum of
-            per-example KLs (nats) and the number of examples (unmasked
-            positions) seen by `call` since the metrics were last reset.
-            Their ratio is the logged KL.
+            A tuple `(total, count)` of float32 scalar variables: the sum of
+            the per-example KLs in nats, and the number of examples (unmasked
+            positions), seen by `call` since the metrics were last reset;
+            `total / count` is the logged KL.
         """
-        return self._kl_total, self._kl_count
+        return self._kl_sums
+
+    def rate(self, z_mean, z_log_var):
+        """The per-example rate `KL(q(z|x) || r(z))` in nats, float32.
+
+        The closed form against N(0, I); against a `MixturePrior`, its
+        deterministic estimate `MixturePrior.rate` (see there).
+
+        Args:
+            z_mean: tensor `(batch, ..., latent_dim)`.
+            z_log_var: tensor of the same shape (clamped).
+
+        Returns:
+            A float32 tensor `(batch, ...)`.
+        """
+        if self.prior is not None:
+            return self.prior.rate(z_mean, z_log_var)
+        return vib_ops.gaussian_kl(z_mean, z_log_var)
 
     # -- computation --------------------------------------------------------
 
@@ -346,9 +222,9 @@ class VIB(Sampling):
 
         Args:
             per_dim_kl: float32 tensor `(batch, ..., latent_dim)`.
-            weights: optional float32 tensor `(batch, ...)` of 0/1 mask
-                weights; the mean over the batch then covers only the
-                positions with weight 1.
+            weights: optional tensor `(batch, ...)` of 0/1 mask weights; the
+                mean over the batch then covers only the positions with
+                weight 1.
 
         Returns:
             A float32 scalar.
@@ -359,55 +235,33 @@ class VIB(Sampling):
             self.free_bits_mode,
         )
 
-    def __call__(self, inputs, *args, **kwargs):
-        if self.prior is not None and not self.prior.built:
-            # Create the prior's variables with the layer's (before tracing).
-            shapes = keras.tree.map_structure(lambda t: tuple(t.shape), inputs)
-            self.prior.build(self.compute_output_shape(shapes))
-        outputs = super().__call__(inputs, *args, **kwargs)
-        # Symbolic call: give the bottlenecks of one graph distinct log keys.
-        operations = _compat.connected_operations(outputs)
-        if operations:
-            make_log_names_distinct(bottlenecks_of(operations))
-        return outputs
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.prior is not None:
+            self.prior.build(tuple(input_shape[0]))
 
     def call(self, inputs, training=None, mask=None):
-        z_mean, z_log_var, dtypes = self._check_inputs(inputs)
-        # The KL in float32 (also under mixed precision).
-        if dtypes.log_var != "float32":
-            z_log_var = ops.cast(z_log_var, "float32")
-        # Clamped once, for both the KL and the sample.
-        log_var = vib_ops.clip_log_var(z_log_var)
+        z_mean, z_log_var = self._check_inputs(inputs)
+        mask = first_mask(mask)
+        if self.rate_records is not None:
+            self.rate_records.append(self.rate(z_mean, z_log_var))
+        # Clamp once, for both the KL and the sample; the KL in float32.
+        log_var = vib_ops.clip_log_var(ops.cast(z_log_var, "float32"))
         if self.prior is None:
-            mean = z_mean
-            if dtypes.mean != "float32":
-                mean = ops.cast(mean, "float32")
-            per_dim_kl = _standard_normal_kl(mean, log_var)
+            mean = ops.cast(z_mean, "float32")
+            per_dim_kl = _kernels.standard_normal_kl(mean, log_var)
         else:  # One Monte Carlo estimate per example, as a single "dim".
             per_dim_kl = self.prior.kl(z_mean, log_var)[..., None]
-        weights = _mask_weights(mask)
-        if weights is None:
-            total = ops.sum(per_dim_kl)
-            count = _num_positions(per_dim_kl)
-        else:
-            total = ops.sum(weights * ops.sum(per_dim_kl, axis=-1))
-            count = ops.sum(weights)
+        total, count = _sums(per_dim_kl, mask)
         if self.free_bits == 0.0:
-            # The batch-mean KL, from the sums the metric needs anyway; an
-            # empty batch contributes 0, not NaN.
-            if isinstance(count, float):
-                penalty = total / max(count, 1.0)
-            else:
-                penalty = total / ops.maximum(count, 1.0)
+            # The batch-mean KL; an empty batch contributes 0, not NaN.
+            penalty = total / ops.maximum(count, 1.0)
         else:
-            penalty = self.kl_penalty(per_dim_kl, weights)
+            penalty = self.kl_penalty(per_dim_kl, mask)
         self.add_loss(penalty * self.kl_weight.value)
         # Running sums over examples, so the logged KL is the epoch mean.
-        # `stop_gradient`: under an eager `jax.grad` (e.g. input gradients)
-        # the variable would otherwise keep a tracer after the transform.
-        self._kl_total.assign_add(ops.stop_gradient(total))
-        self._kl_count.assign_add(count)
-        return self._sample_clipped(z_mean, log_var, training, dtypes.mean)
+        self.kl_metric.update_state(total, count)
+        return self.sample(z_mean, log_var, training)
 
     def get_config(self):
         config = super().get_config()
