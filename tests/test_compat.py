@@ -42,14 +42,13 @@ def test_is_outside_stateless_state_sees_the_scope_mapping():
         assert _compat.is_outside_stateless_state(other) is False, message
 
 
-def test_connected_operations_walks_both_directions():
-    inputs = keras.Input((4,))
-    h = keras.layers.Dense(3, name="up")(inputs)
-    out = keras.layers.Dense(2, name="down")(h)
-    keras.Model(inputs, out)
-    names = {op.name for op in _compat.connected_operations(h)}
-    assert {"up", "down"} <= names, "_compat.connected_operations broke"
-    assert _compat.connected_operations(np.zeros((1, 4))) == []
+def test_running_sum_variable_is_a_float32_non_trainable_scalar():
+    variable = _compat.running_sum_variable("total")
+    message = "_compat.running_sum_variable broke"
+    assert variable.trainable is False and tuple(variable.shape) == (), message
+    assert keras.backend.standardize_dtype(variable.dtype) == "float32"
+    variable.assign_add(2.5)
+    assert float(keras.ops.convert_to_numpy(variable.value)) == 2.5, message
 
 
 def test_producer_walks_a_functional_graph():

@@ -237,7 +237,7 @@ class VIB(Sampling):
 
     def build(self, input_shape):
         super().build(input_shape)
-        if self.prior is not None:
+        if self.prior is not None and not self.prior.built:
             self.prior.build(tuple(input_shape[0]))
 
     def call(self, inputs, training=None, mask=None):
