@@ -11,6 +11,7 @@ from helpers import closed_form_kl
 from helpers import make_vib_model
 from helpers import run_layer_test
 from helpers import to_numpy
+from keras.src import testing as keras_testing
 
 import keras_vib as kv
 
@@ -413,3 +414,64 @@ def test_integer_inputs():
         kv.layers.Sampling()([MEAN, integers])
     with pytest.raises(TypeError, match="argument `inputs`.*int32"):
         kv.layers.GaussianBottleneck(units=2)(integers)
+
+
+# --- Keras's own layer contract (keras.src.testing.TestCase.run_layer_test) --
+
+
+class KerasLayerContractTest(keras_testing.TestCase):
+    """The harness every Keras core layer passes, on every backend."""
+
+    def _run(self, layer_cls, init_kwargs, input_shape, **expected):
+        self.run_layer_test(
+            layer_cls,
+            init_kwargs,
+            input_shape=input_shape,
+            expected_output_shape=(2, 4, 3),
+            supports_masking=True,
+            **{"expected_num_seed_generators": 1, **expected},
+        )
+
+    def test_sampling(self):
+        self._run(
+            kv.layers.Sampling,
+            {"seed": 1},
+            ((2, 4, 3), (2, 4, 3)),
+            expected_num_trainable_weights=0,
+            expected_num_non_trainable_weights=0,
+            expected_num_losses=0,
+        )
+
+    def test_vib(self):
+        self._run(
+            kv.layers.VIB,
+            {"kl_weight": 0.1, "seed": 1, "free_bits": 0.1},
+            ((2, 4, 3), (2, 4, 3)),
+            expected_num_trainable_weights=0,
+            # kl_weight and the running KL's total and count.
+            expected_num_non_trainable_weights=3,
+            expected_num_losses=1,
+        )
+
+    def test_vib_with_a_mixture_prior(self):
+        self._run(
+            kv.layers.VIB,
+            {"seed": 1, "prior": kv.layers.MixturePrior(2, seed=0)},
+            ((2, 4, 3), (2, 4, 3)),
+            # The prior's logits, means and log-variances, and its seed.
+            expected_num_trainable_weights=3,
+            expected_num_seed_generators=2,
+            expected_num_non_trainable_weights=3,
+            expected_num_losses=1,
+        )
+
+    def test_gaussian_bottleneck(self):
+        self._run(
+            kv.layers.GaussianBottleneck,
+            {"units": 3, "kl_weight": 0.1, "seed": 1},
+            (2, 4, 5),
+            # The kernels and biases of the two heads.
+            expected_num_trainable_weights=4,
+            expected_num_non_trainable_weights=3,
+            expected_num_losses=1,
+        )
