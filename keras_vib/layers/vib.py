@@ -82,8 +82,9 @@ class VIB(Sampling):
             marginal whose KL is a Monte Carlo estimate (not with
             `free_bits_mode="per_dim"`).
         log_name: str or `None`, the key of the KL in logs and `History`.
-            `None` means `"kl"`, or `"<layer name>_kl"` when the same
-            functional model has several bottlenecks with default names.
+            `None` means `"kl"`; when one model has several bottlenecks with
+            default names, `find_bottlenecks` (which the callbacks call)
+            renames them `"<layer name>_kl"`.
         **kwargs: base layer keyword arguments.
 
     Call arguments:
@@ -192,9 +193,9 @@ class VIB(Sampling):
 
         Returns:
             A tuple `(total, count)` of float32 scalar variables: the sum of
-            the per-example KLs in nats, and the number of examples (unmasked
-            positions), seen by `call` since the metrics were last reset;
-            `total / count` is the logged KL.
+                the per-example KLs in nats, and the number of examples
+                (unmasked positions), seen by `call` since the metrics were
+                last reset; `total / count` is the logged KL.
         """
         return self._kl_sums
 
