@@ -79,3 +79,18 @@ def test_producer_of_an_eager_tensor_is_none():
     assert _compat.producer(keras.ops.ones((2, 3))) == (None, []), (
         "_compat.producer broke"
     )
+
+
+def test_running_sum_variable_without_synchronization(monkeypatch):
+    # Keras before 3.9 rejects `synchronization=` with a TypeError.
+    original = keras.Variable
+
+    def old_keras_variable(*args, synchronization=None, **kwargs):
+        if synchronization is not None:
+            raise TypeError("unexpected keyword argument 'synchronization'")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(keras, "Variable", old_keras_variable)
+    variable = _compat.running_sum_variable("count")
+    assert isinstance(variable, original), "_compat.running_sum_variable broke"
+    assert variable.trainable is False and tuple(variable.shape) == ()
