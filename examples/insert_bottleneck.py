@@ -4,7 +4,7 @@ Author: keras_vib contributors
 Date created: 2026/12/01
 Last modified: 2026/12/01
 Description: Insert a variational information bottleneck into a trained Keras
-    model with `kv.layers.insert_bottleneck`, fine-tune it, and remove it
+    model with `kv.surgery.insert_bottleneck`, fine-tune it, and remove it
     again.
 Run time: 65 s end to end, measured on 2026-12-01, TensorFlow backend, pinned
     to one core of the 2-core machine while other jobs ran (load average
@@ -22,14 +22,14 @@ example starts instead from a model that is **already trained** (yours, a
 colleague's `.keras` file, a model from a hub) and adds the bottleneck to it
 without touching its code:
 
-- `kv.layers.insert_bottleneck(model, after="features")` returns a copy of
+- `kv.surgery.insert_bottleneck(model, after="features")` returns a copy of
   the model with a `GaussianBottleneck` after the layer `features`. Every
   layer keeps its trained weights (they are copied, so the original model
   stays as it was), and the bottleneck starts as the identity on the mean
   with a small variance: the new model predicts exactly what the old one did.
 - We fine-tune the copy for a few epochs with several `kl_weight` values and
   watch the KL (in nats) and the accuracy.
-- `kv.layers.remove_bottleneck(model)` replaces the bottleneck by its mean,
+- `kv.surgery.remove_bottleneck(model)` replaces the bottleneck by its mean,
   giving a deterministic model for deployment.
 
 The data are scikit-learn's 8x8 handwritten digits (shipped with
@@ -125,7 +125,7 @@ because the original was compiled, the copy is compiled too (with a fresh
 optimizer), ready to `fit`.
 """
 
-vib_model = kv.layers.insert_bottleneck(
+vib_model = kv.surgery.insert_bottleneck(
     model, after="features", kl_weight=1e-2, seed=0
 )
 vib_model.summary()
@@ -173,7 +173,7 @@ control.compile(
 results = {"no bottleneck": fine_tune(control)}
 models = {}
 for kl_weight in KL_WEIGHTS:
-    candidate = kv.layers.insert_bottleneck(
+    candidate = kv.surgery.insert_bottleneck(
         model, after="features", kl_weight=kl_weight, seed=0
     )
     results[f"kl_weight={kl_weight:g}"] = fine_tune(candidate)
@@ -236,7 +236,7 @@ chosen = models[KL_WEIGHTS[len(KL_WEIGHTS) // 2]]
 path = os.path.join(tempfile.mkdtemp(), "digits_vib.keras")
 chosen.save(path)
 reloaded = keras.saving.load_model(path)
-deployed = kv.layers.remove_bottleneck(reloaded)
+deployed = kv.surgery.remove_bottleneck(reloaded)
 print([type(layer).__name__ for layer in deployed.layers])
 difference = np.max(
     np.abs(

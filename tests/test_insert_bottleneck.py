@@ -1,4 +1,4 @@
-"""Tests for `kv.layers.insert_bottleneck` and `kv.layers.remove_bottleneck`.
+"""Tests for `kv.surgery.insert_bottleneck` and `kv.surgery.remove_bottleneck`.
 
 The reference values are closed forms: at insertion the mean head is the
 identity, so the new model predicts what the old one did and the KL is
@@ -75,7 +75,7 @@ def weights_by_layer(model):
 def test_inference_output_unchanged_at_insertion(builder):
     x, y = data()
     model = trained(builder(), x, y)
-    new = kv.layers.insert_bottleneck(model, "hidden", kl_weight=0.1)
+    new = kv.surgery.insert_bottleneck(model, "hidden", kl_weight=0.1)
     assert type(new) is type(model)
     assert new.name == model.name
     np.testing.assert_allclose(
@@ -91,7 +91,7 @@ def test_kl_at_insertion_is_the_closed_form():
     x, y = data()
     model = trained(functional_model(), x, y)
     log_var = -3.0
-    new = kv.layers.insert_bottleneck(
+    new = kv.surgery.insert_bottleneck(
         model, "middle", kl_weight=0.5, initial_log_var=log_var
     )
     new.compile("sgd", "binary_crossentropy")
@@ -110,7 +110,7 @@ def test_kl_at_insertion_is_the_closed_form():
 def test_training_samples_with_the_initial_variance():
     x, _ = data(n=4000)
     model = functional_model()
-    new = kv.layers.insert_bottleneck(
+    new = kv.surgery.insert_bottleneck(
         model, "middle", seed=3, initial_log_var=-2.0
     )
     bottleneck = new.get_layer("middle_bottleneck")
@@ -132,7 +132,7 @@ def test_weights_are_copied_and_the_original_is_untouched(builder):
     x, y = data()
     model = trained(builder(), x, y)
     before = weights_by_layer(model)
-    new = kv.layers.insert_bottleneck(model, "middle", kl_weight=0.01)
+    new = kv.surgery.insert_bottleneck(model, "middle", kl_weight=0.01)
     copied = weights_by_layer(new)
     assert before
     for path, value in before.items():
@@ -149,7 +149,7 @@ def test_weights_are_copied_and_the_original_is_untouched(builder):
 def test_gradients_reach_the_new_heads_and_the_original_layers():
     x, y = data()
     model = trained(functional_model(), x, y)
-    new = kv.layers.insert_bottleneck(model, "hidden", kl_weight=0.1, seed=1)
+    new = kv.surgery.insert_bottleneck(model, "hidden", kl_weight=0.1, seed=1)
     new.compile(keras.optimizers.SGD(0.05), "binary_crossentropy")
     start = {v.path: to_numpy(v) for v in new.trainable_variables}
     history = new.fit(x, y, epochs=1, batch_size=64, verbose=0)
@@ -172,7 +172,7 @@ def test_fit_right_away_when_the_original_was_compiled():
     model = functional_model()
     model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=1, verbose=0)
-    new = kv.layers.insert_bottleneck(model, "hidden")
+    new = kv.surgery.insert_bottleneck(model, "hidden")
     history = new.fit(x, y, epochs=2, verbose=0)
     assert sorted(history.history) == ["accuracy", "kl", "loss"]
     assert new.optimizer is not model.optimizer
@@ -185,7 +185,7 @@ def test_fit_right_away_when_the_original_was_compiled():
 def test_keras_file_round_trip(builder, tmp_path):
     x, y = data()
     model = trained(builder(), x, y)
-    new = kv.layers.insert_bottleneck(model, "hidden", kl_weight=0.25, seed=2)
+    new = kv.surgery.insert_bottleneck(model, "hidden", kl_weight=0.25, seed=2)
     new.compile("adam", "binary_crossentropy")
     new.fit(x, y, epochs=1, verbose=0)
     path = tmp_path / "inserted.keras"
@@ -206,7 +206,7 @@ def test_exports_as_a_classifier(tmp_path):
 
     x, y = data()
     model = trained(functional_model(), x, y)
-    new = kv.layers.insert_bottleneck(model, "hidden", seed=0)
+    new = kv.surgery.insert_bottleneck(model, "hidden", seed=0)
     kv.export.classifier(new, tmp_path / "saved", num_samples=3)
     served = tf.saved_model.load(str(tmp_path / "saved"))
     np.testing.assert_allclose(
@@ -229,7 +229,7 @@ def test_consumer_with_several_inbound_nodes_is_rewired_on_one_node():
     model = keras.Model(inputs, outputs)
     # Sampling at inference with unit variance makes the rewired branch
     # visible: only the columns computed from `a` change.
-    new = kv.layers.insert_bottleneck(
+    new = kv.surgery.insert_bottleneck(
         model, "a", seed=0, sample_at_inference=True, initial_log_var=0.0
     )
     old, out = predict(model, x), predict(new, x)
@@ -248,13 +248,13 @@ def test_nested_model_consuming_the_layer():
     inputs = keras.Input((6,))
     h = keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
     model = trained(keras.Model(inputs, head(h)), x, y)
-    new = kv.layers.insert_bottleneck(
+    new = kv.surgery.insert_bottleneck(
         model, "hidden", sample_at_inference=True, initial_log_var=0.0
     )
     assert new.get_layer("head") is not head
     # The nested model now consumes z: its output is noisy at inference.
     assert np.abs(predict(new, x) - predict(model, x)).mean() > 1e-3
-    identity = kv.layers.insert_bottleneck(model, "hidden")
+    identity = kv.surgery.insert_bottleneck(model, "hidden")
     np.testing.assert_allclose(
         predict(identity, x), predict(model, x), rtol=RTOL, atol=ATOL
     )
@@ -281,7 +281,7 @@ def test_layer_inside_a_nested_model(inner_kind):
     inputs = keras.Input((6,))
     outputs = keras.layers.Dense(1, name="out")(encoder(inputs))
     model = trained(keras.Model(inputs, outputs), x, y)
-    new = kv.layers.insert_bottleneck(model, "enc_hidden", kl_weight=0.1)
+    new = kv.surgery.insert_bottleneck(model, "enc_hidden", kl_weight=0.1)
     new_encoder = new.get_layer("encoder")
     assert isinstance(
         new_encoder.get_layer("enc_hidden_bottleneck"),
@@ -293,7 +293,7 @@ def test_layer_inside_a_nested_model(inner_kind):
     new.compile("adam", "binary_crossentropy")
     assert "kl" in new.fit(x, y, epochs=1, verbose=0).history
     # Layer objects work as well as names.
-    again = kv.layers.insert_bottleneck(model, encoder.get_layer("enc_hidden"))
+    again = kv.surgery.insert_bottleneck(model, encoder.get_layer("enc_hidden"))
     np.testing.assert_allclose(
         predict(again, x), predict(model, x), rtol=RTOL, atol=ATOL
     )
@@ -302,7 +302,7 @@ def test_layer_inside_a_nested_model(inner_kind):
 def test_units_other_than_the_width_keep_the_consumers_weights():
     x, y = data()
     model = trained(functional_model(), x, y)
-    new = kv.layers.insert_bottleneck(model, "hidden", units=3)
+    new = kv.surgery.insert_bottleneck(model, "hidden", units=3)
     assert new.get_layer("hidden_bottleneck").units == 3
     expand = new.get_layer("hidden_bottleneck_expand")
     assert expand.units == 8
@@ -322,7 +322,7 @@ def test_shared_layer_is_refused():
     shared = keras.layers.Dense(6, name="twice")
     model = keras.Model(inputs, shared(shared(inputs)))
     with pytest.raises(ValueError, match="called more than once"):
-        kv.layers.insert_bottleneck(model, "twice")
+        kv.surgery.insert_bottleneck(model, "twice")
 
 
 def test_subclassed_model_is_refused():
@@ -337,7 +337,7 @@ def test_subclassed_model_is_refused():
     net = Net()
     net(np.zeros((2, 4), "float32"))
     with pytest.raises(TypeError, match="subclassed model.*call"):
-        kv.layers.insert_bottleneck(net, net.dense)
+        kv.surgery.insert_bottleneck(net, net.dense)
 
 
 def test_layer_inside_a_subclassed_layer_is_refused():
@@ -352,7 +352,7 @@ def test_layer_inside_a_subclassed_layer_is_refused():
     inputs = keras.Input((6,))
     model = keras.Model(inputs, Block(name="block")(inputs))
     with pytest.raises(ValueError, match="inside layer `block`"):
-        kv.layers.insert_bottleneck(model, "inner")
+        kv.surgery.insert_bottleneck(model, "inner")
 
 
 @pytest.mark.parametrize(
@@ -368,7 +368,7 @@ def test_layer_inside_a_subclassed_layer_is_refused():
 )
 def test_invalid_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
-        kv.layers.insert_bottleneck(functional_model(), **kwargs)
+        kv.surgery.insert_bottleneck(functional_model(), **kwargs)
 
 
 def test_non_float_output_is_refused():
@@ -377,7 +377,7 @@ def test_non_float_output_is_refused():
     outputs = keras.layers.Embedding(10, 3)(ids)
     model = keras.Model(inputs, outputs)
     with pytest.raises(ValueError, match="floating-point"):
-        kv.layers.insert_bottleneck(model, "ids")
+        kv.surgery.insert_bottleneck(model, "ids")
 
 
 # -- removal -----------------------------------------------------------------
@@ -387,12 +387,12 @@ def test_non_float_output_is_refused():
 def test_remove_restores_a_deterministic_model(builder, tmp_path):
     x, y = data()
     model = trained(builder(), x, y)
-    vib = kv.layers.insert_bottleneck(model, "hidden", kl_weight=0.1, seed=0)
+    vib = kv.surgery.insert_bottleneck(model, "hidden", kl_weight=0.1, seed=0)
     vib.compile("adam", "binary_crossentropy")
     vib.fit(x, y, epochs=2, verbose=0)
-    plain = kv.layers.remove_bottleneck(vib)
+    plain = kv.surgery.remove_bottleneck(vib)
     with pytest.raises(ValueError, match="no KL bottleneck"):
-        kv.layers.find_bottlenecks(plain)
+        kv.surgery.find_bottlenecks(plain)
     np.testing.assert_allclose(
         predict(plain, x), predict(vib, x), rtol=RTOL, atol=ATOL
     )
@@ -414,7 +414,7 @@ def test_remove_a_two_input_vib():
     z_log_var = keras.layers.Dense(3, name="z_log_var")(h)
     z = kv.layers.VIB(kl_weight=0.1, seed=0, name="vib")([z_mean, z_log_var])
     model = trained(keras.Model(inputs, keras.layers.Dense(1)(z)), x, y)
-    plain = kv.layers.remove_bottleneck(model, "vib")
+    plain = kv.surgery.remove_bottleneck(model, "vib")
     names = [layer.name for layer in plain.layers]
     assert "vib" not in names and "z_log_var" not in names
     np.testing.assert_allclose(
@@ -424,4 +424,4 @@ def test_remove_a_two_input_vib():
 
 def test_remove_without_bottleneck_is_refused():
     with pytest.raises(ValueError, match="no bottleneck"):
-        kv.layers.remove_bottleneck(functional_model())
+        kv.surgery.remove_bottleneck(functional_model())

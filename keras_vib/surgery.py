@@ -1,38 +1,85 @@
-"""Add a bottleneck to a built model, or remove one, without rewriting it.
+"""Model surgery: find, insert and remove the bottlenecks of a built model.
 
 `insert_bottleneck(model, after)` returns a copy of a built Functional or
 Sequential model with a `GaussianBottleneck` after one of its layers;
 `remove_bottleneck(model)` returns a copy where each bottleneck is replaced
-by its mean, a deterministic model for deployment.
+by its mean, a deterministic model for deployment; `find_bottlenecks(model)`
+lists a model's bottlenecks (the KL callbacks use it).
 
-Both *copy* the original layers (each is recreated from its config and
-given the original's weights) rather than reuse them: the original model
-stays exactly as it was, so fine-tuning the new model does not change it,
-and the two can be compared, saved or trained side by side. Layers shared
-within the model stay shared in the copy.
+The copies recreate each original layer from its config and give it the
+original's weights, rather than reuse it: the original model stays exactly
+as it was, so fine-tuning the new model does not change it, and the two can
+be compared, saved or trained side by side. Layers shared within the model
+stay shared in the copy.
 """
 
-import keras
-import numpy as np
+import warnings
 
-from keras_vib import _compat
-from keras_vib._validation import check_choice
+import keras
+
+from keras_vib import _graph
 from keras_vib._validation import check_finite_float
-from keras_vib._validation import check_log_name
-from keras_vib._validation import check_non_negative_float
-from keras_vib._validation import check_positive_int
-from keras_vib._validation import check_seed
+from keras_vib.layers.bottlenecks import bottlenecks_of
 from keras_vib.layers.bottlenecks import is_bottleneck
+from keras_vib.layers.bottlenecks import make_log_names_distinct
 from keras_vib.layers.gaussian_bottleneck import GaussianBottleneck
 from keras_vib.layers.vib import VIB
-from keras_vib.ops import FREE_BITS_MODES
+
+#: `insert_bottleneck` warns when the layers it adds would hold more than
+#: this many times the parameters of the model they go into.
+SIZE_WARNING_RATIO = 4.0
 
 
-def _is_graph_model(layer):
-    """Functional (`keras.Function`) or Sequential: a graph we can read."""
-    return isinstance(layer, keras.Sequential) or (
-        isinstance(layer, keras.Model) and isinstance(layer, keras.Function)
-    )
+def find_bottlenecks(model, layer_names=None):
+    """Return the bottleneck layers of `model` (the model itself included).
+
+    Bottlenecks are the layers and models with a `kl_weight` variable and a
+    running KL: `VIB`, `GaussianBottleneck`, `keras_vib.models.VAE`, and
+    any layer of your own with the same interface. Nested models and layers
+    are searched too. Bottlenecks that share a default log key get distinct
+    ones (`<layer name>_kl`).
+
+    Args:
+        model: a Keras layer or model.
+        layer_names: `None` (every bottleneck) or a list of layer names.
+
+    Returns:
+        A list of layers, in the order of `layer_names` if given.
+
+    Raises:
+        ValueError: if the model has no bottleneck, or a name in
+            `layer_names` names no bottleneck of the model.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     kv.layers.GaussianBottleneck(units=2, name="bottleneck"),
+    ...     keras.layers.Dense(1),
+    ... ])
+    >>> [layer.name for layer in kv.surgery.find_bottlenecks(model)]
+    ['bottleneck']
+    """
+    found = bottlenecks_of([model])
+    if not found:
+        raise ValueError(
+            f"Model `{model.name}` has no KL bottleneck: no layer or model "
+            "in it has a `kl_weight` variable and a running KL (keras_vib "
+            "`VIB`, `GaussianBottleneck` or `keras_vib.models.VAE`)."
+        )
+    make_log_names_distinct(found)
+    if layer_names is None:
+        return found
+    by_name = {layer.name: layer for layer in found}
+    missing = [name for name in layer_names if name not in by_name]
+    if missing:
+        raise ValueError(
+            "Invalid value received for argument `layer_names`. Expected "
+            f"names of bottleneck layers of model `{model.name}`, among "
+            f"{sorted(by_name)}. Received: layer_names={list(layer_names)} "
+            f"(no bottleneck named {missing})"
+        )
+    return [by_name[name] for name in layer_names]
 
 
 def _check_model(model, function_name):
@@ -42,7 +89,7 @@ def _check_model(model, function_name):
             "built Functional or Sequential `keras.Model`. Received: "
             f"model={model!r} of type {type(model).__name__}"
         )
-    if not _is_graph_model(model):
+    if not _graph.is_graph_model(model):
         raise TypeError(
             f"`{function_name}` can only rewrite Functional and Sequential "
             f"models, whose graph of layers it can read. Model "
@@ -62,42 +109,9 @@ def _check_model(model, function_name):
         )
 
 
-def _children(model):
-    return [
-        layer
-        for layer in model.layers
-        if not isinstance(layer, keras.layers.InputLayer)
-    ]
-
-
-def _find_path(model, match):
-    """The chain of graph models from `model` down to the layer that
-    `match` accepts: `[model, ..., container]` and the layer, or None."""
-    for layer in _children(model):
-        if match(layer):
-            return [model], layer
-    for layer in _children(model):
-        if _is_graph_model(layer):
-            found = _find_path(layer, match)
-            if found is not None:
-                return [model] + found[0], found[1]
-    return None
-
-
-def _opaque_container(model, match):
-    """A non-graph layer of `model` that holds a layer `match` accepts."""
-    for layer in _children(model):
-        if _is_graph_model(layer):
-            found = _opaque_container(layer, match)
-            if found is not None:
-                return found
-        elif any(match(inner) for inner in _compat.flatten_layers(layer)):
-            return layer
-    return None
-
-
-def _locate(model, layer, argument="after"):
-    """Return the layer named (or given by) `layer` inside `model`."""
+def _locate(model, layer, argument):
+    """`(path, layer)`: the layer named (or given by) `layer` in `model`,
+    and the chain of graph models down to it (see `_graph.find_path`)."""
     if isinstance(layer, str):
         match = lambda candidate: candidate.name == layer  # noqa: E731
     elif isinstance(layer, keras.layers.Layer):
@@ -108,10 +122,10 @@ def _locate(model, layer, argument="after"):
             f"layer name (str) or a `keras.layers.Layer`. Received: "
             f"{argument}={layer!r} of type {type(layer).__name__}"
         )
-    found = _find_path(model, match)
+    found = _graph.find_path(model, match)
     if found is not None:
-        return found[1]
-    opaque = _opaque_container(model, match)
+        return found
+    opaque = _graph.opaque_container(model, match)
     if opaque is not None:
         raise ValueError(
             f"Invalid value received for argument `{argument}`. Layer "
@@ -121,11 +135,7 @@ def _locate(model, layer, argument="after"):
             "rewritten. Choose a layer outside it, or add the bottleneck in "
             f"`{type(opaque).__name__}.call`. Received: {argument}={layer!r}"
         )
-    names = [
-        inner.name
-        for inner in _all_layers(model)
-        if not isinstance(inner, keras.layers.InputLayer)
-    ]
+    names = [inner.name for inner in _graph.graph_layers(model)]
     raise ValueError(
         f"Invalid value received for argument `{argument}`. Expected a "
         f"layer of model `{model.name}` (one of {names}). Received: "
@@ -133,27 +143,10 @@ def _locate(model, layer, argument="after"):
     )
 
 
-def _all_layers(model):
-    """Every layer reachable through graph models, each once."""
-    found, seen = [], set()
-
-    def visit(container):
-        for layer in container.layers:
-            if id(layer) in seen:
-                continue
-            seen.add(id(layer))
-            found.append(layer)
-            if _is_graph_model(layer):
-                visit(layer)
-
-    visit(model)
-    return found
-
-
 def _unique_name(model, name):
-    taken = {layer.name for layer in _all_layers(model)} | {model.name}
+    taken = {layer.name for layer in _graph.graph_layers(model)}
     candidate, i = name, 1
-    while candidate in taken:
+    while candidate in taken | {model.name}:
         candidate = f"{name}_{i}"
         i += 1
     return candidate
@@ -204,7 +197,7 @@ class _Rewriter:
     def copy_layer(self, layer):
         if id(layer) in self.clones:
             return self.clones[id(layer)]
-        if _is_graph_model(layer):
+        if _graph.is_graph_model(layer):
             copy = self.copy_model(layer)
         elif not layer.weights or layer.built:
             copy = self._from_config(layer)
@@ -232,7 +225,6 @@ class _Rewriter:
             ) from error
 
     def copy_model(self, model):
-        _check_model(model, "the rewrite")
         if isinstance(model, keras.Sequential):
             layers = []
             for layer in model.layers:
@@ -262,75 +254,90 @@ class _Rewriter:
                 copy.set_weights(values)
 
 
-def _single_float_output(layer, outputs):
-    if not isinstance(outputs, keras.KerasTensor):
-        raise ValueError(
-            "Invalid value received for argument `after`. Expected a layer "
-            f"with one output tensor. Layer `{layer.name}` returns "
-            f"{type(outputs).__name__} {outputs!r}. Insert the bottleneck "
-            "after a layer that consumes one of these outputs instead."
-        )
-    if not keras.backend.is_float_dtype(outputs.dtype):
-        raise ValueError(
-            "Invalid value received for argument `after`. Expected a layer "
-            f"with a floating-point output. Layer `{layer.name}` returns "
-            f"dtype {outputs.dtype} (e.g. token ids): insert the bottleneck "
-            "after a layer that returns features, such as an `Embedding`."
-        )
-    if len(outputs.shape) < 2 or outputs.shape[-1] is None:
-        raise ValueError(
-            "Invalid value received for argument `after`. Expected a layer "
-            "whose output has rank >= 2 and a known last dimension. Layer "
-            f"`{layer.name}` returns shape {outputs.shape}."
-        )
-    return outputs
-
-
 class _Insert(_Rewriter):
-    def __init__(self, target, make_bottleneck):
+    def __init__(self, target, layers):
         super().__init__()
         self.target = target
-        self.make_bottleneck = make_bottleneck
-        self.layers = None  # [bottleneck] or [bottleneck, expand]
-        self.calls = 0
-
-    def _count(self, shared=False):
-        self.calls += 1
-        if shared or self.calls > 1:
-            raise ValueError(
-                "Invalid value received for argument `after`. Layer "
-                f"`{self.target.name}` is called more than once in the "
-                "model (a shared layer), so its output is not one tensor: "
-                "a bottleneck after it is ambiguous. Insert the bottleneck "
-                "after a layer that is called once (e.g. one of the "
-                "consumers of this layer's output)."
-            )
-
-    def _bottleneck(self, width):
-        if self.layers is None:
-            self.layers = self.make_bottleneck(width)
-        return self.layers
+        self.layers = layers  # [bottleneck] or [bottleneck, expand]
 
     def call(self, original, clone, args, kwargs):
         outputs = clone(*args, **kwargs)
-        if original is not self.target:
-            return outputs
-        self._count()
-        outputs = _single_float_output(original, outputs)
-        for layer in self._bottleneck(outputs.shape[-1]):
-            outputs = layer(outputs)
+        if original is self.target:
+            for layer in self.layers:
+                outputs = layer(outputs)
         return outputs
 
     def sequence(self, original, clone):
-        if original is not self.target:
-            return [clone]
-        try:
-            outputs = original.output
-        except (AttributeError, ValueError):  # several inbound nodes
-            self._count(shared=True)
-        self._count()
-        outputs = _single_float_output(original, outputs)
-        return [clone] + list(self._bottleneck(outputs.shape[-1]))
+        if original is self.target:
+            return [clone] + self.layers
+        return [clone]
+
+
+def _refuse(message):
+    raise ValueError(f"Invalid value received for argument `after`. {message}")
+
+
+def _check_target(model, path, target):
+    """Refuse a layer after which a bottleneck would be ambiguous or change
+    what the model means; return the layer's output tensor."""
+    container = path[-1]
+    if is_bottleneck(target):
+        _refuse(
+            f"Layer `{target.name}` is a bottleneck already: a second one "
+            "right after it would only add noise to its samples. Insert "
+            "the new bottleneck after another layer, or change this one "
+            f"(`kl_weight`) or remove it with `kv.surgery.remove_bottleneck`."
+        )
+    stacked = [
+        layer.name
+        for layer in _graph.consumers(path, target)
+        if is_bottleneck(layer)
+    ]
+    if stacked:
+        _refuse(
+            f"Layer `{target.name}` already feeds the bottleneck "
+            f"{stacked[0]!r}: a second one would stack on it. Change that "
+            "bottleneck (its `kl_weight`), or remove it first with "
+            f"`kv.surgery.remove_bottleneck(model, {stacked[0]!r})`."
+        )
+    if sum(op is target for op, _ in _graph.calls(container)) > 1:
+        _refuse(
+            f"Layer `{target.name}` is called more than once in the model "
+            "(a shared layer), so its output is not one tensor: a "
+            "bottleneck after it is ambiguous. Insert the bottleneck after "
+            "a layer that is called once (e.g. one of the consumers of "
+            "this layer's output)."
+        )
+    if target in _graph.output_layers(model):
+        feeders = [layer.name for layer in _graph.feeders(container, target)]
+        _refuse(
+            f"Layer `{target.name}` computes the output of model "
+            f"`{model.name}`: a bottleneck after it would change what the "
+            "model returns (e.g. probabilities that no longer sum to 1). "
+            "Insert it after a layer that feeds this one"
+            + (f", such as {feeders[0]!r}." if feeders else ".")
+        )
+    outputs = target.output
+    if not isinstance(outputs, keras.KerasTensor):
+        _refuse(
+            f"Expected a layer with one output tensor. Layer `{target.name}` "
+            f"returns {type(outputs).__name__} {outputs!r}. Insert the "
+            "bottleneck after a layer that consumes one of these outputs."
+        )
+    if not keras.backend.is_float_dtype(outputs.dtype):
+        _refuse(
+            "Expected a layer with a floating-point output. Layer "
+            f"`{target.name}` returns dtype {outputs.dtype} (e.g. token ids): "
+            "insert the bottleneck after a layer that returns features, "
+            "such as an `Embedding`."
+        )
+    if len(outputs.shape) < 2 or outputs.shape[-1] is None:
+        _refuse(
+            "Expected a layer whose output has rank 2 or more and a known "
+            f"last dimension. Layer `{target.name}` returns shape "
+            f"{outputs.shape}."
+        )
+    return outputs
 
 
 def insert_bottleneck(
@@ -338,13 +345,10 @@ def insert_bottleneck(
     after,
     kl_weight=1e-3,
     units=None,
-    seed=None,
-    free_bits=0.0,
-    free_bits_mode="total",
-    log_name=None,
+    *,
     initial_log_var=-6.0,
-    sample_at_inference=False,
     name=None,
+    **kwargs,
 ):
     """Return a copy of `model` with a `GaussianBottleneck` after a layer.
 
@@ -365,29 +369,48 @@ def insert_bottleneck(
     bottleneck returns its mean, the new model computes exactly what the
     old one did, and in training it samples with a small standard deviation
     `exp(initial_log_var / 2)`. Training then trades the KL to `N(0, I)`,
-    logged as `kl`, against the task loss. A `units` other than the width
-    of the layer's output gives a randomly initialised `Dense(units)` mean
-    head followed by a linear `Dense(width)` so that the consumers keep
-    their trained weights; the output then changes at insertion.
+    logged as `kl`, against the task loss.
+
+    **Choosing `units`.** The default keeps the layer's width `w`: the two
+    heads then hold `2 * w * (w + 1)` parameters, fine after a layer of a
+    few hundred units. A smaller `units` (the size of the code `z`, e.g.
+    32 to 256) makes a tighter bottleneck with smaller heads, but starts
+    from randomly initialised heads followed by a linear `Dense(w)` that
+    keeps the consumers' trained weights: the output changes at insertion
+    and the model needs fine-tuning. A warning says when the added layers
+    would hold more than `SIZE_WARNING_RATIO` (4) times the parameters of
+    the model.
+
+    **Where it goes in a convnet.** After `Flatten` the width is positions
+    times channels (1,600 in the keras.io MNIST convnet), so the default
+    heads would dwarf the model. Insert it after the last pooling (or
+    convolution) layer instead: the bottleneck then acts on the channels of
+    each position, its heads are channels by channels, it starts as the
+    identity, and the logged KL is the mean per position. After global
+    pooling, or a narrow `Dense` layer before the classifier (the IMDB CNN's
+    `Dense(250)`), the bottleneck is one code per example.
 
     Args:
         model: a built Functional or Sequential `keras.Model`.
         after: the layer (name or object) after which to insert. It must be
-            called once in the model and return one float tensor of rank
-            >= 2; it may sit inside a nested Functional or Sequential model.
-        kl_weight: finite float >= 0, the weight of the KL term. Default
-            1e-3: a trained layer's activations carry many nats, so a large
-            weight first erases what the model learned.
-        units: int >= 1 or `None` (the width of the layer's output).
-        seed: int or `None`, seeds the bottleneck's sampling.
-        free_bits: finite float >= 0, KL threshold in nats (see `VIB`).
-        free_bits_mode: `"total"` or `"per_dim"` (see `VIB`).
-        log_name: str or `None`, the key of the KL in logs (see `VIB`).
+            called once in the model and return one float tensor whose rank
+            is at least 2; it may sit inside a nested Functional or
+            Sequential model. It must not compute the model's output (the
+            bottleneck would change what the model returns, e.g. its
+            probabilities), be a bottleneck, or already feed one.
+        kl_weight: finite float, 0 or more, the weight of the KL term.
+            Default 1e-3: a trained layer's activations carry many nats, so
+            a large weight first erases what the model learned.
+        units: int, 1 or more, or `None` (the width of the layer's output).
+            See "Choosing `units`" above.
         initial_log_var: finite float, the initial log-variance (default
             -6: standard deviation 0.05).
-        sample_at_inference: bool, also sample when `training=False`.
         name: str or `None`, the bottleneck layer's name (default
             `"<after>_bottleneck"`).
+        **kwargs: further arguments of `GaussianBottleneck`: `seed`,
+            `free_bits`, `free_bits_mode`, `log_name`,
+            `sample_at_inference`, `prior` (see `VIB`), `dtype`. The layer
+            checks them.
 
     Returns:
         A new model of the same kind (Functional or Sequential) and name.
@@ -396,9 +419,9 @@ def insert_bottleneck(
         TypeError: for a subclassed model (its graph is Python code and
             cannot be read), or a layer that cannot be recreated from its
             config.
-        ValueError: if `after` is not a layer of the model, is shared
-            (called several times), sits inside a subclassed layer, or
-            does not return one float tensor of rank >= 2.
+        ValueError: if `after` is not a layer of the model, or is one of
+            the layers refused above, or if an argument of the bottleneck
+            is invalid.
 
     Example:
 
@@ -408,7 +431,7 @@ def insert_bottleneck(
     ...     keras.layers.Dense(1, name="out"),
     ... ])
     >>> x = np.random.normal(size=(16, 4)).astype("float32")
-    >>> vib = kv.layers.insert_bottleneck(model, "hidden", kl_weight=1e-2)
+    >>> vib = kv.surgery.insert_bottleneck(model, "hidden", kl_weight=1e-2)
     >>> [layer.name for layer in vib.layers]
     ['hidden', 'hidden_bottleneck', 'out']
     >>> np.allclose(vib.predict(x, verbose=0), model.predict(x, verbose=0),
@@ -419,68 +442,57 @@ def insert_bottleneck(
     ['kl', 'loss']
     """
     _check_model(model, "insert_bottleneck")
-    target = _locate(model, after)
-    if isinstance(target, keras.layers.InputLayer):
-        raise ValueError(
-            "Invalid value received for argument `after`. Expected a layer "
-            f"that computes something; `{target.name}` is an Input layer."
-        )
-    kl_weight = check_non_negative_float("kl_weight", kl_weight)
-    if units is not None:
-        units = check_positive_int("units", units)
-    seed = check_seed("seed", seed)
-    free_bits = check_non_negative_float("free_bits", free_bits)
-    check_choice("free_bits_mode", free_bits_mode, FREE_BITS_MODES)
-    check_log_name("log_name", log_name)
+    path, target = _locate(model, after, "after")
+    outputs = _check_target(model, path, target)
     initial_log_var = check_finite_float("initial_log_var", initial_log_var)
     if name is None:
         name = _unique_name(model, f"{target.name}_bottleneck")
-    elif not isinstance(name, str) or name in {
-        layer.name for layer in _all_layers(model)
-    }:
+    elif name in {layer.name for layer in _graph.graph_layers(model)}:
         raise ValueError(
             "Invalid value received for argument `name`. Expected a layer "
             f"name not used in model `{model.name}`. Received: name={name!r}"
         )
-
-    def make_bottleneck(width):
-        latent = width if units is None else units
-        bottleneck = GaussianBottleneck(
-            latent,
-            # The identity needs a square kernel; else Keras's default.
-            kernel_initializer=(
-                "identity" if latent == width else "glorot_uniform"
-            ),
-            log_var_bias_initializer=keras.initializers.Constant(
-                initial_log_var
-            ),
-            kl_weight=kl_weight,
-            seed=seed,
-            free_bits=free_bits,
-            free_bits_mode=free_bits_mode,
-            log_name=log_name,
-            sample_at_inference=sample_at_inference,
-            name=name,
-            dtype=target.dtype_policy,
-        )
-        if latent == width:
-            return [bottleneck]
-        expand = keras.layers.Dense(
-            width, name=_unique_name(model, f"{name}_expand")
-        )
-        return [bottleneck, expand]
-
-    rewriter = _Insert(target, make_bottleneck)
-    new_model = rewriter.copy_model(model)
-    if rewriter.calls == 0:  # pragma: no cover - _locate found it
-        raise ValueError(
-            f"Layer `{target.name}` is not called in model `{model.name}`."
-        )
-    rewriter.copy_weights()
-    bottleneck = rewriter.layers[0]
+    width = outputs.shape[-1]
+    latent = width if units is None else units
+    kwargs.setdefault("dtype", target.dtype_policy)
+    bottleneck = GaussianBottleneck(
+        latent,
+        # The identity needs a square kernel; else Keras's default.
+        kernel_initializer="identity" if latent == width else "glorot_uniform",
+        log_var_bias_initializer=keras.initializers.Constant(initial_log_var),
+        kl_weight=kl_weight,
+        name=name,
+        **kwargs,
+    )
+    bottleneck.build(outputs.shape)
     # Start at a small, input-independent variance.
     kernel = bottleneck.log_var_head.kernel
-    kernel.assign(np.zeros(kernel.shape, dtype=kernel.dtype))
+    kernel.assign(keras.ops.zeros(kernel.shape, kernel.dtype))
+    layers = [bottleneck]
+    if latent != width:
+        expand = keras.layers.Dense(
+            width,
+            name=_unique_name(model, f"{name}_expand"),
+            dtype=kwargs["dtype"],
+        )
+        expand.build(bottleneck.compute_output_shape(outputs.shape))
+        layers.append(expand)
+    added = sum(layer.count_params() for layer in layers)
+    if added > SIZE_WARNING_RATIO * model.count_params():
+        warnings.warn(
+            f"keras_vib: the bottleneck after `{target.name}` adds "
+            f"{added:,} parameters to the {model.count_params():,} of model "
+            f"`{model.name}` ({added / model.count_params():.0f} times as "
+            f"many): its heads map {width} features to {latent}. Pass a "
+            "smaller `units` (the size of the code z), or insert it after a "
+            "narrower layer (in a convnet, after the last pooling layer "
+            "rather than after `Flatten`).",
+            UserWarning,
+            stacklevel=2,
+        )
+    rewriter = _Insert(target, layers)
+    new_model = rewriter.copy_model(model)
+    rewriter.copy_weights()
     return new_model
 
 
@@ -489,19 +501,15 @@ class _Remove(_Rewriter):
         super().__init__()
         self.targets = targets
 
-    def _mean_layer(self, original):
-        mean_head = original.mean_head
-        dense = keras.layers.Dense.from_config(
-            {**mean_head.get_config(), "name": original.name}
-        )
-        return dense
-
     def copy_layer(self, layer):
         if id(layer) in {id(t) for t in self.targets} and isinstance(
             layer, GaussianBottleneck
         ):
             if id(layer) not in self.clones:
-                dense = self._mean_layer(layer)
+                # A `Dense` with the mean head's weights and the layer's name.
+                dense = keras.layers.Dense.from_config(
+                    {**layer.mean_head.get_config(), "name": layer.name}
+                )
                 self.pairs.append((layer.mean_head, dense))
                 self.clones[id(layer)] = dense
                 self.originals[id(dense)] = layer
@@ -549,7 +557,7 @@ def remove_bottleneck(model, bottleneck=None):
     ...     kv.layers.GaussianBottleneck(units=2, name="bottleneck"),
     ...     keras.layers.Dense(1),
     ... ])
-    >>> plain = kv.layers.remove_bottleneck(model)
+    >>> plain = kv.surgery.remove_bottleneck(model)
     >>> [type(layer).__name__ for layer in plain.layers]
     ['Dense', 'Dense']
     >>> x = np.random.normal(size=(3, 4)).astype("float32")
@@ -560,7 +568,7 @@ def remove_bottleneck(model, bottleneck=None):
     if bottleneck is None:
         targets = [
             layer
-            for layer in _all_layers(model)
+            for layer in _graph.graph_layers(model)
             if is_bottleneck(layer) and not isinstance(layer, keras.Model)
         ]
         if not targets:
@@ -568,7 +576,7 @@ def remove_bottleneck(model, bottleneck=None):
                 f"Model `{model.name}` has no bottleneck layer to remove."
             )
     else:
-        targets = [_locate(model, bottleneck, argument="bottleneck")]
+        targets = [_locate(model, bottleneck, "bottleneck")[1]]
     for layer in targets:
         if not isinstance(layer, VIB):
             raise ValueError(
