@@ -1,10 +1,12 @@
-"""Tests for `kv.surgery.insert_bottleneck` and `kv.surgery.remove_bottleneck`.
+"""Tests for `kv.surgery`: `insert_bottleneck` and `remove_bottleneck`.
 
 The reference values are closed forms: at insertion the mean head is the
 identity, so the new model predicts what the old one did and the KL is
 `0.5 * sum_d(h_d^2 + exp(v) - v - 1)` with `h` the layer's output and `v`
 the initial log-variance.
 """
+
+import warnings
 
 import keras
 import numpy as np
@@ -364,6 +366,7 @@ def test_layer_inside_a_subclassed_layer_is_refused():
         ({"after": "hidden", "units": 0}, ValueError, "units"),
         ({"after": "hidden", "name": "middle"}, ValueError, "name"),
         ({"after": "hidden", "free_bits_mode": "x"}, ValueError, "mode"),
+        ({"after": "hidden", "initial_log_var": np.nan}, ValueError, "log_var"),
     ],
 )
 def test_invalid_arguments(kwargs, error, match):
@@ -425,3 +428,114 @@ def test_remove_a_two_input_vib():
 def test_remove_without_bottleneck_is_refused():
     with pytest.raises(ValueError, match="no bottleneck"):
         kv.surgery.remove_bottleneck(functional_model())
+
+
+# -- where a bottleneck may go (issue #26, items 4 and 5) ----------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["insert_bottleneck", "remove_bottleneck", "find_bottlenecks"]
+)
+def test_old_layers_paths_warn_and_name_the_new_one(name):
+    with pytest.warns(DeprecationWarning, match=f"keras_vib.surgery.{name}"):
+        old = getattr(kv.layers, name)
+    assert old is getattr(kv.surgery, name)
+
+
+def test_inserting_after_the_output_layer_is_refused():
+    with pytest.raises(ValueError, match="computes the output.*'middle'"):
+        kv.surgery.insert_bottleneck(functional_model(), "out")
+    # Behind a layer that only reshapes, and inside a nested model.
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(4, name="hidden")(inputs)
+    probs = keras.layers.Dense(4, activation="softmax", name="probs")(h)
+    head = keras.Model(inputs, keras.layers.Reshape((2, 2))(probs))
+    outer_in = keras.Input((6,))
+    model = keras.Model(outer_in, head(outer_in))
+    with pytest.raises(ValueError, match="computes the output.*'hidden'"):
+        kv.surgery.insert_bottleneck(model, "probs")
+    # The same layer feeding another layer is a fine place.
+    outputs = keras.layers.Dense(1, name="out")(head(outer_in))
+    kv.surgery.insert_bottleneck(keras.Model(outer_in, outputs), "probs")
+
+
+def test_inserting_twice_at_a_layer_is_refused():
+    once = kv.surgery.insert_bottleneck(functional_model(), "hidden")
+    with pytest.raises(ValueError, match="already feeds the bottleneck"):
+        kv.surgery.insert_bottleneck(once, "hidden")
+    with pytest.raises(ValueError, match="is a bottleneck already"):
+        kv.surgery.insert_bottleneck(once, "hidden_bottleneck")
+    # Across a nested model's border: its last layer feeds a bottleneck.
+    enc_in = keras.Input((6,))
+    encoder = keras.Model(
+        enc_in, keras.layers.Dense(4, name="enc_out")(enc_in), name="encoder"
+    )
+    inputs = keras.Input((6,))
+    z = kv.layers.GaussianBottleneck(2, name="vib")(encoder(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1)(z))
+    with pytest.raises(ValueError, match="remove_bottleneck\\(model, 'vib'\\)"):
+        kv.surgery.insert_bottleneck(model, "enc_out")
+
+
+def convnet():
+    """The keras.io "simple MNIST convnet", smaller input (same layers)."""
+    return keras.Sequential(
+        [
+            keras.Input((16, 16, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.MaxPooling2D(2, name="pool"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+
+
+def surgery_warnings(model, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        new = kv.surgery.insert_bottleneck(model, **kwargs)
+    found = [w for w in caught if "keras_vib: the bottleneck" in str(w.message)]
+    return new, found
+
+
+def test_heads_that_dwarf_the_model_warn():
+    model = convnet()
+    # After Flatten: 2 * 64 * 65 = 8,320 head parameters, against the
+    # model's 1,898: more than SIZE_WARNING_RATIO (4) times.
+    new, found = surgery_warnings(model, after="flatten")
+    assert len(found) == 1 and found[0].category is UserWarning
+    assert "after the last pooling layer" in str(found[0].message)
+    added = new.count_params() - model.count_params()
+    assert added > kv.surgery.SIZE_WARNING_RATIO * model.count_params()
+    # After the last pooling layer: heads of 2 * 16 * 17 parameters.
+    new, found = surgery_warnings(model, after="pool")
+    assert not found
+    added = new.count_params() - model.count_params()
+    assert added <= kv.surgery.SIZE_WARNING_RATIO * model.count_params()
+    x = np.random.default_rng(0).normal(size=(4, 16, 16, 1)).astype("float32")
+    np.testing.assert_allclose(
+        predict(new, x), predict(model, x), rtol=RTOL, atol=ATOL
+    )
+    # A small `units` after Flatten keeps the heads small too.
+    assert not surgery_warnings(model, after="flatten", units=4)[1]
+    assert not surgery_warnings(functional_model(), after="hidden")[1]
+
+
+def test_keyword_arguments_reach_the_layer():
+    new = kv.surgery.insert_bottleneck(
+        functional_model(),
+        "hidden",
+        seed=4,
+        free_bits=0.5,
+        free_bits_mode="per_dim",
+        log_name="rate",
+        sample_at_inference=True,
+    )
+    layer = new.get_layer("hidden_bottleneck")
+    assert layer.free_bits == 0.5 and layer.free_bits_mode == "per_dim"
+    assert layer.log_name == "rate" and layer.sample_at_inference is True
+    # The layer is the only validator of its own arguments.
+    with pytest.raises(ValueError, match="Unrecognized keyword"):
+        kv.surgery.insert_bottleneck(functional_model(), "hidden", foo=1)
