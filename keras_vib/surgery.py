@@ -18,12 +18,9 @@ import warnings
 import keras
 
 from keras_vib import _graph
+from keras_vib import layers as _layers
 from keras_vib._validation import check_finite_float
-from keras_vib.layers.bottlenecks import bottlenecks_of
-from keras_vib.layers.bottlenecks import is_bottleneck
-from keras_vib.layers.bottlenecks import make_log_names_distinct
-from keras_vib.layers.gaussian_bottleneck import GaussianBottleneck
-from keras_vib.layers.vib import VIB
+from keras_vib.layers import bottlenecks as _bottlenecks
 
 #: `insert_bottleneck` warns when the layers it adds would hold more than
 #: this many times the parameters of the model they go into.
@@ -60,14 +57,14 @@ def find_bottlenecks(model, layer_names=None):
     >>> [layer.name for layer in kv.surgery.find_bottlenecks(model)]
     ['bottleneck']
     """
-    found = bottlenecks_of([model])
+    found = _bottlenecks.bottlenecks_of([model])
     if not found:
         raise ValueError(
             f"Model `{model.name}` has no KL bottleneck: no layer or model "
             "in it has a `kl_weight` variable and a running KL (keras_vib "
             "`VIB`, `GaussianBottleneck` or `keras_vib.models.VAE`)."
         )
-    make_log_names_distinct(found)
+    _bottlenecks.make_log_names_distinct(found)
     if layer_names is None:
         return found
     by_name = {layer.name: layer for layer in found}
@@ -153,26 +150,14 @@ def _unique_name(model, name):
 
 
 def _new_inputs(model):
-    """Fresh `keras.Input`s like the model's, with its input layers' names."""
-    input_layers = [
-        layer
-        for layer in model.layers
-        if isinstance(layer, keras.layers.InputLayer)
-    ]
-
-    def new_input(tensor):
-        names = [layer.name for layer in input_layers if layer.output is tensor]
-        return keras.Input(
-            batch_shape=tensor.shape,
-            dtype=tensor.dtype,
-            sparse=tensor.sparse,
-            name=names[0] if names else None,
-        )
-
-    if isinstance(model, keras.Sequential):
+    """Fresh `keras.Input`s like the model's (names, shapes and dtypes)."""
+    return keras.tree.map_structure(
+        lambda t: keras.Input(
+            batch_shape=t.shape, dtype=t.dtype, sparse=t.sparse, name=t.name
+        ),
         # `Sequential.input` needs a call; `inputs` is set once built.
-        return new_input(model.inputs[0])
-    return keras.tree.map_structure(new_input, model.input)
+        model.inputs[0] if isinstance(model, keras.Sequential) else model.input,
+    )
 
 
 class _Rewriter:
@@ -281,7 +266,7 @@ def _check_target(model, path, target):
     """Refuse a layer after which a bottleneck would be ambiguous or change
     what the model means; return the layer's output tensor."""
     container = path[-1]
-    if is_bottleneck(target):
+    if _bottlenecks.is_bottleneck(target):
         _refuse(
             f"Layer `{target.name}` is a bottleneck already: a second one "
             "right after it would only add noise to its samples. Insert "
@@ -291,7 +276,7 @@ def _check_target(model, path, target):
     stacked = [
         layer.name
         for layer in _graph.consumers(path, target)
-        if is_bottleneck(layer)
+        if _bottlenecks.is_bottleneck(layer)
     ]
     if stacked:
         _refuse(
@@ -455,7 +440,7 @@ def insert_bottleneck(
     width = outputs.shape[-1]
     latent = width if units is None else units
     kwargs.setdefault("dtype", target.dtype_policy)
-    bottleneck = GaussianBottleneck(
+    bottleneck = _layers.GaussianBottleneck(
         latent,
         # The identity needs a square kernel; else Keras's default.
         kernel_initializer="identity" if latent == width else "glorot_uniform",
@@ -503,7 +488,7 @@ class _Remove(_Rewriter):
 
     def copy_layer(self, layer):
         if id(layer) in {id(t) for t in self.targets} and isinstance(
-            layer, GaussianBottleneck
+            layer, _layers.GaussianBottleneck
         ):
             if id(layer) not in self.clones:
                 # A `Dense` with the mean head's weights and the layer's name.
@@ -519,7 +504,7 @@ class _Remove(_Rewriter):
     def call(self, original, clone, args, kwargs):
         if not any(t is original for t in self.targets):
             return clone(*args, **kwargs)
-        if isinstance(original, GaussianBottleneck):
+        if isinstance(original, _layers.GaussianBottleneck):
             # The `Dense` copy of the mean head (no `training`, `mask`).
             return clone(args[0])
         # A two-input VIB: its inference output is `z_mean`.
@@ -569,7 +554,8 @@ def remove_bottleneck(model, bottleneck=None):
         targets = [
             layer
             for layer in _graph.graph_layers(model)
-            if is_bottleneck(layer) and not isinstance(layer, keras.Model)
+            if _bottlenecks.is_bottleneck(layer)
+            and not isinstance(layer, keras.Model)
         ]
         if not targets:
             raise ValueError(
@@ -578,7 +564,7 @@ def remove_bottleneck(model, bottleneck=None):
     else:
         targets = [_locate(model, bottleneck, "bottleneck")[1]]
     for layer in targets:
-        if not isinstance(layer, VIB):
+        if not isinstance(layer, _layers.VIB):
             raise ValueError(
                 f"Invalid value received for argument `bottleneck`. "
                 f"Expected a `VIB` or `GaussianBottleneck` layer. Layer "
