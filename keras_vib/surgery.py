@@ -467,7 +467,7 @@ def insert_bottleneck(
         warnings.warn(
             f"keras_vib: the bottleneck after `{target.name}` adds "
             f"{added:,} parameters to the {model.count_params():,} of model "
-            f"`{model.name}` ({added / model.count_params():.0f} times as "
+            f"`{model.name}` ({added / model.count_params():.1f} times as "
             f"many): its heads map {width} features to {latent}. Pass a "
             "smaller `units` (the size of the code z), or insert it after a "
             "narrower layer (in a convnet, after the last pooling layer "
