@@ -1,16 +1,12 @@
 """Model surgery: find, insert and remove the bottlenecks of a built model.
 
-`insert_bottleneck(model, after)` returns a copy of a built Functional or
-Sequential model with a `GaussianBottleneck` after one of its layers;
-`remove_bottleneck(model)` returns a copy where each bottleneck is replaced
-by its mean, a deterministic model for deployment; `find_bottlenecks(model)`
-lists a model's bottlenecks (the KL callbacks use it).
-
-The copies recreate each original layer from its config and give it the
-original's weights, rather than reuse it: the original model stays exactly
-as it was, so fine-tuning the new model does not change it, and the two can
-be compared, saved or trained side by side. Layers shared within the model
-stay shared in the copy.
+`insert_bottleneck` returns a copy of a built Functional or Sequential model
+with a `GaussianBottleneck` after one of its layers, `remove_bottleneck` a
+copy where each bottleneck is replaced by its mean (for deployment), and
+`find_bottlenecks` lists a model's bottlenecks (the KL callbacks use it).
+The copies recreate each layer from its config with the original's weights:
+the original model stays as it was, and layers shared within it stay shared
+in the copy.
 """
 
 import warnings
@@ -89,14 +85,11 @@ def _check_model(model, function_name):
     if not _graph.is_graph_model(model):
         raise TypeError(
             f"`{function_name}` can only rewrite Functional and Sequential "
-            f"models, whose graph of layers it can read. Model "
-            f"`{model.name}` is a subclassed model "
+            f"models. Model `{model.name}` is a subclassed model "
             f"(`{type(model).__name__}`): its graph is the Python code of "
             "its `call` method. Add the bottleneck in that code instead "
-            "(e.g. `self.bottleneck = kv.layers.GaussianBottleneck(units)` "
-            "in `__init__` and `x = self.bottleneck(x)` in `call`), or "
-            "rebuild the model with the functional API and load its "
-            "weights."
+            "(`kv.layers.GaussianBottleneck(units)`), or rebuild the model "
+            "with the functional API and load its weights."
         )
     if isinstance(model, keras.Sequential) and not model.built:
         raise ValueError(
@@ -288,10 +281,8 @@ def _check_target(model, path, target):
     if sum(op is target for op, _ in _graph.calls(container)) > 1:
         _refuse(
             f"Layer `{target.name}` is called more than once in the model "
-            "(a shared layer), so its output is not one tensor: a "
-            "bottleneck after it is ambiguous. Insert the bottleneck after "
-            "a layer that is called once (e.g. one of the consumers of "
-            "this layer's output)."
+            "(a shared layer): a bottleneck after it is ambiguous. Insert "
+            "it after a layer called once, e.g. a consumer of its output."
         )
     if target in _graph.output_layers(model):
         feeders = [layer.name for layer in _graph.feeders(container, target)]
@@ -323,6 +314,22 @@ def _check_target(model, path, target):
             f"{outputs.shape}."
         )
     return outputs
+
+
+def _warn_if_large(model, target, layers):
+    added = sum(layer.count_params() for layer in layers)
+    total = model.count_params()
+    if added > SIZE_WARNING_RATIO * total:
+        warnings.warn(
+            f"keras_vib: the bottleneck after `{target.name}` adds "
+            f"{added:,} parameters to the {total:,} of model `{model.name}` "
+            f"({added / max(total, 1):.1f} times as many). Pass a smaller "
+            "`units` (the size of the code z), or insert it after a "
+            "narrower layer (in a convnet, after the last pooling layer "
+            "rather than after `Flatten`).",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def insert_bottleneck(
@@ -462,19 +469,7 @@ def insert_bottleneck(
         )
         expand.build(bottleneck.compute_output_shape(outputs.shape))
         layers.append(expand)
-    added = sum(layer.count_params() for layer in layers)
-    if added > SIZE_WARNING_RATIO * model.count_params():
-        warnings.warn(
-            f"keras_vib: the bottleneck after `{target.name}` adds "
-            f"{added:,} parameters to the {model.count_params():,} of model "
-            f"`{model.name}` ({added / model.count_params():.1f} times as "
-            f"many): its heads map {width} features to {latent}. Pass a "
-            "smaller `units` (the size of the code z), or insert it after a "
-            "narrower layer (in a convnet, after the last pooling layer "
-            "rather than after `Flatten`).",
-            UserWarning,
-            stacklevel=2,
-        )
+    _warn_if_large(model, target, layers)
     rewriter = _Insert(target, layers)
     new_model = rewriter.copy_model(model)
     rewriter.copy_weights()
