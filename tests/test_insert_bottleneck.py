@@ -6,6 +6,7 @@ identity, so the new model predicts what the old one did and the KL is
 the initial log-variance.
 """
 
+import inspect
 import warnings
 
 import keras
@@ -539,3 +540,14 @@ def test_keyword_arguments_reach_the_layer():
     # The layer is the only validator of its own arguments.
     with pytest.raises(ValueError, match="Unrecognized keyword"):
         kv.surgery.insert_bottleneck(functional_model(), "hidden", foo=1)
+
+
+@pytest.mark.parametrize(
+    "name", ["insert_bottleneck", "remove_bottleneck", "find_bottlenecks"]
+)
+def test_docstring_lines_render_as_text(name):
+    # Markdown reads a line starting with `>` as a blockquote: a wrapped
+    # "rank >= 2" broke the rendered parameter list (issue #26).
+    lines = inspect.getdoc(getattr(kv.surgery, name)).splitlines()
+    quoted = [line for line in lines if line.strip()[:1] == ">"]
+    assert all(line.strip().startswith(">>>") for line in quoted), quoted
