@@ -139,32 +139,37 @@ def consumers(path, layer):
     return found
 
 
-def output_layers(model, skip=SHAPE_ONLY_LAYERS):
-    """The layer that computes each output of `model` last, looking into
-    nested graph models and behind single-input layers of the types `skip`.
-    An output that comes straight from an input gives no layer."""
+def output_chains(model, skip=SHAPE_ONLY_LAYERS):
+    """For each output of `model`, the layers that computed it last: those
+    of the types `skip` that pass it on (single-input layers that do not
+    change values), the nested graph models it comes out of, and the layer
+    that computed it, in that order. An output read from an input ends its
+    chain without that last layer."""
     if isinstance(model, keras.Sequential):  # also when not built
+        chain = []
         for layer in reversed(children(model)):
+            chain.append(layer)
             if is_graph_model(layer):
-                return output_layers(layer, skip)
+                return [chain + c for c in output_chains(layer, skip)]
             if not isinstance(layer, skip):
-                return [layer]
-        return []
+                break
+        return [chain]
     if not is_graph_model(model):
         return []
-    found = []
+    chains = []
     for tensor in model.outputs:
-        while True:
-            operation, inputs = _compat.producer(tensor)
-            if isinstance(operation, skip) and len(inputs) == 1:
-                tensor = inputs[0]
-            elif is_graph_model(operation):
-                found += output_layers(operation, skip)
-                break
-            else:
-                if operation is not None and not isinstance(
-                    operation, keras.layers.InputLayer
-                ):
-                    found.append(operation)
-                break
-    return found
+        chain = []
+        operation, inputs = _compat.producer(tensor)
+        while isinstance(operation, skip) and len(inputs) == 1:
+            chain.append(operation)
+            operation, inputs = _compat.producer(inputs[0])
+        if is_graph_model(operation):
+            chain.append(operation)
+            chains += [chain + c for c in output_chains(operation, skip)]
+        elif operation is None or isinstance(
+            operation, keras.layers.InputLayer
+        ):
+            chains.append(chain)
+        else:
+            chains.append(chain + [operation])
+    return chains

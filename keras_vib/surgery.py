@@ -284,8 +284,12 @@ def _check_target(model, path, target):
             "(a shared layer): a bottleneck after it is ambiguous. Insert "
             "it after a layer called once, e.g. a consumer of its output."
         )
-    if target in _graph.output_layers(model):
-        feeders = [layer.name for layer in _graph.feeders(container, target)]
+    chain = [c for c in _graph.output_chains(model) if target in c]
+    if chain:
+        # Suggest a layer that feeds the one computing the output.
+        last = chain[0][-1]
+        inner = _graph.find_path(model, lambda layer: layer is last)[0][-1]
+        feeders = [layer.name for layer in _graph.feeders(inner, last)]
         _refuse(
             f"Layer `{target.name}` computes the output of model "
             f"`{model.name}`: a bottleneck after it would change what the "

@@ -450,11 +450,13 @@ def test_inserting_after_the_output_layer_is_refused():
     inputs = keras.Input((6,))
     h = keras.layers.Dense(4, name="hidden")(inputs)
     probs = keras.layers.Dense(4, activation="softmax", name="probs")(h)
-    head = keras.Model(inputs, keras.layers.Reshape((2, 2))(probs))
+    reshaped = keras.layers.Reshape((2, 2), name="reshape")(probs)
+    head = keras.Model(inputs, reshaped)
     outer_in = keras.Input((6,))
     model = keras.Model(outer_in, head(outer_in))
-    with pytest.raises(ValueError, match="computes the output.*'hidden'"):
-        kv.surgery.insert_bottleneck(model, "probs")
+    for after in ("probs", "reshape"):
+        with pytest.raises(ValueError, match="computes the output.*'hidden'"):
+            kv.surgery.insert_bottleneck(model, after)
     # The same layer feeding another layer is a fine place.
     outputs = keras.layers.Dense(1, name="out")(head(outer_in))
     kv.surgery.insert_bottleneck(keras.Model(outer_in, outputs), "probs")

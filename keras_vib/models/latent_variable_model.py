@@ -159,9 +159,11 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
                     f"{_static_shape(enc_inputs[0])} (the encoder's input). "
                     f"Received: a decoder with {_describe(list(dec_outputs))}"
                 )
-        last = _graph.output_layers(self.decoder)
+        chains = _graph.output_chains(self.decoder)
         activation, layer = (
-            _activation_of(last[0]) if len(last) == 1 else (None, None)
+            _activation_of(chains[0][-1])
+            if len(chains) == 1 and chains[0]
+            else (None, None)
         )
         if activation is not None:
             self.likelihood.check_output_activation(activation, layer)
