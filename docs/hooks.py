@@ -34,6 +34,7 @@ ORDER = (
 )
 PUBLIC_MODULES = (
     "layers",
+    "surgery",
     "models",
     "likelihoods",
     "losses",

@@ -2,9 +2,9 @@
 Title: Add a bottleneck to a model you already trained
 Author: keras_vib contributors
 Date created: 2026/12/01
-Last modified: 2026/12/01
+Last modified: 2026/12/03
 Description: Insert a variational information bottleneck into a trained Keras
-    model with `kv.layers.insert_bottleneck`, fine-tune it, and remove it
+    model with `kv.surgery.insert_bottleneck`, fine-tune it, and remove it
     again.
 Run time: 65 s end to end, measured on 2026-12-01, TensorFlow backend, pinned
     to one core of the 2-core machine while other jobs ran (load average
@@ -22,15 +22,17 @@ example starts instead from a model that is **already trained** (yours, a
 colleague's `.keras` file, a model from a hub) and adds the bottleneck to it
 without touching its code:
 
-- `kv.layers.insert_bottleneck(model, after="features")` returns a copy of
+- `kv.surgery.insert_bottleneck(model, after="features")` returns a copy of
   the model with a `GaussianBottleneck` after the layer `features`. Every
   layer keeps its trained weights (they are copied, so the original model
   stays as it was), and the bottleneck starts as the identity on the mean
   with a small variance: the new model predicts exactly what the old one did.
 - We fine-tune the copy for a few epochs with several `kl_weight` values and
   watch the KL (in nats) and the accuracy.
-- `kv.layers.remove_bottleneck(model)` replaces the bottleneck by its mean,
+- `kv.surgery.remove_bottleneck(model)` replaces the bottleneck by its mean,
   giving a deterministic model for deployment.
+- Last, how wide the bottleneck should be (`units`), and where it goes in a
+  convnet.
 
 The data are scikit-learn's 8x8 handwritten digits (shipped with
 scikit-learn, nothing is downloaded). `--smoke` trains for two epochs
@@ -47,6 +49,7 @@ seeded (as in the [quickstart](quickstart.md)); errors still show.
 import argparse
 import os
 import tempfile
+import warnings
 
 import matplotlib
 
@@ -125,7 +128,7 @@ because the original was compiled, the copy is compiled too (with a fresh
 optimizer), ready to `fit`.
 """
 
-vib_model = kv.layers.insert_bottleneck(
+vib_model = kv.surgery.insert_bottleneck(
     model, after="features", kl_weight=1e-2, seed=0
 )
 vib_model.summary()
@@ -173,7 +176,7 @@ control.compile(
 results = {"no bottleneck": fine_tune(control)}
 models = {}
 for kl_weight in KL_WEIGHTS:
-    candidate = kv.layers.insert_bottleneck(
+    candidate = kv.surgery.insert_bottleneck(
         model, after="features", kl_weight=kl_weight, seed=0
     )
     results[f"kl_weight={kl_weight:g}"] = fine_tune(candidate)
@@ -236,7 +239,7 @@ chosen = models[KL_WEIGHTS[len(KL_WEIGHTS) // 2]]
 path = os.path.join(tempfile.mkdtemp(), "digits_vib.keras")
 chosen.save(path)
 reloaded = keras.saving.load_model(path)
-deployed = kv.layers.remove_bottleneck(reloaded)
+deployed = kv.surgery.remove_bottleneck(reloaded)
 print([type(layer).__name__ for layer in deployed.layers])
 difference = np.max(
     np.abs(
@@ -244,6 +247,65 @@ difference = np.max(
     )
 )
 print(f"deployed model against the bottleneck model: {difference:.1e}")
+
+"""
+## How wide, and where: a bottleneck in a convnet
+
+With the default `units=None` the bottleneck keeps the width `w` of the
+layer's output, so that its mean head can start as the identity; its two
+heads then hold `2 * w * (w + 1)` parameters. After the 128-unit `features`
+layer above that is 33,024 parameters, about 3.4 times the small digits
+model: fine. After the `Flatten` of a convnet it is another matter. The
+keras.io "simple MNIST convnet" flattens 5 x 5 positions of 64 channels into
+1,600 features, and two 1,600 x 1,600 heads would hold 147 times the
+parameters of the whole model (and a `.keras` file to match).
+`insert_bottleneck` warns when the layers it adds would hold more than 4
+times the parameters of the model.
+
+Two ways out:
+
+- **Insert it after the last pooling layer** (before `Flatten`). The
+  bottleneck then acts on the 64 channels of each of the 25 positions: its
+  heads are 64 x 64, it starts as the identity, and its logged KL is the
+  mean per position (so, for the same `kl_weight`, the penalty per image is
+  spread over the positions).
+- **Pass a smaller `units`**, the size of the code `z` (Deep VIB used 256
+  after a 1,024-unit layer). The bottleneck is tighter, but its heads start
+  random, followed by a `Dense` back to the layer's width so that the next
+  layers keep their weights: the predictions change at insertion, and the
+  model needs fine-tuning. After `Flatten` that is three 1,600-wide
+  matrices: `units=16` already adds twice the model's parameters.
+
+The convnet below is only built, not trained: parameter counts do not depend
+on the weights.
+"""
+
+convnet = keras.Sequential(
+    [
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Conv2D(64, 3, activation="relu"),
+        keras.layers.MaxPooling2D(2, name="last_pool"),
+        keras.layers.Flatten(name="flatten"),
+        keras.layers.Dropout(0.5),
+        keras.layers.Dense(10, activation="softmax"),
+    ],
+    name="mnist_convnet",
+)
+print(f"convnet: {convnet.count_params():,} parameters")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    after_flatten = kv.surgery.insert_bottleneck(convnet, after="flatten")
+print(f"after Flatten: {after_flatten.count_params():,} parameters")
+print(
+    "warning:", *[str(w.message) for w in caught if w.category is UserWarning]
+)
+for after, units in (("last_pool", None), ("flatten", 16)):
+    candidate = kv.surgery.insert_bottleneck(convnet, after=after, units=units)
+    print(
+        f"after {after}, units={units}: {candidate.count_params():,} parameters"
+    )
 
 """
 ## Conclusion
@@ -262,4 +324,6 @@ print(f"deployed model against the bottleneck model: {difference:.1e}")
   trained from scratch, in a third of the time.
 - `remove_bottleneck` gives back an ordinary deterministic model for
   serving.
+- Keep the bottleneck small against the model: after a narrow layer, after
+  the last pooling layer of a convnet, or with a smaller `units`.
 """

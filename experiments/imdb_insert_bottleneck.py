@@ -6,7 +6,7 @@ For each seed:
    `examples/imdb_cnn_vib.py` (Embedding 50, Dropout 0.2, Conv1D 250x3 relu,
    GlobalMaxPooling1D, Dense(250) relu, Dropout 0.2, Dense(1) sigmoid;
    batch 32, Adam 1e-3) for `--base-epochs` epochs.
-2. **inserted, lambda**: `kv.layers.insert_bottleneck(baseline, "dense_250",
+2. **inserted, lambda**: `kv.surgery.insert_bottleneck(baseline, "dense_250",
    kl_weight=lambda)`, checked to predict what the baseline predicts, then
    fine-tuned for `--finetune-epochs` epochs (fresh Adam 1e-3), one run per
    `--kl-weights` value.
@@ -231,7 +231,7 @@ def run_seed(args, data, seed, record):
     for kl_weight in args.kl_weights:
         keras.utils.set_random_seed(seed + 100)
         start = time.time()
-        model = kv.layers.insert_bottleneck(
+        model = kv.surgery.insert_bottleneck(
             baseline, LAYER, kl_weight=kl_weight, seed=seed
         )
         insert_seconds = time.time() - start
@@ -253,7 +253,7 @@ def run_seed(args, data, seed, record):
         keras.utils.set_random_seed(seed)
         fresh = build_baseline(args, seed)
         model = compile_model(
-            kv.layers.insert_bottleneck(
+            kv.surgery.insert_bottleneck(
                 fresh, LAYER, kl_weight=kl_weight, seed=seed
             )
         )

@@ -4,7 +4,9 @@ PyTorch.
 One public path per symbol:
 
 - `keras_vib.layers`: `Sampling`, `VIB`, `GaussianBottleneck`,
-  `find_bottlenecks`.
+  `MixturePrior`.
+- `keras_vib.surgery`: `insert_bottleneck`, `remove_bottleneck`,
+  `find_bottlenecks` (model surgery on built models).
 - `keras_vib.models`: `VAE`, `IWAE`, `log_likelihood`.
 - `keras_vib.likelihoods`: `Bernoulli`, `Gaussian`, `CallableLikelihood`,
   `Likelihood`, `get`.
@@ -33,6 +35,7 @@ from keras_vib import models
 from keras_vib import ops
 from keras_vib import prediction
 from keras_vib import schedules
+from keras_vib import surgery
 from keras_vib import uncertainty
 
 __version__ = "0.2.0.dev0"
@@ -52,5 +55,22 @@ __getattr__ = _deprecation.module_getattr(
             "keras_vib.prediction.predict_mc",
             lambda: prediction.predict_mc,
         ),
+    },
+)
+
+# Model surgery moved out of `layers/`; `layers` sits below `surgery` and
+# cannot import it, so its old names are wired here.
+layers.__getattr__ = _deprecation.module_getattr(
+    layers.__name__,
+    {
+        name: (
+            f"keras_vib.surgery.{name}",
+            lambda name=name: getattr(surgery, name),
+        )
+        for name in (
+            "find_bottlenecks",
+            "insert_bottleneck",
+            "remove_bottleneck",
+        )
     },
 )

@@ -11,7 +11,7 @@ import contextlib
 import keras
 from keras import ops
 
-from keras_vib import _compat
+from keras_vib import _graph
 from keras_vib.layers import Sampling
 
 # Offsets between the noise streams of successive `Sampling` layers: a layer
@@ -21,11 +21,7 @@ _STREAM_STRIDE = 1 << 20
 
 def sampling_layers(model):
     """Every `Sampling` layer of `model` (nested ones too), each once."""
-    return [
-        layer
-        for layer in _compat.flatten_layers(model)
-        if isinstance(layer, Sampling)
-    ]
+    return _graph.layers_of_type(model, Sampling)
 
 
 @contextlib.contextmanager

@@ -116,7 +116,7 @@ def _two_bottleneck_model(**log_names):
 
 def test_two_bottlenecks_log_their_kl_under_distinct_names():
     model = _two_bottleneck_model()
-    assert [layer.log_name for layer in kv.layers.find_bottlenecks(model)] == [
+    assert [layer.log_name for layer in kv.surgery.find_bottlenecks(model)] == [
         "first_kl",
         "second_kl",
     ]
@@ -132,7 +132,7 @@ def test_two_bottlenecks_log_their_kl_under_distinct_names():
     history = model.fit(x, x[:, :1], epochs=2, callbacks=[scheduler], verbose=0)
     weights = [
         float(to_numpy(layer.kl_weight))
-        for layer in kv.layers.find_bottlenecks(model)
+        for layer in kv.surgery.find_bottlenecks(model)
     ]
     assert weights == [0.5, 0.5]
 
@@ -144,13 +144,13 @@ def test_parallel_bottlenecks_on_one_input_get_distinct_names():
         for i in range(2)
     ]
     model = keras.Model(inputs, keras.layers.Concatenate()(outputs))
-    names = [layer.log_name for layer in kv.layers.find_bottlenecks(model)]
+    names = [layer.log_name for layer in kv.surgery.find_bottlenecks(model)]
     assert names == ["branch_0_kl", "branch_1_kl"]
 
 
 def test_a_single_bottleneck_keeps_the_plain_kl_name():
     model, _ = make_vib_model()
-    (layer,) = kv.layers.find_bottlenecks(model)
+    (layer,) = kv.surgery.find_bottlenecks(model)
     assert layer.log_name == "kl"
 
 
@@ -162,7 +162,7 @@ def test_explicit_log_names_that_collide_are_an_error():
 
 def test_explicit_and_default_log_names_coexist():
     model = _two_bottleneck_model(a={"log_name": "kl"})
-    names = [layer.log_name for layer in kv.layers.find_bottlenecks(model)]
+    names = [layer.log_name for layer in kv.surgery.find_bottlenecks(model)]
     assert names == ["kl", "second_kl"]
 
 

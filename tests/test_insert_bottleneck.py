@@ -1,10 +1,13 @@
-"""Tests for `kv.layers.insert_bottleneck` and `kv.layers.remove_bottleneck`.
+"""Tests for `kv.surgery`: `insert_bottleneck` and `remove_bottleneck`.
 
 The reference values are closed forms: at insertion the mean head is the
 identity, so the new model predicts what the old one did and the KL is
 `0.5 * sum_d(h_d^2 + exp(v) - v - 1)` with `h` the layer's output and `v`
 the initial log-variance.
 """
+
+import inspect
+import warnings
 
 import keras
 import numpy as np
@@ -75,7 +78,7 @@ def weights_by_layer(model):
 def test_inference_output_unchanged_at_insertion(builder):
     x, y = data()
     model = trained(builder(), x, y)
-    new = kv.layers.insert_bottleneck(model, "hidden", kl_weight=0.1)
+    new = kv.surgery.insert_bottleneck(model, "hidden", kl_weight=0.1)
     assert type(new) is type(model)
     assert new.name == model.name
     np.testing.assert_allclose(
@@ -91,7 +94,7 @@ def test_kl_at_insertion_is_the_closed_form():
     x, y = data()
     model = trained(functional_model(), x, y)
     log_var = -3.0
-    new = kv.layers.insert_bottleneck(
+    new = kv.surgery.insert_bottleneck(
         model, "middle", kl_weight=0.5, initial_log_var=log_var
     )
     new.compile("sgd", "binary_crossentropy")
@@ -110,7 +113,7 @@ def test_kl_at_insertion_is_the_closed_form():
 def test_training_samples_with_the_initial_variance():
     x, _ = data(n=4000)
     model = functional_model()
-    new = kv.layers.insert_bottleneck(
+    new = kv.surgery.insert_bottleneck(
         model, "middle", seed=3, initial_log_var=-2.0
     )
     bottleneck = new.get_layer("middle_bottleneck")
@@ -132,7 +135,7 @@ def test_weights_are_copied_and_the_original_is_untouched(builder):
     x, y = data()
     model = trained(builder(), x, y)
     before = weights_by_layer(model)
-    new = kv.layers.insert_bottleneck(model, "middle", kl_weight=0.01)
+    new = kv.surgery.insert_bottleneck(model, "middle", kl_weight=0.01)
     copied = weights_by_layer(new)
     assert before
     for path, value in before.items():
@@ -149,7 +152,7 @@ def test_weights_are_copied_and_the_original_is_untouched(builder):
 def test_gradients_reach_the_new_heads_and_the_original_layers():
     x, y = data()
     model = trained(functional_model(), x, y)
-    new = kv.layers.insert_bottleneck(model, "hidden", kl_weight=0.1, seed=1)
+    new = kv.surgery.insert_bottleneck(model, "hidden", kl_weight=0.1, seed=1)
     new.compile(keras.optimizers.SGD(0.05), "binary_crossentropy")
     start = {v.path: to_numpy(v) for v in new.trainable_variables}
     history = new.fit(x, y, epochs=1, batch_size=64, verbose=0)
@@ -172,7 +175,7 @@ def test_fit_right_away_when_the_original_was_compiled():
     model = functional_model()
     model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=1, verbose=0)
-    new = kv.layers.insert_bottleneck(model, "hidden")
+    new = kv.surgery.insert_bottleneck(model, "hidden")
     history = new.fit(x, y, epochs=2, verbose=0)
     assert sorted(history.history) == ["accuracy", "kl", "loss"]
     assert new.optimizer is not model.optimizer
@@ -185,7 +188,7 @@ def test_fit_right_away_when_the_original_was_compiled():
 def test_keras_file_round_trip(builder, tmp_path):
     x, y = data()
     model = trained(builder(), x, y)
-    new = kv.layers.insert_bottleneck(model, "hidden", kl_weight=0.25, seed=2)
+    new = kv.surgery.insert_bottleneck(model, "hidden", kl_weight=0.25, seed=2)
     new.compile("adam", "binary_crossentropy")
     new.fit(x, y, epochs=1, verbose=0)
     path = tmp_path / "inserted.keras"
@@ -206,7 +209,7 @@ def test_exports_as_a_classifier(tmp_path):
 
     x, y = data()
     model = trained(functional_model(), x, y)
-    new = kv.layers.insert_bottleneck(model, "hidden", seed=0)
+    new = kv.surgery.insert_bottleneck(model, "hidden", seed=0)
     kv.export.classifier(new, tmp_path / "saved", num_samples=3)
     served = tf.saved_model.load(str(tmp_path / "saved"))
     np.testing.assert_allclose(
@@ -229,7 +232,7 @@ def test_consumer_with_several_inbound_nodes_is_rewired_on_one_node():
     model = keras.Model(inputs, outputs)
     # Sampling at inference with unit variance makes the rewired branch
     # visible: only the columns computed from `a` change.
-    new = kv.layers.insert_bottleneck(
+    new = kv.surgery.insert_bottleneck(
         model, "a", seed=0, sample_at_inference=True, initial_log_var=0.0
     )
     old, out = predict(model, x), predict(new, x)
@@ -248,13 +251,13 @@ def test_nested_model_consuming_the_layer():
     inputs = keras.Input((6,))
     h = keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
     model = trained(keras.Model(inputs, head(h)), x, y)
-    new = kv.layers.insert_bottleneck(
+    new = kv.surgery.insert_bottleneck(
         model, "hidden", sample_at_inference=True, initial_log_var=0.0
     )
     assert new.get_layer("head") is not head
     # The nested model now consumes z: its output is noisy at inference.
     assert np.abs(predict(new, x) - predict(model, x)).mean() > 1e-3
-    identity = kv.layers.insert_bottleneck(model, "hidden")
+    identity = kv.surgery.insert_bottleneck(model, "hidden")
     np.testing.assert_allclose(
         predict(identity, x), predict(model, x), rtol=RTOL, atol=ATOL
     )
@@ -281,7 +284,7 @@ def test_layer_inside_a_nested_model(inner_kind):
     inputs = keras.Input((6,))
     outputs = keras.layers.Dense(1, name="out")(encoder(inputs))
     model = trained(keras.Model(inputs, outputs), x, y)
-    new = kv.layers.insert_bottleneck(model, "enc_hidden", kl_weight=0.1)
+    new = kv.surgery.insert_bottleneck(model, "enc_hidden", kl_weight=0.1)
     new_encoder = new.get_layer("encoder")
     assert isinstance(
         new_encoder.get_layer("enc_hidden_bottleneck"),
@@ -293,7 +296,7 @@ def test_layer_inside_a_nested_model(inner_kind):
     new.compile("adam", "binary_crossentropy")
     assert "kl" in new.fit(x, y, epochs=1, verbose=0).history
     # Layer objects work as well as names.
-    again = kv.layers.insert_bottleneck(model, encoder.get_layer("enc_hidden"))
+    again = kv.surgery.insert_bottleneck(model, encoder.get_layer("enc_hidden"))
     np.testing.assert_allclose(
         predict(again, x), predict(model, x), rtol=RTOL, atol=ATOL
     )
@@ -302,7 +305,7 @@ def test_layer_inside_a_nested_model(inner_kind):
 def test_units_other_than_the_width_keep_the_consumers_weights():
     x, y = data()
     model = trained(functional_model(), x, y)
-    new = kv.layers.insert_bottleneck(model, "hidden", units=3)
+    new = kv.surgery.insert_bottleneck(model, "hidden", units=3)
     assert new.get_layer("hidden_bottleneck").units == 3
     expand = new.get_layer("hidden_bottleneck_expand")
     assert expand.units == 8
@@ -322,7 +325,7 @@ def test_shared_layer_is_refused():
     shared = keras.layers.Dense(6, name="twice")
     model = keras.Model(inputs, shared(shared(inputs)))
     with pytest.raises(ValueError, match="called more than once"):
-        kv.layers.insert_bottleneck(model, "twice")
+        kv.surgery.insert_bottleneck(model, "twice")
 
 
 def test_subclassed_model_is_refused():
@@ -337,7 +340,7 @@ def test_subclassed_model_is_refused():
     net = Net()
     net(np.zeros((2, 4), "float32"))
     with pytest.raises(TypeError, match="subclassed model.*call"):
-        kv.layers.insert_bottleneck(net, net.dense)
+        kv.surgery.insert_bottleneck(net, net.dense)
 
 
 def test_layer_inside_a_subclassed_layer_is_refused():
@@ -352,7 +355,7 @@ def test_layer_inside_a_subclassed_layer_is_refused():
     inputs = keras.Input((6,))
     model = keras.Model(inputs, Block(name="block")(inputs))
     with pytest.raises(ValueError, match="inside layer `block`"):
-        kv.layers.insert_bottleneck(model, "inner")
+        kv.surgery.insert_bottleneck(model, "inner")
 
 
 @pytest.mark.parametrize(
@@ -364,11 +367,12 @@ def test_layer_inside_a_subclassed_layer_is_refused():
         ({"after": "hidden", "units": 0}, ValueError, "units"),
         ({"after": "hidden", "name": "middle"}, ValueError, "name"),
         ({"after": "hidden", "free_bits_mode": "x"}, ValueError, "mode"),
+        ({"after": "hidden", "initial_log_var": np.nan}, ValueError, "log_var"),
     ],
 )
 def test_invalid_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
-        kv.layers.insert_bottleneck(functional_model(), **kwargs)
+        kv.surgery.insert_bottleneck(functional_model(), **kwargs)
 
 
 def test_non_float_output_is_refused():
@@ -377,7 +381,7 @@ def test_non_float_output_is_refused():
     outputs = keras.layers.Embedding(10, 3)(ids)
     model = keras.Model(inputs, outputs)
     with pytest.raises(ValueError, match="floating-point"):
-        kv.layers.insert_bottleneck(model, "ids")
+        kv.surgery.insert_bottleneck(model, "ids")
 
 
 # -- removal -----------------------------------------------------------------
@@ -387,12 +391,12 @@ def test_non_float_output_is_refused():
 def test_remove_restores_a_deterministic_model(builder, tmp_path):
     x, y = data()
     model = trained(builder(), x, y)
-    vib = kv.layers.insert_bottleneck(model, "hidden", kl_weight=0.1, seed=0)
+    vib = kv.surgery.insert_bottleneck(model, "hidden", kl_weight=0.1, seed=0)
     vib.compile("adam", "binary_crossentropy")
     vib.fit(x, y, epochs=2, verbose=0)
-    plain = kv.layers.remove_bottleneck(vib)
+    plain = kv.surgery.remove_bottleneck(vib)
     with pytest.raises(ValueError, match="no KL bottleneck"):
-        kv.layers.find_bottlenecks(plain)
+        kv.surgery.find_bottlenecks(plain)
     np.testing.assert_allclose(
         predict(plain, x), predict(vib, x), rtol=RTOL, atol=ATOL
     )
@@ -414,7 +418,7 @@ def test_remove_a_two_input_vib():
     z_log_var = keras.layers.Dense(3, name="z_log_var")(h)
     z = kv.layers.VIB(kl_weight=0.1, seed=0, name="vib")([z_mean, z_log_var])
     model = trained(keras.Model(inputs, keras.layers.Dense(1)(z)), x, y)
-    plain = kv.layers.remove_bottleneck(model, "vib")
+    plain = kv.surgery.remove_bottleneck(model, "vib")
     names = [layer.name for layer in plain.layers]
     assert "vib" not in names and "z_log_var" not in names
     np.testing.assert_allclose(
@@ -424,4 +428,128 @@ def test_remove_a_two_input_vib():
 
 def test_remove_without_bottleneck_is_refused():
     with pytest.raises(ValueError, match="no bottleneck"):
-        kv.layers.remove_bottleneck(functional_model())
+        kv.surgery.remove_bottleneck(functional_model())
+
+
+# -- where a bottleneck may go (issue #26, items 4 and 5) ----------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["insert_bottleneck", "remove_bottleneck", "find_bottlenecks"]
+)
+def test_old_layers_paths_warn_and_name_the_new_one(name):
+    with pytest.warns(DeprecationWarning, match=f"keras_vib.surgery.{name}"):
+        old = getattr(kv.layers, name)
+    assert old is getattr(kv.surgery, name)
+
+
+def test_inserting_after_the_output_layer_is_refused():
+    with pytest.raises(ValueError, match="computes the output.*'middle'"):
+        kv.surgery.insert_bottleneck(functional_model(), "out")
+    # Behind a layer that only reshapes, and inside a nested model.
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(4, name="hidden")(inputs)
+    probs = keras.layers.Dense(4, activation="softmax", name="probs")(h)
+    reshaped = keras.layers.Reshape((2, 2), name="reshape")(probs)
+    head = keras.Model(inputs, reshaped)
+    outer_in = keras.Input((6,))
+    model = keras.Model(outer_in, head(outer_in))
+    for after in ("probs", "reshape"):
+        with pytest.raises(ValueError, match="computes the output.*'hidden'"):
+            kv.surgery.insert_bottleneck(model, after)
+    # The same layer feeding another layer is a fine place.
+    outputs = keras.layers.Dense(1, name="out")(head(outer_in))
+    kv.surgery.insert_bottleneck(keras.Model(outer_in, outputs), "probs")
+
+
+def test_inserting_twice_at_a_layer_is_refused():
+    once = kv.surgery.insert_bottleneck(functional_model(), "hidden")
+    with pytest.raises(ValueError, match="already feeds the bottleneck"):
+        kv.surgery.insert_bottleneck(once, "hidden")
+    with pytest.raises(ValueError, match="is a bottleneck already"):
+        kv.surgery.insert_bottleneck(once, "hidden_bottleneck")
+    # Across a nested model's border: its last layer feeds a bottleneck.
+    enc_in = keras.Input((6,))
+    encoder = keras.Model(
+        enc_in, keras.layers.Dense(4, name="enc_out")(enc_in), name="encoder"
+    )
+    inputs = keras.Input((6,))
+    z = kv.layers.GaussianBottleneck(2, name="vib")(encoder(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1)(z))
+    with pytest.raises(ValueError, match="remove_bottleneck\\(model, 'vib'\\)"):
+        kv.surgery.insert_bottleneck(model, "enc_out")
+
+
+def convnet():
+    """The keras.io "simple MNIST convnet", smaller input (same layers)."""
+    return keras.Sequential(
+        [
+            keras.Input((16, 16, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.MaxPooling2D(2, name="pool"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+
+
+def surgery_warnings(model, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        new = kv.surgery.insert_bottleneck(model, **kwargs)
+    found = [w for w in caught if "keras_vib: the bottleneck" in str(w.message)]
+    return new, found
+
+
+def test_heads_that_dwarf_the_model_warn():
+    model = convnet()
+    # After Flatten: 2 * 64 * 65 = 8,320 head parameters, against the
+    # model's 1,898: more than SIZE_WARNING_RATIO (4) times.
+    new, found = surgery_warnings(model, after="flatten")
+    assert len(found) == 1 and found[0].category is UserWarning
+    assert "after the last pooling layer" in str(found[0].message)
+    added = new.count_params() - model.count_params()
+    assert added > kv.surgery.SIZE_WARNING_RATIO * model.count_params()
+    # After the last pooling layer: heads of 2 * 16 * 17 parameters.
+    new, found = surgery_warnings(model, after="pool")
+    assert not found
+    added = new.count_params() - model.count_params()
+    assert added <= kv.surgery.SIZE_WARNING_RATIO * model.count_params()
+    x = np.random.default_rng(0).normal(size=(4, 16, 16, 1)).astype("float32")
+    np.testing.assert_allclose(
+        predict(new, x), predict(model, x), rtol=RTOL, atol=ATOL
+    )
+    # A small `units` after Flatten keeps the heads small too.
+    assert not surgery_warnings(model, after="flatten", units=4)[1]
+    assert not surgery_warnings(functional_model(), after="hidden")[1]
+
+
+def test_keyword_arguments_reach_the_layer():
+    new = kv.surgery.insert_bottleneck(
+        functional_model(),
+        "hidden",
+        seed=4,
+        free_bits=0.5,
+        free_bits_mode="per_dim",
+        log_name="rate",
+        sample_at_inference=True,
+    )
+    layer = new.get_layer("hidden_bottleneck")
+    assert layer.free_bits == 0.5 and layer.free_bits_mode == "per_dim"
+    assert layer.log_name == "rate" and layer.sample_at_inference is True
+    # The layer is the only validator of its own arguments.
+    with pytest.raises(ValueError, match="Unrecognized keyword"):
+        kv.surgery.insert_bottleneck(functional_model(), "hidden", foo=1)
+
+
+@pytest.mark.parametrize(
+    "name", ["insert_bottleneck", "remove_bottleneck", "find_bottlenecks"]
+)
+def test_docstring_lines_render_as_text(name):
+    # Markdown reads a line starting with `>` as a blockquote: a wrapped
+    # "rank >= 2" broke the rendered parameter list (issue #26).
+    lines = inspect.getdoc(getattr(kv.surgery, name)).splitlines()
+    quoted = [line for line in lines if line.strip()[:1] == ">"]
+    assert all(line.strip().startswith(">>>") for line in quoted), quoted

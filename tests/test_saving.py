@@ -110,7 +110,7 @@ def test_files_saved_by_keras_vib_0_1_load_and_predict_the_same(
     # after training, so it differs from the constructor value).
     weights = {"vib_classifier": 0.5, "gaussian_bottleneck": 0.3, "vae": 0.6}
     if name in weights:
-        (bottleneck,) = kv.layers.find_bottlenecks(loaded)
+        (bottleneck,) = kv.surgery.find_bottlenecks(loaded)
         assert float(to_numpy(bottleneck.kl_weight.value)) == pytest.approx(
             weights[name]
         )

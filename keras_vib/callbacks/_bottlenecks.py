@@ -1,6 +1,6 @@
 """What both KL callbacks do to a model's bottlenecks (an internal helper).
 
-Bottlenecks are found with `keras_vib.layers.find_bottlenecks` and used
+Bottlenecks are found with `keras_vib.surgery.find_bottlenecks` and used
 only through their public interface: `kl_weight`, `log_name`,
 `running_kl()`.
 """
@@ -8,7 +8,7 @@ only through their public interface: `kl_weight`, `log_name`,
 import keras
 from keras import ops
 
-from keras_vib.layers import find_bottlenecks
+from keras_vib.surgery import find_bottlenecks
 
 __all__ = ["find_bottlenecks"]
 

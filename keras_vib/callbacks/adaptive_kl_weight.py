@@ -28,7 +28,7 @@ class AdaptiveKLWeight(keras.callbacks.Callback):
     after every epoch (`update_per="epoch"`, the epoch's mean training KL
     from the logs) or every training batch (`update_per="batch"`, the mean
     KL of that batch). Each bottleneck (see
-    `keras_vib.layers.find_bottlenecks`; all of them, or those in
+    `keras_vib.surgery.find_bottlenecks`; all of them, or those in
     `layer_names`) is updated from its own KL. The weight a logged loss was
     computed with is written to the logs as `log_name`
     (`<layer>_<log_name>` with several bottlenecks), so it shows in

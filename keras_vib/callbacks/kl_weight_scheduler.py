@@ -17,7 +17,7 @@ class KLWeightScheduler(keras.callbacks.Callback):
     At the start of every epoch (`update_per="epoch"`) or every training
     batch (`update_per="batch"`) it assigns `schedule(index)` to the
     `kl_weight` variable of every bottleneck of the model (see
-    `keras_vib.layers.find_bottlenecks`), or of the ones in `layer_names`.
+    `keras_vib.surgery.find_bottlenecks`), or of the ones in `layer_names`.
     The weight in effect is written to the logs as `log_name`, so it shows
     in the progress bar and in `History`.
 

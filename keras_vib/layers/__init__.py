@@ -1,10 +1,7 @@
 """Bottleneck layers: `Sampling`, `VIB`, `GaussianBottleneck`, and the
 learned marginal `MixturePrior`."""
 
-from keras_vib.layers.bottlenecks import find_bottlenecks
 from keras_vib.layers.gaussian_bottleneck import GaussianBottleneck
-from keras_vib.layers.insert_bottleneck import insert_bottleneck
-from keras_vib.layers.insert_bottleneck import remove_bottleneck
 from keras_vib.layers.priors import MixturePrior
 from keras_vib.layers.sampling import Sampling
 from keras_vib.layers.vib import VIB

@@ -38,58 +38,6 @@ def bottlenecks_of(layers):
     return found
 
 
-def find_bottlenecks(model, layer_names=None):
-    """Return the bottleneck layers of `model` (the model itself included).
-
-    Bottlenecks are the layers and models with a `kl_weight` variable and a
-    running KL: `VIB`, `GaussianBottleneck`, `keras_vib.models.VAE`, and
-    any layer of your own with the same interface. Nested models and layers
-    are searched too. Bottlenecks that share a default log key get distinct
-    ones (`<layer name>_kl`).
-
-    Args:
-        model: a Keras layer or model.
-        layer_names: `None` (every bottleneck) or a list of layer names.
-
-    Returns:
-        A list of layers, in the order of `layer_names` if given.
-
-    Raises:
-        ValueError: if the model has no bottleneck, or a name in
-            `layer_names` names no bottleneck of the model.
-
-    Example:
-
-    >>> model = keras.Sequential([
-    ...     keras.Input((4,)),
-    ...     kv.layers.GaussianBottleneck(units=2, name="bottleneck"),
-    ...     keras.layers.Dense(1),
-    ... ])
-    >>> [layer.name for layer in kv.layers.find_bottlenecks(model)]
-    ['bottleneck']
-    """
-    found = bottlenecks_of([model])
-    if not found:
-        raise ValueError(
-            f"Model `{model.name}` has no KL bottleneck: no layer or model "
-            "in it has a `kl_weight` variable and a running KL (keras_vib "
-            "`VIB`, `GaussianBottleneck` or `keras_vib.models.VAE`)."
-        )
-    make_log_names_distinct(found)
-    if layer_names is None:
-        return found
-    by_name = {layer.name: layer for layer in found}
-    missing = [name for name in layer_names if name not in by_name]
-    if missing:
-        raise ValueError(
-            "Invalid value received for argument `layer_names`. Expected "
-            f"names of bottleneck layers of model `{model.name}`, among "
-            f"{sorted(by_name)}. Received: layer_names={list(layer_names)} "
-            f"(no bottleneck named {missing})"
-        )
-    return [by_name[name] for name in layer_names]
-
-
 def make_log_names_distinct(bottlenecks):
     """Rename default log keys that several bottlenecks share to
     `<layer name>_kl`; raise if explicit `log_name`s collide."""

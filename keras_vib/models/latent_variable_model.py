@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_vib import _compat
+from keras_vib import _graph
 from keras_vib import likelihoods
 from keras_vib import ops as vib_ops
 from keras_vib._seed_state import SeedStateSavingMixin
@@ -57,21 +58,6 @@ def _describe(outputs):
     return repr(outputs)
 
 
-#: Layers that move values without changing them: the decoder's final
-#: activation is looked for behind them.
-_SHAPE_ONLY_LAYERS = (
-    keras.layers.Reshape,
-    keras.layers.Flatten,
-    keras.layers.Permute,
-    keras.layers.RepeatVector,
-    keras.layers.Cropping1D,
-    keras.layers.Cropping2D,
-    keras.layers.Cropping3D,
-    keras.layers.UpSampling1D,
-    keras.layers.UpSampling2D,
-    keras.layers.UpSampling3D,
-    keras.layers.Identity,
-)
 #: Weightless layers that are themselves the activation.
 _ACTIVATION_LAYERS = (
     keras.layers.Softmax,
@@ -96,37 +82,6 @@ def _activation_of(operation):
     if isinstance(operation, keras.Operation):  # e.g. keras.ops.sigmoid
         return operation, operation
     return None, None
-
-
-def _final_activation(network, depth=0):
-    """The activation a functional/Sequential network applies last.
-
-    Returns `(activation, layer)`, or `(None, None)` when it cannot be
-    seen (a subclassed model, a multi-input final layer, no activation).
-    """
-    if depth > 8:
-        return None, None
-    if isinstance(network, keras.Sequential):
-        for layer in reversed(network.layers):
-            if isinstance(layer, keras.Model):
-                return _final_activation(layer, depth + 1)
-            if not isinstance(layer, _SHAPE_ONLY_LAYERS):
-                return _activation_of(layer)
-        return None, None
-    outputs = getattr(network, "outputs", None)
-    if not outputs or len(outputs) != 1:
-        return None, None
-    tensor = outputs[0]
-    while True:
-        operation, inputs = _compat.producer(tensor)
-        if operation is None or isinstance(operation, keras.layers.InputLayer):
-            return None, None
-        if isinstance(operation, keras.Model):
-            return _final_activation(operation, depth + 1)
-        if isinstance(operation, _SHAPE_ONLY_LAYERS) and len(inputs) == 1:
-            tensor = inputs[0]
-            continue
-        return _activation_of(operation)
 
 
 class LatentVariableModel(SeedStateSavingMixin, keras.Model):
@@ -204,7 +159,12 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
                     f"{_static_shape(enc_inputs[0])} (the encoder's input). "
                     f"Received: a decoder with {_describe(list(dec_outputs))}"
                 )
-        activation, layer = _final_activation(self.decoder)
+        chains = _graph.output_chains(self.decoder)
+        activation, layer = (
+            _activation_of(chains[0][-1])
+            if len(chains) == 1 and chains[0]
+            else (None, None)
+        )
         if activation is not None:
             self.likelihood.check_output_activation(activation, layer)
 

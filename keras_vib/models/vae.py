@@ -123,7 +123,7 @@ class VAE(LatentVariableModel):
         )
         self.kl_tracker = keras.metrics.Mean(name="kl")
 
-    # -- the bottleneck interface (see keras_vib.layers.find_bottlenecks) --
+    # -- the bottleneck interface (see keras_vib.surgery.find_bottlenecks) --
 
     @property
     def log_name(self):

@@ -1,0 +1,576 @@
+"""Model surgery: find, insert and remove the bottlenecks of a built model.
+
+`insert_bottleneck` returns a copy of a built Functional or Sequential model
+with a `GaussianBottleneck` after one of its layers, `remove_bottleneck` a
+copy where each bottleneck is replaced by its mean (for deployment), and
+`find_bottlenecks` lists a model's bottlenecks (the KL callbacks use it).
+The copies recreate each layer from its config with the original's weights:
+the original model stays as it was, and layers shared within it stay shared
+in the copy.
+"""
+
+import warnings
+
+import keras
+
+from keras_vib import _graph
+from keras_vib import layers as _layers
+from keras_vib._validation import check_finite_float
+from keras_vib.layers import bottlenecks as _bottlenecks
+
+#: `insert_bottleneck` warns when the layers it adds would hold more than
+#: this many times the parameters of the model they go into.
+SIZE_WARNING_RATIO = 4.0
+
+
+def find_bottlenecks(model, layer_names=None):
+    """Return the bottleneck layers of `model` (the model itself included).
+
+    Bottlenecks are the layers and models with a `kl_weight` variable and a
+    running KL: `VIB`, `GaussianBottleneck`, `keras_vib.models.VAE`, and
+    any layer of your own with the same interface. Nested models and layers
+    are searched too. Bottlenecks that share a default log key get distinct
+    ones (`<layer name>_kl`).
+
+    Args:
+        model: a Keras layer or model.
+        layer_names: `None` (every bottleneck) or a list of layer names.
+
+    Returns:
+        A list of layers, in the order of `layer_names` if given.
+
+    Raises:
+        ValueError: if the model has no bottleneck, or a name in
+            `layer_names` names no bottleneck of the model.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     kv.layers.GaussianBottleneck(units=2, name="bottleneck"),
+    ...     keras.layers.Dense(1),
+    ... ])
+    >>> [layer.name for layer in kv.surgery.find_bottlenecks(model)]
+    ['bottleneck']
+    """
+    found = _bottlenecks.bottlenecks_of([model])
+    if not found:
+        raise ValueError(
+            f"Model `{model.name}` has no KL bottleneck: no layer or model "
+            "in it has a `kl_weight` variable and a running KL (keras_vib "
+            "`VIB`, `GaussianBottleneck` or `keras_vib.models.VAE`)."
+        )
+    _bottlenecks.make_log_names_distinct(found)
+    if layer_names is None:
+        return found
+    by_name = {layer.name: layer for layer in found}
+    missing = [name for name in layer_names if name not in by_name]
+    if missing:
+        raise ValueError(
+            "Invalid value received for argument `layer_names`. Expected "
+            f"names of bottleneck layers of model `{model.name}`, among "
+            f"{sorted(by_name)}. Received: layer_names={list(layer_names)} "
+            f"(no bottleneck named {missing})"
+        )
+    return [by_name[name] for name in layer_names]
+
+
+def _check_model(model, function_name):
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "Invalid value received for argument `model`. Expected a "
+            "built Functional or Sequential `keras.Model`. Received: "
+            f"model={model!r} of type {type(model).__name__}"
+        )
+    if not _graph.is_graph_model(model):
+        raise TypeError(
+            f"`{function_name}` can only rewrite Functional and Sequential "
+            f"models. Model `{model.name}` is a subclassed model "
+            f"(`{type(model).__name__}`): its graph is the Python code of "
+            "its `call` method. Add the bottleneck in that code instead "
+            "(`kv.layers.GaussianBottleneck(units)`), or rebuild the model "
+            "with the functional API and load its weights."
+        )
+    if isinstance(model, keras.Sequential) and not model.built:
+        raise ValueError(
+            f"Model `{model.name}` is not built. Build it first (start it "
+            "with `keras.Input(shape)`, call it on data, or call "
+            "`model.build(input_shape)`)."
+        )
+
+
+def _locate(model, layer, argument):
+    """`(path, layer)`: the layer named (or given by) `layer` in `model`,
+    and the chain of graph models down to it (see `_graph.find_path`)."""
+    if isinstance(layer, str):
+        match = lambda candidate: candidate.name == layer  # noqa: E731
+    elif isinstance(layer, keras.layers.Layer):
+        match = lambda candidate: candidate is layer  # noqa: E731
+    else:
+        raise TypeError(
+            f"Invalid value received for argument `{argument}`. Expected a "
+            f"layer name (str) or a `keras.layers.Layer`. Received: "
+            f"{argument}={layer!r} of type {type(layer).__name__}"
+        )
+    found = _graph.find_path(model, match)
+    if found is not None:
+        return found
+    opaque = _graph.opaque_container(model, match)
+    if opaque is not None:
+        raise ValueError(
+            f"Invalid value received for argument `{argument}`. Layer "
+            f"`{getattr(layer, 'name', layer)}` is inside layer "
+            f"`{opaque.name}` ({type(opaque).__name__}), which is not a "
+            "Functional or Sequential model, so its graph cannot be "
+            "rewritten. Choose a layer outside it, or add the bottleneck in "
+            f"`{type(opaque).__name__}.call`. Received: {argument}={layer!r}"
+        )
+    names = [inner.name for inner in _graph.graph_layers(model)]
+    raise ValueError(
+        f"Invalid value received for argument `{argument}`. Expected a "
+        f"layer of model `{model.name}` (one of {names}). Received: "
+        f"{argument}={getattr(layer, 'name', layer)!r}"
+    )
+
+
+def _unique_name(model, name):
+    taken = {layer.name for layer in _graph.graph_layers(model)}
+    candidate, i = name, 1
+    while candidate in taken | {model.name}:
+        candidate = f"{name}_{i}"
+        i += 1
+    return candidate
+
+
+def _new_inputs(model):
+    """Fresh `keras.Input`s like the model's (names, shapes and dtypes)."""
+    return keras.tree.map_structure(
+        lambda t: keras.Input(
+            batch_shape=t.shape, dtype=t.dtype, sparse=t.sparse, name=t.name
+        ),
+        # `Sequential.input` needs a call; `inputs` is set once built.
+        model.inputs[0] if isinstance(model, keras.Sequential) else model.input,
+    )
+
+
+class _Rewriter:
+    """Copies a graph model layer by layer, with hooks to change a layer.
+
+    `call(original, clone, args, kwargs)` returns the outputs of one node of
+    a Functional model; `sequence(original, clone)` returns the layers that
+    replace one entry of a Sequential model. The defaults copy unchanged.
+    """
+
+    def __init__(self):
+        self.clones = {}  # id(original) -> copy
+        self.originals = {}  # id(copy) -> original
+        self.pairs = []  # (original, copy) whose weights are copied
+
+    def call(self, original, clone, args, kwargs):
+        return clone(*args, **kwargs)
+
+    def sequence(self, original, clone):
+        return [clone]
+
+    def copy_layer(self, layer):
+        if id(layer) in self.clones:
+            return self.clones[id(layer)]
+        if _graph.is_graph_model(layer):
+            copy = self.copy_model(layer)
+        elif not layer.weights or layer.built:
+            copy = self._from_config(layer)
+            self.pairs.append((layer, copy))
+        else:
+            raise ValueError(
+                f"Layer `{layer.name}` is not built, so its weights cannot "
+                "be copied. Build the model (call it on data) first."
+            )
+        self.clones[id(layer)] = copy
+        self.originals[id(copy)] = layer
+        return copy
+
+    @staticmethod
+    def _from_config(layer):
+        try:
+            return type(layer).from_config(layer.get_config())
+        except Exception as error:
+            raise TypeError(
+                f"Layer `{layer.name}` ({type(layer).__name__}) cannot be "
+                "copied: recreating it from `layer.get_config()` failed "
+                f"with: {error!r}. Give the class a `get_config` that "
+                "returns its constructor arguments (and register it with "
+                "`keras.saving.register_keras_serializable`)."
+            ) from error
+
+    def copy_model(self, model):
+        if isinstance(model, keras.Sequential):
+            layers = []
+            for layer in model.layers:
+                layers.extend(self.sequence(layer, self.copy_layer(layer)))
+            copy = keras.Sequential(
+                [_new_inputs(model)] + layers, name=model.name
+            )
+        else:
+            copy = keras.models.clone_model(
+                model,
+                input_tensors=_new_inputs(model),
+                clone_function=self.copy_layer,
+                call_function=self._call,
+            )
+        copy.trainable = model.trainable
+        if model.compiled and not copy.compiled:
+            copy.compile_from_config(model.get_compile_config())
+        return copy
+
+    def _call(self, clone, *args, **kwargs):
+        return self.call(self.originals[id(clone)], clone, args, kwargs)
+
+    def copy_weights(self):
+        for original, copy in self.pairs:
+            values = original.get_weights()
+            if values:
+                copy.set_weights(values)
+
+
+class _Insert(_Rewriter):
+    def __init__(self, target, layers):
+        super().__init__()
+        self.target = target
+        self.layers = layers  # [bottleneck] or [bottleneck, expand]
+
+    def call(self, original, clone, args, kwargs):
+        outputs = clone(*args, **kwargs)
+        if original is self.target:
+            for layer in self.layers:
+                outputs = layer(outputs)
+        return outputs
+
+    def sequence(self, original, clone):
+        if original is self.target:
+            return [clone] + self.layers
+        return [clone]
+
+
+def _refuse(message):
+    raise ValueError(f"Invalid value received for argument `after`. {message}")
+
+
+def _check_target(model, path, target):
+    """Refuse a layer after which a bottleneck would be ambiguous or change
+    what the model means; return the layer's output tensor."""
+    container = path[-1]
+    if _bottlenecks.is_bottleneck(target):
+        _refuse(
+            f"Layer `{target.name}` is a bottleneck already: a second one "
+            "right after it would only add noise to its samples. Insert "
+            "the new bottleneck after another layer, or change this one "
+            f"(`kl_weight`) or remove it with `kv.surgery.remove_bottleneck`."
+        )
+    stacked = [
+        layer.name
+        for layer in _graph.consumers(path, target)
+        if _bottlenecks.is_bottleneck(layer)
+    ]
+    if stacked:
+        _refuse(
+            f"Layer `{target.name}` already feeds the bottleneck "
+            f"{stacked[0]!r}: a second one would stack on it. Change that "
+            "bottleneck (its `kl_weight`), or remove it first with "
+            f"`kv.surgery.remove_bottleneck(model, {stacked[0]!r})`."
+        )
+    if sum(op is target for op, _ in _graph.calls(container)) > 1:
+        _refuse(
+            f"Layer `{target.name}` is called more than once in the model "
+            "(a shared layer): a bottleneck after it is ambiguous. Insert "
+            "it after a layer called once, e.g. a consumer of its output."
+        )
+    chain = [c for c in _graph.output_chains(model) if target in c]
+    if chain:
+        # Suggest a layer that feeds the one computing the output.
+        last = chain[0][-1]
+        inner = _graph.find_path(model, lambda layer: layer is last)[0][-1]
+        feeders = [layer.name for layer in _graph.feeders(inner, last)]
+        _refuse(
+            f"Layer `{target.name}` computes the output of model "
+            f"`{model.name}`: a bottleneck after it would change what the "
+            "model returns (e.g. probabilities that no longer sum to 1). "
+            "Insert it after a layer that feeds this one"
+            + (f", such as {feeders[0]!r}." if feeders else ".")
+        )
+    outputs = target.output
+    if not isinstance(outputs, keras.KerasTensor):
+        _refuse(
+            f"Expected a layer with one output tensor. Layer `{target.name}` "
+            f"returns {type(outputs).__name__} {outputs!r}. Insert the "
+            "bottleneck after a layer that consumes one of these outputs."
+        )
+    if not keras.backend.is_float_dtype(outputs.dtype):
+        _refuse(
+            "Expected a layer with a floating-point output. Layer "
+            f"`{target.name}` returns dtype {outputs.dtype} (e.g. token ids): "
+            "insert the bottleneck after a layer that returns features, "
+            "such as an `Embedding`."
+        )
+    if len(outputs.shape) < 2 or outputs.shape[-1] is None:
+        _refuse(
+            "Expected a layer whose output has rank 2 or more and a known "
+            f"last dimension. Layer `{target.name}` returns shape "
+            f"{outputs.shape}."
+        )
+    return outputs
+
+
+def _warn_if_large(model, target, layers):
+    added = sum(layer.count_params() for layer in layers)
+    total = model.count_params()
+    if added > SIZE_WARNING_RATIO * total:
+        warnings.warn(
+            f"keras_vib: the bottleneck after `{target.name}` adds "
+            f"{added:,} parameters to the {total:,} of model `{model.name}` "
+            f"({added / max(total, 1):.1f} times as many). Pass a smaller "
+            "`units` (the size of the code z), or insert it after a "
+            "narrower layer (in a convnet, after the last pooling layer "
+            "rather than after `Flatten`).",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def insert_bottleneck(
+    model,
+    after,
+    kl_weight=1e-3,
+    units=None,
+    *,
+    initial_log_var=-6.0,
+    name=None,
+    **kwargs,
+):
+    """Return a copy of `model` with a `GaussianBottleneck` after a layer.
+
+    Works on built Functional and Sequential models, and on layers inside
+    nested Functional or Sequential models. Every layer that consumed the
+    output of `after` now consumes the bottleneck's output `z`; all other
+    connections are unchanged.
+
+    **Weights are copied, not shared.** Each original layer is recreated
+    from its config and given the original's weights, so the original
+    model is left untouched by training the new one (layers shared inside
+    the model stay shared in the copy). If the original model was compiled,
+    the copy is compiled with the same settings (and a fresh optimizer).
+
+    **The new model starts as the old one.** With `units=None` the mean
+    head is initialised to the identity and the log-variance head to the
+    constant `initial_log_var` (zero kernel), so at inference, where the
+    bottleneck returns its mean, the new model computes exactly what the
+    old one did, and in training it samples with a small standard deviation
+    `exp(initial_log_var / 2)`. Training then trades the KL to `N(0, I)`,
+    logged as `kl`, against the task loss.
+
+    **Choosing `units`.** The default keeps the layer's width `w`: the two
+    heads then hold `2 * w * (w + 1)` parameters, fine after a layer of a
+    few hundred units. A smaller `units` (the size of the code `z`, e.g.
+    32 to 256) makes a tighter bottleneck with smaller heads, but starts
+    from randomly initialised heads followed by a linear `Dense(w)` that
+    keeps the consumers' trained weights: the output changes at insertion
+    and the model needs fine-tuning. A warning says when the added layers
+    would hold more than `SIZE_WARNING_RATIO` (4) times the parameters of
+    the model.
+
+    **Where it goes in a convnet.** After `Flatten` the width is positions
+    times channels (1,600 in the keras.io MNIST convnet), so the default
+    heads would dwarf the model. Insert it after the last pooling (or
+    convolution) layer instead: the bottleneck then acts on the channels of
+    each position, its heads are channels by channels, it starts as the
+    identity, and the logged KL is the mean per position. After global
+    pooling, or a narrow `Dense` layer before the classifier (the IMDB CNN's
+    `Dense(250)`), the bottleneck is one code per example.
+
+    Args:
+        model: a built Functional or Sequential `keras.Model`.
+        after: the layer (name or object) after which to insert. It must be
+            called once in the model and return one float tensor whose rank
+            is at least 2; it may sit inside a nested Functional or
+            Sequential model. It must not compute the model's output (the
+            bottleneck would change what the model returns, e.g. its
+            probabilities), be a bottleneck, or already feed one.
+        kl_weight: finite float, 0 or more, the weight of the KL term.
+            Default 1e-3: a trained layer's activations carry many nats, so
+            a large weight first erases what the model learned.
+        units: int, 1 or more, or `None` (the width of the layer's output).
+            See "Choosing `units`" above.
+        initial_log_var: finite float, the initial log-variance (default
+            -6: standard deviation 0.05).
+        name: str or `None`, the bottleneck layer's name (default
+            `"<after>_bottleneck"`).
+        **kwargs: further arguments of `GaussianBottleneck`: `seed`,
+            `free_bits`, `free_bits_mode`, `log_name`,
+            `sample_at_inference`, `prior` (see `VIB`), `dtype`. The layer
+            checks them.
+
+    Returns:
+        A new model of the same kind (Functional or Sequential) and name.
+
+    Raises:
+        TypeError: for a subclassed model (its graph is Python code and
+            cannot be read), or a layer that cannot be recreated from its
+            config.
+        ValueError: if `after` is not a layer of the model, or is one of
+            the layers refused above, or if an argument of the bottleneck
+            is invalid.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     keras.layers.Dense(8, activation="relu", name="hidden"),
+    ...     keras.layers.Dense(1, name="out"),
+    ... ])
+    >>> x = np.random.normal(size=(16, 4)).astype("float32")
+    >>> vib = kv.surgery.insert_bottleneck(model, "hidden", kl_weight=1e-2)
+    >>> [layer.name for layer in vib.layers]
+    ['hidden', 'hidden_bottleneck', 'out']
+    >>> np.allclose(vib.predict(x, verbose=0), model.predict(x, verbose=0),
+    ...             atol=1e-6)
+    True
+    >>> vib.compile("adam", "mse")
+    >>> sorted(vib.fit(x, x[:, :1], verbose=0).history)
+    ['kl', 'loss']
+    """
+    _check_model(model, "insert_bottleneck")
+    path, target = _locate(model, after, "after")
+    outputs = _check_target(model, path, target)
+    initial_log_var = check_finite_float("initial_log_var", initial_log_var)
+    if name is None:
+        name = _unique_name(model, f"{target.name}_bottleneck")
+    elif name in {layer.name for layer in _graph.graph_layers(model)}:
+        raise ValueError(
+            "Invalid value received for argument `name`. Expected a layer "
+            f"name not used in model `{model.name}`. Received: name={name!r}"
+        )
+    width = outputs.shape[-1]
+    latent = width if units is None else units
+    kwargs.setdefault("dtype", target.dtype_policy)
+    bottleneck = _layers.GaussianBottleneck(
+        latent,
+        # The identity needs a square kernel; else Keras's default.
+        kernel_initializer="identity" if latent == width else "glorot_uniform",
+        log_var_bias_initializer=keras.initializers.Constant(initial_log_var),
+        kl_weight=kl_weight,
+        name=name,
+        **kwargs,
+    )
+    bottleneck.build(outputs.shape)
+    # Start at a small, input-independent variance.
+    kernel = bottleneck.log_var_head.kernel
+    kernel.assign(keras.ops.zeros(kernel.shape, kernel.dtype))
+    layers = [bottleneck]
+    if latent != width:
+        expand = keras.layers.Dense(
+            width,
+            name=_unique_name(model, f"{name}_expand"),
+            dtype=kwargs["dtype"],
+        )
+        expand.build(bottleneck.compute_output_shape(outputs.shape))
+        layers.append(expand)
+    _warn_if_large(model, target, layers)
+    rewriter = _Insert(target, layers)
+    new_model = rewriter.copy_model(model)
+    rewriter.copy_weights()
+    return new_model
+
+
+class _Remove(_Rewriter):
+    def __init__(self, targets):
+        super().__init__()
+        self.targets = targets
+
+    def copy_layer(self, layer):
+        if id(layer) in {id(t) for t in self.targets} and isinstance(
+            layer, _layers.GaussianBottleneck
+        ):
+            if id(layer) not in self.clones:
+                # A `Dense` with the mean head's weights and the layer's name.
+                dense = keras.layers.Dense.from_config(
+                    {**layer.mean_head.get_config(), "name": layer.name}
+                )
+                self.pairs.append((layer.mean_head, dense))
+                self.clones[id(layer)] = dense
+                self.originals[id(dense)] = layer
+            return self.clones[id(layer)]
+        return super().copy_layer(layer)
+
+    def call(self, original, clone, args, kwargs):
+        if not any(t is original for t in self.targets):
+            return clone(*args, **kwargs)
+        if isinstance(original, _layers.GaussianBottleneck):
+            # The `Dense` copy of the mean head (no `training`, `mask`).
+            return clone(args[0])
+        # A two-input VIB: its inference output is `z_mean`.
+        return args[0][0]
+
+
+def remove_bottleneck(model, bottleneck=None):
+    """Return a copy of `model` with bottlenecks replaced by their means.
+
+    The deterministic model for deployment: a `GaussianBottleneck` becomes
+    a `Dense` layer with the weights of its mean head (and the
+    bottleneck's name); a `VIB` (`[z_mean, z_log_var]` in) passes `z_mean`
+    through, and the log-variance head, no longer needed, is dropped. The
+    result has no KL loss and no sampling, and predicts what `model`
+    predicts at inference (unless a bottleneck sampled at inference).
+    Weights are copied, as in `insert_bottleneck`.
+
+    Args:
+        model: a built Functional or Sequential `keras.Model`.
+        bottleneck: the `VIB` or `GaussianBottleneck` (name or layer) to
+            remove, or `None` for every one in the model.
+
+    Returns:
+        A new model of the same kind and name.
+
+    Raises:
+        TypeError: for a subclassed model.
+        ValueError: if the model has no such bottleneck, or a bottleneck
+            is not a `VIB` or `GaussianBottleneck`.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     kv.layers.GaussianBottleneck(units=2, name="bottleneck"),
+    ...     keras.layers.Dense(1),
+    ... ])
+    >>> plain = kv.surgery.remove_bottleneck(model)
+    >>> [type(layer).__name__ for layer in plain.layers]
+    ['Dense', 'Dense']
+    >>> x = np.random.normal(size=(3, 4)).astype("float32")
+    >>> np.allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0))
+    True
+    """
+    _check_model(model, "remove_bottleneck")
+    if bottleneck is None:
+        targets = [
+            layer
+            for layer in _graph.graph_layers(model)
+            if _bottlenecks.is_bottleneck(layer)
+            and not isinstance(layer, keras.Model)
+        ]
+        if not targets:
+            raise ValueError(
+                f"Model `{model.name}` has no bottleneck layer to remove."
+            )
+    else:
+        targets = [_locate(model, bottleneck, "bottleneck")[1]]
+    for layer in targets:
+        if not isinstance(layer, _layers.VIB):
+            raise ValueError(
+                f"Invalid value received for argument `bottleneck`. "
+                f"Expected a `VIB` or `GaussianBottleneck` layer. Layer "
+                f"`{layer.name}` is a {type(layer).__name__}, whose mean "
+                "is not known."
+            )
+    rewriter = _Remove(targets)
+    new_model = rewriter.copy_model(model)
+    rewriter.copy_weights()
+    return new_model
