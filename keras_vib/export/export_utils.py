@@ -1,0 +1,217 @@
+"""Each artifact described once, as a list of `Endpoint`s, for the writers
+`saved_model.write` and `onnx.write`."""
+
+import dataclasses
+import os
+
+import keras
+
+from keras_vib import _monte_carlo
+from keras_vib import _rate
+
+_BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+_SEED = keras.InputSpec(shape=(), dtype="int32", name="seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """One function of an artifact (a SavedModel function and signature, or
+    an ONNX file), called with one tensor per named `keras.InputSpec` of
+    `inputs` and returning a dict with one tensor per name of `outputs`.
+
+    `seeded` endpoints draw noise from their int32 `seed` input; errors name
+    `requested_by`, the user's argument that asked for them. With a
+    `prior_shape`, the endpoint takes `(n, seed)` and serves `function(z)`,
+    `z ~ N(0, I)` shaped `(n,) + prior_shape` drawn by the writer (a JAX
+    function cannot take a shape as an input); `function` must also be an
+    endpoint of its own.
+    """
+
+    name: str
+    function: object
+    inputs: tuple
+    outputs: tuple
+    requested_by: str = None
+    prior_shape: tuple = None
+
+    @property
+    def seeded(self):
+        return any(spec.name == "seed" for spec in self.inputs)
+
+    def ordered_outputs(self, results):
+        """The tensors of `results` (the function's dict), in output order."""
+        if list(results) != list(self.outputs):
+            raise ValueError(
+                f"The endpoint `{self.name}` returned the outputs "
+                f"{list(results)}, expected {list(self.outputs)}."
+            )
+        return [results[name] for name in self.outputs]
+
+
+def check_backend(format, backends, advice):
+    backend = keras.backend.backend()
+    if backend not in backends:
+        names = [_BACKEND_NAMES[name] for name in backends]
+        names = ", ".join(names[:-1]) + " or " + names[-1]
+        raise RuntimeError(
+            f"Exporting with format='{format}' needs the {names} backend. "
+            f"Current backend: {backend}. {advice}"
+        )
+
+
+def check_filepath(filepath, directory):
+    """`filepath` as a str, if it is not an existing file (directory)."""
+    path = os.fspath(filepath)
+    wanted, found = (
+        ("directory", "file") if directory else ("file", "directory")
+    )
+    if os.path.exists(path) and os.path.isdir(path) != directory:
+        raise ValueError(
+            "Invalid value received for argument `filepath`. Expected a path "
+            f"where the export can write a {wanted}. Received: "
+            f"filepath={path!r}, an existing {found}. Remove it or choose "
+            "another path."
+        )
+    return path
+
+
+def check_model(model):
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "Invalid value received for argument `model`. Expected a "
+            f"`keras.Model`. Received: model={model!r} of type "
+            f"{type(model).__name__}"
+        )
+    if not model.built:
+        raise ValueError(
+            f"The model `{model.name}` has not been built yet. Call it on a "
+            "batch of data (or `model.build(input_shape)`) before exporting."
+        )
+
+
+def input_spec(model, input_signature, name):
+    """A named `keras.InputSpec` with a free batch size for `model`'s one
+    input, or for `input_signature` (a `keras.InputSpec` or
+    `tf.TensorSpec`)."""
+    if input_signature is None:
+        inputs = getattr(model, "inputs", None) or []
+        if len(inputs) != 1:
+            raise ValueError(
+                f"Cannot infer the input signature of model `{model.name}`: "
+                "it needs exactly one input tensor. Pass `input_signature`, "
+                "e.g. input_signature=keras.InputSpec(shape=(None, 784), "
+                "dtype='float32')."
+            )
+        input_signature = inputs[0]
+    shape = (None,) + tuple(input_signature.shape)[1:]
+    dtype = keras.backend.standardize_dtype(input_signature.dtype)
+    return keras.InputSpec(shape=shape, dtype=dtype, name=name)
+
+
+def classifier_endpoints(model, input_signature, num_samples):
+    """`serve`, and `serve_mc` if `num_samples` is not `None`."""
+    check_model(model)
+    x_spec = input_spec(model, input_signature, "x")
+
+    def serve(x):
+        return {"y": _monte_carlo.deterministic_call(model, x)}
+
+    def serve_mc(x, seed):
+        return {"y": _monte_carlo.monte_carlo_call(model, x, num_samples, seed)}
+
+    endpoints = [Endpoint("serve", serve, (x_spec,), ("y",))]
+    if num_samples is None:
+        return endpoints
+    if not _monte_carlo.sampling_layers(model):
+        raise ValueError(
+            "Invalid value received for argument `num_samples`. Expected "
+            f"None for model `{model.name}`, which has no keras_vib "
+            "`Sampling`, `VIB` or `GaussianBottleneck` layer: all its Monte "
+            "Carlo draws would be equal. Add a bottleneck to the model, or "
+            f"export without `num_samples`. Received: num_samples={num_samples}"
+        )
+    inputs, asked = (x_spec, _SEED), f"num_samples={num_samples}"
+    return endpoints + [Endpoint("serve_mc", serve_mc, inputs, ("y",), asked)]
+
+
+def rate_endpoint(model, input_signature, scores=None):
+    """`serve_rate`: the output, the rate of each bottleneck, then `scores`.
+
+    Args:
+        model: a built model with at least one `VIB`-based layer.
+        input_signature: as in `input_spec`.
+        scores: optional dict mapping an output name to a function of the
+            list of rates (in `_rate.rate_call` order) that returns one more
+            per-example tensor to serve.
+    """
+    check_model(model)
+    layers = _rate.rate_layers(model)
+    if not layers:
+        raise ValueError(
+            "Invalid value received for argument `model`. Expected a model "
+            "with a keras_vib `VIB` or `GaussianBottleneck` layer. Received: "
+            f"model `{model.name}` without one"
+        )
+    keys = [f"rate_{layer.name}" for layer in layers]
+    keys = ["rate"] if len(keys) == 1 else keys
+    scores = dict(scores or {})
+
+    def serve_rate(x):
+        outputs, rates = _rate.rate_call(model, x)
+        results = {"output": outputs, **dict(zip(keys, rates))}
+        return {**results, **{k: f(rates) for k, f in scores.items()}}
+
+    outputs = ("output", *keys, *scores)
+    x_spec = input_spec(model, input_signature, "x")
+    return Endpoint("serve_rate", serve_rate, (x_spec,), outputs)
+
+
+def _latent_shape(model):
+    shape = getattr(model, "latent_shape", None)
+    if shape is None:
+        inputs = getattr(model.decoder, "inputs", None) or []
+        if len(inputs) == 1:
+            shape = tuple(inputs[0].shape)[1:]
+    if shape is None or any(dim is None for dim in shape):
+        raise ValueError(
+            f"Cannot export `generate` for model `{model.name}`: the latent "
+            f"shape is unknown (received {shape}). Use functional encoder and "
+            "decoder models, or call the model on data before exporting."
+        )
+    return tuple(shape)
+
+
+def vae_endpoints(model, input_signature):
+    """`encode`, `decode` and `generate` of a latent variable model."""
+    check_model(model)
+    for method in ("encode", "decode"):
+        if not callable(getattr(model, method, None)):
+            raise TypeError(
+                "Invalid value received for argument `model`. Expected a "
+                f"model with an `{method}` method (keras_vib.models.VAE or "
+                f"IWAE). Received: model={model!r}"
+            )
+    encoder = getattr(model, "encoder", model)
+    x_spec = input_spec(encoder, input_signature, "x")
+    z = _latent_shape(model)
+    z_spec = keras.InputSpec(shape=(None,) + z, dtype="float32", name="z")
+
+    def deterministic(method, t):
+        with _monte_carlo.sample_at_inference(model, False):
+            return _monte_carlo.stateless_call(model, lambda: method(t))
+
+    def encode(x):
+        z_mean, z_log_var = deterministic(model.encode, x)
+        return {"z_mean": z_mean, "z_log_var": z_log_var}
+
+    def decode(z):
+        return {"x_mean": deterministic(model.decode, z)}
+
+    n_spec = keras.InputSpec(shape=(), dtype="int32", name="n")
+    return [
+        Endpoint("encode", encode, (x_spec,), ("z_mean", "z_log_var")),
+        Endpoint("decode", decode, (z_spec,), ("x_mean",)),
+        Endpoint(
+            "generate", decode, (n_spec, _SEED), ("x_mean",), prior_shape=z
+        ),
+    ]

@@ -1,0 +1,108 @@
+"""Write a list of endpoints as ONNX files.
+
+Each endpoint is one ONNX file, written by `keras.Model.export` from a
+wrapper model whose `call` is the endpoint, so every backend uses its own
+Keras converter (tf2onnx, jax2onnx, torch.onnx). One endpoint is written to
+the file `filepath`; several to `<name>.onnx` files in the directory
+`filepath`. Inputs and outputs carry the endpoint's names.
+
+ONNX random operators take their seed as a fixed attribute, not as an input,
+so an endpoint seeded by an input cannot be expressed: it is refused.
+"""
+
+import os
+
+import keras
+
+from keras_vib.export import export_utils
+
+#: The backends that can write ONNX files.
+ONNX_BACKENDS = ("tensorflow", "jax", "torch")
+
+
+class _OnnxEndpoint(keras.Model):
+    """A model whose forward pass is `fn(x)`, reading `model`'s weights."""
+
+    def __init__(self, model, fn, **kwargs):
+        super().__init__(**kwargs)
+        self.exported_model = model
+        self.fn = fn
+        self.built = True
+
+    def call(self, x):
+        return self.fn(x)
+
+
+def _check(endpoints):
+    export_utils.check_backend(
+        "onnx",
+        ONNX_BACKENDS,
+        "Save the model with `model.save('model.keras')`, load it in a "
+        "process started with `KERAS_BACKEND=tensorflow` and export it there.",
+    )
+    if keras.config.dtype_policy().name != "float32":
+        raise ValueError(
+            "ONNX export needs the float32 dtype policy (a Keras "
+            "requirement). Received: keras.config.dtype_policy()="
+            f"{keras.config.dtype_policy().name}. Call "
+            "`keras.config.set_dtype_policy('float32')` and reload the model."
+        )
+    for endpoint in endpoints:
+        if endpoint.seeded:
+            raise ValueError(
+                f"Cannot write the endpoint `{endpoint.name}` (asked for by "
+                f"{endpoint.requested_by}) with format='onnx': it draws noise "
+                "from its `seed` input, and ONNX random operators take their "
+                "seed as a fixed attribute, not as an input. Export a "
+                "SavedModel (format='tf_saved_model', from the TensorFlow or "
+                "JAX backend) to serve it, or leave that argument out to "
+                "serve the deterministic endpoints."
+            )
+
+
+def _write_file(model, endpoint, path, verbose):
+    import onnx
+
+    def fn(x):
+        values = endpoint.ordered_outputs(endpoint.function(x))
+        return values[0] if len(values) == 1 else tuple(values)
+
+    wrapper = _OnnxEndpoint(model, fn, name="onnx_endpoint")
+    wrapper.export(
+        path,
+        format="onnx",
+        input_signature=list(endpoint.inputs),
+        verbose=verbose,
+    )
+    # The converters name outputs after internal ops; give them stable names
+    # (an `Identity` each, so no node of the converted graph is touched).
+    proto = onnx.load(path)
+    graph = proto.graph
+    if len(graph.output) != len(endpoint.outputs):
+        raise RuntimeError(
+            f"The ONNX converter wrote {len(graph.output)} outputs for "
+            f"{path}, expected {len(endpoint.outputs)} ({endpoint.outputs})."
+        )
+    for output, name in zip(graph.output, endpoint.outputs):
+        graph.node.append(
+            onnx.helper.make_node("Identity", [output.name], [name])
+        )
+        output.name = name
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
+
+
+def write(model, endpoints, filepath, verbose=False):
+    """Write `endpoints` (reading `model`'s variables) as ONNX files;
+    returns the endpoint names."""
+    _check(endpoints)
+    single = len(endpoints) == 1
+    path = export_utils.check_filepath(filepath, directory=not single)
+    if single:
+        paths = [path]
+    else:
+        os.makedirs(path, exist_ok=True)
+        paths = [os.path.join(path, f"{e.name}.onnx") for e in endpoints]
+    for endpoint, endpoint_path in zip(endpoints, paths):
+        _write_file(model, endpoint, endpoint_path, verbose)
+    return [endpoint.name for endpoint in endpoints]
