@@ -20,6 +20,7 @@ import pytest
 import keras_vib as kv
 from keras_vib import _monte_carlo
 from keras_vib import export as kv_export
+from keras_vib.export import export_utils
 
 BACKEND = keras.backend.backend()
 needs_export_backend = pytest.mark.skipif(
@@ -354,3 +355,58 @@ def test_unsupported_backend_raises_clear_error(tmp_path):
         RuntimeError, match="needs the TensorFlow or JAX backend"
     ):
         kv_export.classifier(model, tmp_path / "m")
+
+
+def test_monte_carlo_export_needs_a_bottleneck(tmp_path):
+    # A plain model's `serve_mc` draws would all be equal: refused, as
+    # `predict_mc` refuses, before any backend or format check.
+    plain = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(2)])
+    for format in kv_export.FORMATS:
+        with pytest.raises(ValueError, match="`num_samples`.*no keras_vib"):
+            kv_export.classifier(
+                plain, tmp_path / "m", num_samples=12, format=format
+            )
+    with pytest.raises(ValueError, match="stochastic bottleneck"):
+        kv.prediction.predict_mc(plain, np.zeros((2, FEATURES), "float32"))
+    assert not (tmp_path / "m").exists()
+
+
+@needs_export_backend
+def test_saved_model_path_that_is_a_file(tmp_path):
+    model = _classifier()
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    for export in (kv_export.classifier, kv_export.classifier_with_rate):
+        with pytest.raises(ValueError, match="`filepath`.*existing file"):
+            export(model, taken)
+    with pytest.raises(ValueError, match="`filepath`.*existing file"):
+        kv_export.vae(_vae(pytest.importorskip("keras_vib.models").VAE), taken)
+    assert taken.read_text() == "keep me"
+
+
+def test_rate_endpoint_serves_extra_scores():
+    # The hook for one more served output: its name comes after the rates
+    # and its value is computed from them in the same forward pass.
+    model = _classifier()
+    endpoint = export_utils.rate_endpoint(
+        model, None, scores={"twice": lambda rates: 2.0 * rates[0]}
+    )
+    assert endpoint.outputs == ("output", "rate", "twice")
+    x = np.random.default_rng(2).normal(size=(BATCH, FEATURES))
+    x = x.astype("float32")
+    served = endpoint.function(x)
+    rate = kv.prediction.predict_rate(model, x)
+    assert np.ptp(rate) > 0
+    np.testing.assert_allclose(_np(served["rate"]), rate, rtol=1e-6)
+    np.testing.assert_allclose(_np(served["twice"]), 2 * rate, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "old, new", [("export_classifier", "classifier"), ("export_vae", "vae")]
+)
+def test_deprecated_names_warn_and_delegate(old, new, tmp_path):
+    with pytest.warns(DeprecationWarning, match=f"keras_vib.export.{new}"):
+        function = getattr(kv_export, old)
+    # The old name runs the new function: its argument check answers.
+    with pytest.raises(ValueError, match="`format`"):
+        function(_classifier(), tmp_path / "m", format="tflite")

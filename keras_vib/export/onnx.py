@@ -60,6 +60,35 @@ def _check(endpoints):
             )
 
 
+def _lower_expm1(graph):
+    """Write each `Expm1` node (the KL's; tf2onnx leaves it, ONNX has no such
+    operator) as tanh(x / 2) * (exp(x) + 1): no cancellation near 0."""
+    import onnx
+
+    nodes, make = [], onnx.helper.make_node
+    for i, node in enumerate(graph.node):
+        if node.op_type != "Expm1":
+            nodes.append(node)
+            continue
+        (x,), (y,), t = node.input, node.output, f"expm1_{i}"
+        nodes += [
+            make("Mul", [x, "expm1_half"], [t + "_half"]),
+            make("Tanh", [t + "_half"], [t + "_tanh"]),
+            make("Exp", [x], [t + "_exp"]),
+            make("Add", [t + "_exp", "expm1_one"], [t + "_sum"]),
+            make("Mul", [t + "_tanh", t + "_sum"], [y]),
+        ]
+    if len(nodes) != len(graph.node):
+        for name, value in (("expm1_half", 0.5), ("expm1_one", 1.0)):
+            graph.initializer.append(
+                onnx.helper.make_tensor(
+                    name, onnx.TensorProto.FLOAT, [], [value]
+                )
+            )
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
 def _write_file(model, endpoint, path, verbose):
     import onnx
 
@@ -78,6 +107,7 @@ def _write_file(model, endpoint, path, verbose):
     # (an `Identity` each, so no node of the converted graph is touched).
     proto = onnx.load(path)
     graph = proto.graph
+    _lower_expm1(graph)
     if len(graph.output) != len(endpoint.outputs):
         raise RuntimeError(
             f"The ONNX converter wrote {len(graph.output)} outputs for "
