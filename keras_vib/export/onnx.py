@@ -92,6 +92,15 @@ def _lower_expm1(graph):
 def _write_file(model, endpoint, path, verbose):
     import onnx
 
+    if keras.backend.backend() == "torch":
+        import torch
+
+        # torch.onnx refuses aten::expm1; pass it on, `_lower_expm1` below
+        # writes it in ONNX operators, as for tf2onnx.
+        torch.onnx.register_custom_op_symbolic(
+            "aten::expm1", lambda g, x: g.op("Expm1", x), 9
+        )
+
     def fn(x):
         values = endpoint.ordered_outputs(endpoint.function(x))
         return values[0] if len(values) == 1 else tuple(values)
