@@ -24,7 +24,6 @@ probs = ort.InferenceSession("model.onnx").run(None, {"x": x})[0]
 
 from keras_vib import _deprecation
 from keras_vib._validation import check_choice
-from keras_vib._validation import check_optional_positive_int
 from keras_vib.export import export_utils
 from keras_vib.export import onnx
 from keras_vib.export import saved_model
@@ -34,7 +33,10 @@ from keras_vib.export.saved_model import SUPPORTED_BACKENDS
 #: The values of the `format` argument.
 FORMATS = ("tf_saved_model", "onnx")
 
-_WRITERS = {"tf_saved_model": saved_model.write, "onnx": onnx.write}
+
+def _writer(format):
+    check_choice("format", format, FORMATS)
+    return {"tf_saved_model": saved_model.write, "onnx": onnx.write}[format]
 
 
 def classifier(
@@ -49,19 +51,15 @@ def classifier(
 
     Endpoints (also signatures, for TF Serving and `saved_model_cli`):
 
-    - `serve(x)`: the deterministic prediction, `model(x, training=False)`
-      with every bottleneck returning its mean. It is also the
-      `serving_default` signature (output key `output_0`). Calls change no
-      state: repeated calls give identical outputs.
+    - `serve(x)`: `model(x, training=False)` with every bottleneck
+      returning its mean; also `serving_default` (output key `output_0`).
     - `serve_mc(x, seed)`, only if `num_samples` is given: `num_samples`
-      Monte Carlo draws stacked on a new leading axis,
-      `(num_samples, batch, ...)`, with noise determined by the int32 scalar
-      `seed`: the same computation as `keras_vib.prediction.predict_mc`
-      (average over the first axis for its mean).
+      Monte Carlo draws, `(num_samples, batch, ...)`, with noise set by the
+      int32 scalar `seed`: the computation of `kv.prediction.predict_mc`.
 
-    With `format="onnx"`, `filepath` is one ONNX file holding `serve`
-    (input `x`, output `y`, free batch size); `num_samples` must be `None`,
-    since ONNX cannot take the seed of its random operators as an input.
+    Calls change no state. With `format="onnx"`, `filepath` is one ONNX
+    file holding `serve` (input `x`, output `y`); `num_samples` must be
+    `None`, since ONNX cannot take a random operator's seed as an input.
 
     Args:
         model: a built, single-input `keras.Model`; with `num_samples`, it
@@ -88,12 +86,11 @@ def classifier(
     >>> kv.export.classifier(model, path, num_samples=12)
     ['serve', 'serve_mc']
     """
-    check_choice("format", format, FORMATS)
-    num_samples = check_optional_positive_int("num_samples", num_samples)
+    write = _writer(format)
     endpoints = export_utils.classifier_endpoints(
         model, input_signature, num_samples
     )
-    return _WRITERS[format](model, endpoints, filepath, verbose)
+    return write(model, endpoints, filepath, verbose)
 
 
 def classifier_with_rate(
@@ -106,24 +103,17 @@ def classifier_with_rate(
 ):
     """Export a classifier whose served model also returns the rate R(x).
 
-    Writes the endpoints of `classifier` (`serve`, the `serving_default`
-    signature, and `serve_mc` if `num_samples` is given) plus:
+    Writes the endpoints of `classifier` plus `serve_rate(x)`: a dict with
+    `"output"` (as `serve`) and the per-example rate R(x) = KL(q(z|x) ||
+    r(z)) in nats of each bottleneck, `"rate"` for one bottleneck,
+    `"rate_<layer name>"` for each of several: the computation of
+    `kv.prediction.predict_rate`, in the output's forward pass. With
+    `format="onnx"`, `filepath` is a directory holding `serve.onnx` and
+    `serve_rate.onnx` (outputs named as the keys above).
 
-    - `serve_rate(x)`: a dict with `"output"`, the deterministic prediction
-      (as `serve`), and the per-example rate R(x) = KL(q(z|x) || r(z)) in
-      nats of each bottleneck: `"rate"` for a model with one bottleneck,
-      `"rate_<layer name>"` for each of several. It is the same computation
-      as `keras_vib.prediction.predict_rate`, in the same forward pass as
-      the output, and changes no state.
-
-    With `format="onnx"`, `filepath` is a directory holding `serve.onnx`
-    (input `x`, output `y`) and `serve_rate.onnx` (input `x`, outputs named
-    as the keys above); `num_samples` must be `None`, as in `classifier`.
-
-    A deployed model can then flag inputs whose rate lies outside the range
-    seen on training data. Check which way the rate moves on your own
-    out-of-distribution data first (see `keras_vib.uncertainty`). Like
-    `classifier`, the artifact needs neither Keras nor keras_vib to run.
+    A deployed model can flag inputs whose rate lies outside the range seen
+    on training data; check which way the rate moves on your own
+    out-of-distribution data first (see `keras_vib.uncertainty`).
 
     Args:
         model: a built, single-input `keras.Model` with at least one `VIB`
@@ -149,13 +139,12 @@ def classifier_with_rate(
     >>> kv.export.classifier_with_rate(model, path)
     ['serve', 'serve_rate']
     """
-    check_choice("format", format, FORMATS)
-    num_samples = check_optional_positive_int("num_samples", num_samples)
+    write = _writer(format)
     endpoints = export_utils.classifier_endpoints(
         model, input_signature, num_samples
     )
     endpoints.append(export_utils.rate_endpoint(model, input_signature))
-    return _WRITERS[format](model, endpoints, filepath, verbose)
+    return write(model, endpoints, filepath, verbose)
 
 
 def vae(
@@ -170,23 +159,17 @@ def vae(
     Endpoints (also signatures, for TF Serving and `saved_model_cli`):
 
     - `encode(x)`: `{"z_mean": ..., "z_log_var": ...}` of q(z|x), as
-      `model.encode(x)`. Also the `serving_default` signature. (keras_vib
-      0.1 named the outputs `mean` and `log_var`.)
+      `model.encode(x)`; also `serving_default`.
     - `decode(z)`: `model.decode(z)`, the mean of p(x|z).
-    - `generate(n, seed)`: `n` (int32 scalar) draws decoded from the prior,
-      `decode(z)` with `z = tf.random.stateless_normal((n,) + latent_shape,
-      seed=[seed, 0])`. On the TensorFlow backend this is exactly
-      `model.generate(n, seed=seed)`; on JAX the noise differs from JAX's own
-      generator (the endpoint draws with TensorFlow's), but it is the same
-      for every exporting backend.
+    - `generate(n, seed)`: `decode(z)` for `n` (int32 scalar) draws
+      `z = tf.random.stateless_normal((n,) + latent_shape, [seed, 0])`:
+      `model.generate(n, seed=seed)` on TensorFlow (JAX's own generator
+      draws other noise), and the same for every exporting backend.
 
-    Calls change no state: the same inputs always give the same outputs.
-
-    With `format="onnx"`, `filepath` is a directory holding `encode.onnx`
-    (input `x`, outputs `z_mean` and `z_log_var`) and `decode.onnx` (input
-    `z`, output `x_mean`). There is no `generate`: ONNX cannot take the seed
-    of its random operators as an input, so draw `z` from N(0, I) yourself
-    (e.g. `numpy.random.default_rng(seed).standard_normal`) and decode it.
+    Calls change no state. With `format="onnx"`, `filepath` is a directory
+    holding `encode.onnx` (input `x`, outputs `z_mean`, `z_log_var`) and
+    `decode.onnx` (input `z`, output `x_mean`); for `generate`, draw `z`
+    from N(0, I) yourself and decode it.
 
     Args:
         model: a built model with `encode(x) -> (z_mean, z_log_var)`,
@@ -211,13 +194,13 @@ def vae(
     >>> kv.export.vae(model, tempfile.mkdtemp())
     ['encode', 'decode', 'generate']
     """
-    check_choice("format", format, FORMATS)
+    write = _writer(format)
     endpoints = export_utils.vae_endpoints(model, input_signature)
     if format == "onnx":
-        # `generate` is seeded by an input, which ONNX cannot express: the
-        # files hold `encode` and `decode`, and users draw z themselves.
+        # ONNX cannot express `generate` (seeded by an input): users draw z
+        # themselves and call `decode`.
         endpoints = [endpoint for endpoint in endpoints if not endpoint.seeded]
-    return _WRITERS[format](model, endpoints, filepath, verbose)
+    return write(model, endpoints, filepath, verbose)
 
 
 __getattr__ = _deprecation.module_getattr(

@@ -8,6 +8,7 @@ import keras
 
 from keras_vib import _monte_carlo
 from keras_vib import _rate
+from keras_vib._validation import check_optional_positive_int
 
 _BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
 _SEED = keras.InputSpec(shape=(), dtype="int32", name="seed")
@@ -38,13 +39,9 @@ class Endpoint:
     def seeded(self):
         return any(spec.name == "seed" for spec in self.inputs)
 
-    def ordered_outputs(self, results):
-        """The tensors of `results` (the function's dict), in output order."""
-        if list(results) != list(self.outputs):
-            raise ValueError(
-                f"The endpoint `{self.name}` returned the outputs "
-                f"{list(results)}, expected {list(self.outputs)}."
-            )
+    def __call__(self, *args):
+        """The output tensors for `args`, in the order of `outputs`."""
+        results = self.function(*args)
         return [results[name] for name in self.outputs]
 
 
@@ -52,20 +49,18 @@ def check_backend(format, backends, advice):
     backend = keras.backend.backend()
     if backend not in backends:
         names = [_BACKEND_NAMES[name] for name in backends]
-        names = ", ".join(names[:-1]) + " or " + names[-1]
         raise RuntimeError(
-            f"Exporting with format='{format}' needs the {names} backend. "
-            f"Current backend: {backend}. {advice}"
+            f"Exporting with format='{format}' needs the "
+            f"{', '.join(names[:-1])} or {names[-1]} backend. Current "
+            f"backend: {backend}. {advice}"
         )
 
 
 def check_filepath(filepath, directory):
     """`filepath` as a str, if it is not an existing file (directory)."""
     path = os.fspath(filepath)
-    wanted, found = (
-        ("directory", "file") if directory else ("file", "directory")
-    )
     if os.path.exists(path) and os.path.isdir(path) != directory:
+        wanted, found = ("directory", "file")[:: 1 if directory else -1]
         raise ValueError(
             "Invalid value received for argument `filepath`. Expected a path "
             f"where the export can write a {wanted}. Received: "
@@ -90,9 +85,8 @@ def check_model(model):
 
 
 def input_spec(model, input_signature, name):
-    """A named `keras.InputSpec` with a free batch size for `model`'s one
-    input, or for `input_signature` (a `keras.InputSpec` or
-    `tf.TensorSpec`)."""
+    """A `keras.InputSpec` named `name`, with a free batch size, of
+    `input_signature` or else of `model`'s one input."""
     if input_signature is None:
         inputs = getattr(model, "inputs", None) or []
         if len(inputs) != 1:
@@ -111,6 +105,7 @@ def input_spec(model, input_signature, name):
 def classifier_endpoints(model, input_signature, num_samples):
     """`serve`, and `serve_mc` if `num_samples` is not `None`."""
     check_model(model)
+    num_samples = check_optional_positive_int("num_samples", num_samples)
     x_spec = input_spec(model, input_signature, "x")
 
     def serve(x):
@@ -135,15 +130,9 @@ def classifier_endpoints(model, input_signature, num_samples):
 
 
 def rate_endpoint(model, input_signature, scores=None):
-    """`serve_rate`: the output, the rate of each bottleneck, then `scores`.
-
-    Args:
-        model: a built model with at least one `VIB`-based layer.
-        input_signature: as in `input_spec`.
-        scores: optional dict mapping an output name to a function of the
-            list of rates (in `_rate.rate_call` order) that returns one more
-            per-example tensor to serve.
-    """
+    """`serve_rate`: the output, the rate of each bottleneck, then one more
+    per-example tensor `f(rates)` for each `name: f` of the dict `scores`
+    (`rates` is the list of `_rate.rate_call`)."""
     check_model(model)
     layers = _rate.rate_layers(model)
     if not layers:
@@ -158,11 +147,11 @@ def rate_endpoint(model, input_signature, scores=None):
 
     def serve_rate(x):
         outputs, rates = _rate.rate_call(model, x)
-        results = {"output": outputs, **dict(zip(keys, rates))}
-        return {**results, **{k: f(rates) for k, f in scores.items()}}
+        extra = {name: score(rates) for name, score in scores.items()}
+        return {"output": outputs, **dict(zip(keys, rates)), **extra}
 
-    outputs = ("output", *keys, *scores)
     x_spec = input_spec(model, input_signature, "x")
+    outputs = ("output", *keys, *scores)
     return Endpoint("serve_rate", serve_rate, (x_spec,), outputs)
 
 
@@ -191,10 +180,10 @@ def vae_endpoints(model, input_signature):
                 f"model with an `{method}` method (keras_vib.models.VAE or "
                 f"IWAE). Received: model={model!r}"
             )
-    encoder = getattr(model, "encoder", model)
-    x_spec = input_spec(encoder, input_signature, "x")
+    x_spec = input_spec(getattr(model, "encoder", model), input_signature, "x")
     z = _latent_shape(model)
     z_spec = keras.InputSpec(shape=(None,) + z, dtype="float32", name="z")
+    n_spec = keras.InputSpec(shape=(), dtype="int32", name="n")
 
     def deterministic(method, t):
         with _monte_carlo.sample_at_inference(model, False):
@@ -207,11 +196,8 @@ def vae_endpoints(model, input_signature):
     def decode(z):
         return {"x_mean": deterministic(model.decode, z)}
 
-    n_spec = keras.InputSpec(shape=(), dtype="int32", name="n")
     return [
         Endpoint("encode", encode, (x_spec,), ("z_mean", "z_log_var")),
         Endpoint("decode", decode, (z_spec,), ("x_mean",)),
-        Endpoint(
-            "generate", decode, (n_spec, _SEED), ("x_mean",), prior_shape=z
-        ),
+        Endpoint("generate", decode, (n_spec, _SEED), ("x_mean",), None, z),
     ]

@@ -1,14 +1,7 @@
-"""Write a list of endpoints as ONNX files.
-
-Each endpoint is one ONNX file, written by `keras.Model.export` from a
-wrapper model whose `call` is the endpoint, so every backend uses its own
-Keras converter (tf2onnx, jax2onnx, torch.onnx). One endpoint is written to
-the file `filepath`; several to `<name>.onnx` files in the directory
-`filepath`. Inputs and outputs carry the endpoint's names.
-
-ONNX random operators take their seed as a fixed attribute, not as an input,
-so an endpoint seeded by an input cannot be expressed: it is refused.
-"""
+"""Write a list of endpoints as ONNX files, each by `keras.Model.export`
+(tf2onnx, jax2onnx or torch.onnx), with the endpoint's input and output
+names. Endpoints seeded by an input are refused: an ONNX random operator
+takes its seed as a fixed attribute."""
 
 import os
 
@@ -102,7 +95,7 @@ def _write_file(model, endpoint, path, verbose):
         )
 
     def fn(x):
-        values = endpoint.ordered_outputs(endpoint.function(x))
+        values = endpoint(x)
         return values[0] if len(values) == 1 else tuple(values)
 
     wrapper = _OnnxEndpoint(model, fn, name="onnx_endpoint")
@@ -119,8 +112,7 @@ def _write_file(model, endpoint, path, verbose):
     _lower_expm1(graph)
     if len(graph.output) != len(endpoint.outputs):
         raise RuntimeError(
-            f"The ONNX converter wrote {len(graph.output)} outputs for "
-            f"{path}, expected {len(endpoint.outputs)} ({endpoint.outputs})."
+            f"{path}: not one ONNX output per {endpoint.outputs}"
         )
     for output, name in zip(graph.output, endpoint.outputs):
         graph.node.append(

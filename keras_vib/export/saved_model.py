@@ -1,11 +1,6 @@
-"""Write a list of endpoints as a TensorFlow SavedModel.
-
-Built on `keras.export.ExportArchive`, so it works with the TensorFlow
-backend and with the JAX backend (through `jax2tf`); the PyTorch backend
-would need `torch_xla`. Every endpoint is also a signature. An endpoint with
-one output returns a bare tensor (signature key `output_0`), one with
-several a dict keyed by the output names.
-"""
+"""Write a list of endpoints as a SavedModel with `keras.export.ExportArchive`:
+each endpoint is also a signature, returning a bare tensor (key `output_0`)
+for one output and a dict keyed by the output names for several."""
 
 import keras
 
@@ -23,10 +18,12 @@ def _tensor_spec(spec):
 
 def _returning(endpoint):
     def fn(*args):
-        values = endpoint.ordered_outputs(endpoint.function(*args))
-        if len(values) == 1:
-            return values[0]
-        return dict(zip(endpoint.outputs, values))
+        values = endpoint(*args)
+        return (
+            values[0]
+            if len(values) == 1
+            else dict(zip(endpoint.outputs, values))
+        )
 
     return fn
 
