@@ -3,23 +3,13 @@
 Each function writes one artifact, a set of named endpoints, in the format
 chosen with `format=`, as in `keras.Model.export`:
 
-- `"tf_saved_model"` (default): a SavedModel directory, written from the
-  TensorFlow or JAX backend. PyTorch needs `torch_xla` for it: export ONNX
-  there, or export from a process with `KERAS_BACKEND=tensorflow`.
-- `"onnx"`: ONNX files, written from all three backends (with `tf2onnx`,
-  `jax2onnx` or `onnx`). One endpoint is the file `filepath`; several are
-  `<endpoint>.onnx` files in the directory `filepath`. ONNX cannot take the
-  seed of its random operators as an input, so `serve_mc(x, seed)` and
+- `"tf_saved_model"` (default): a SavedModel directory, served by TensorFlow
+  alone, written from the TensorFlow or JAX backend (for PyTorch, export
+  ONNX, or from a `KERAS_BACKEND=tensorflow` process).
+- `"onnx"`: ONNX files, served by ONNX Runtime alone, written from all three
+  backends (with `tf2onnx`, `jax2onnx` or `onnx`). ONNX cannot take the seed
+  of a random operator as an input, so `serve_mc(x, seed)` and
   `generate(n, seed)` exist in SavedModels only.
-
-Serving needs TensorFlow or ONNX Runtime alone, not Keras nor keras_vib:
-
-```python
-served = tf.saved_model.load("path/to/export")
-probs = served.serve(x)                        # deterministic
-draws = served.serve_mc(x, tf.constant(7))     # (num_samples, batch, ...)
-probs = ort.InferenceSession("model.onnx").run(None, {"x": x})[0]
-```
 """
 
 from keras_vib import _deprecation
@@ -64,8 +54,7 @@ def classifier(
     Args:
         model: a built, single-input `keras.Model`; with `num_samples`, it
             must have a `Sampling`, `VIB` or `GaussianBottleneck` layer.
-        filepath: str or `pathlib.Path`, the SavedModel directory or the
-            ONNX file.
+        filepath: str or `pathlib.Path`, the SavedModel directory (ONNX file).
         num_samples: `None` (no Monte Carlo endpoint) or an int >= 1.
         input_signature: optional `keras.InputSpec` or `tf.TensorSpec` of the
             input; by default the model's input with a free batch size.
@@ -77,13 +66,9 @@ def classifier(
 
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((4,)),
-    ...     kv.layers.GaussianBottleneck(units=2, seed=0),
-    ...     keras.layers.Dense(3, activation="softmax"),
-    ... ])
-    >>> path = tempfile.mkdtemp()
-    >>> kv.export.classifier(model, path, num_samples=12)
+    >>> model = keras.Sequential([keras.Input((4,)),
+    ...     kv.layers.GaussianBottleneck(2, seed=0), keras.layers.Dense(3)])
+    >>> kv.export.classifier(model, tempfile.mkdtemp(), num_samples=12)
     ['serve', 'serve_mc']
     """
     write = _writer(format)
@@ -111,17 +96,15 @@ def classifier_with_rate(
     `format="onnx"`, `filepath` is a directory holding `serve.onnx` and
     `serve_rate.onnx` (outputs named as the keys above).
 
-    A deployed model can flag inputs whose rate lies outside the range seen
-    on training data; check which way the rate moves on your own
-    out-of-distribution data first (see `keras_vib.uncertainty`).
+    Before flagging inputs by their rate, check which way it moves on your
+    own out-of-distribution data (see `keras_vib.uncertainty`).
 
     Args:
         model: a built, single-input `keras.Model` with at least one `VIB`
             or `GaussianBottleneck` layer (each run once per forward pass).
         filepath: str or `pathlib.Path`, the SavedModel or ONNX directory.
         num_samples: `None` (no Monte Carlo endpoint) or an int >= 1.
-        input_signature: optional `keras.InputSpec` or `tf.TensorSpec` of the
-            input; by default the model's input with a free batch size.
+        input_signature: as in `classifier`.
         verbose: bool, print the endpoints once written.
         format: `"tf_saved_model"` (default) or `"onnx"`.
 
@@ -130,13 +113,9 @@ def classifier_with_rate(
 
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((4,)),
-    ...     kv.layers.GaussianBottleneck(units=2, seed=0),
-    ...     keras.layers.Dense(3, activation="softmax"),
-    ... ])
-    >>> path = tempfile.mkdtemp()
-    >>> kv.export.classifier_with_rate(model, path)
+    >>> model = keras.Sequential([keras.Input((4,)),
+    ...     kv.layers.GaussianBottleneck(2, seed=0), keras.layers.Dense(3)])
+    >>> kv.export.classifier_with_rate(model, tempfile.mkdtemp())
     ['serve', 'serve_rate']
     """
     write = _writer(format)
@@ -172,9 +151,8 @@ def vae(
     from N(0, I) yourself and decode it.
 
     Args:
-        model: a built model with `encode(x) -> (z_mean, z_log_var)`,
-            `decode(z)`, an `encoder` and a `decoder` (`keras_vib.models.VAE`,
-            `keras_vib.models.IWAE`).
+        model: a built `kv.models.VAE` or `IWAE`, or a model with
+            `encode(x) -> (z_mean, z_log_var)`, `decode(z)` and `decoder`.
         filepath: str or `pathlib.Path`, the SavedModel or ONNX directory.
         input_signature: optional `keras.InputSpec` or `tf.TensorSpec` of the
             data `x`; by default the encoder's input with a free batch size.
@@ -197,8 +175,7 @@ def vae(
     write = _writer(format)
     endpoints = export_utils.vae_endpoints(model, input_signature)
     if format == "onnx":
-        # ONNX cannot express `generate` (seeded by an input): users draw z
-        # themselves and call `decode`.
+        # ONNX cannot take a seed as an input: users draw z for `decode`.
         endpoints = [endpoint for endpoint in endpoints if not endpoint.seeded]
     return write(model, endpoints, filepath, verbose)
 
@@ -206,10 +183,7 @@ def vae(
 __getattr__ = _deprecation.module_getattr(
     __name__,
     {
-        "export_classifier": (
-            "keras_vib.export.classifier",
-            lambda: classifier,
-        ),
-        "export_vae": ("keras_vib.export.vae", lambda: vae),
+        "export_classifier": (f"{__name__}.classifier", lambda: classifier),
+        "export_vae": (f"{__name__}.vae", lambda: vae),
     },
 )

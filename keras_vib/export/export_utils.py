@@ -10,23 +10,16 @@ from keras_vib import _monte_carlo
 from keras_vib import _rate
 from keras_vib._validation import check_optional_positive_int
 
-_BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
 _SEED = keras.InputSpec(shape=(), dtype="int32", name="seed")
 
 
 @dataclasses.dataclass(frozen=True)
 class Endpoint:
-    """One function of an artifact (a SavedModel function and signature, or
-    an ONNX file), called with one tensor per named `keras.InputSpec` of
-    `inputs` and returning a dict with one tensor per name of `outputs`.
-
-    `seeded` endpoints draw noise from their int32 `seed` input; errors name
-    `requested_by`, the user's argument that asked for them. With a
-    `prior_shape`, the endpoint takes `(n, seed)` and serves `function(z)`,
-    `z ~ N(0, I)` shaped `(n,) + prior_shape` drawn by the writer (a JAX
-    function cannot take a shape as an input); `function` must also be an
-    endpoint of its own.
-    """
+    """One function of an artifact: `function` takes one tensor per named
+    `keras.InputSpec` of `inputs`, returns a dict keyed by `outputs`. With
+    a `prior_shape`, the endpoint takes `(n, seed)` and serves `function(z)`
+    (also an endpoint) on z ~ N(0, I) drawn by the writer, as a JAX function
+    cannot take a shape as an input. `requested_by`: for error messages."""
 
     name: str
     function: object
@@ -48,11 +41,9 @@ class Endpoint:
 def check_backend(format, backends, advice):
     backend = keras.backend.backend()
     if backend not in backends:
-        names = [_BACKEND_NAMES[name] for name in backends]
         raise RuntimeError(
-            f"Exporting with format='{format}' needs the "
-            f"{', '.join(names[:-1])} or {names[-1]} backend. Current "
-            f"backend: {backend}. {advice}"
+            f"Exporting with format='{format}' needs one of the backends "
+            f"{backends}. Current backend: {backend}. {advice}"
         )
 
 
@@ -63,9 +54,8 @@ def check_filepath(filepath, directory):
         wanted, found = ("directory", "file")[:: 1 if directory else -1]
         raise ValueError(
             "Invalid value received for argument `filepath`. Expected a path "
-            f"where the export can write a {wanted}. Received: "
-            f"filepath={path!r}, an existing {found}. Remove it or choose "
-            "another path."
+            f"for a {wanted}. Received: filepath={path!r}, an existing "
+            f"{found}. Remove it or choose another path."
         )
     return path
 
@@ -74,8 +64,7 @@ def check_model(model):
     if not isinstance(model, keras.Model):
         raise TypeError(
             "Invalid value received for argument `model`. Expected a "
-            f"`keras.Model`. Received: model={model!r} of type "
-            f"{type(model).__name__}"
+            f"`keras.Model`. Received: model={model!r}"
         )
     if not model.built:
         raise ValueError(
@@ -91,10 +80,9 @@ def input_spec(model, input_signature, name):
         inputs = getattr(model, "inputs", None) or []
         if len(inputs) != 1:
             raise ValueError(
-                f"Cannot infer the input signature of model `{model.name}`: "
-                "it needs exactly one input tensor. Pass `input_signature`, "
-                "e.g. input_signature=keras.InputSpec(shape=(None, 784), "
-                "dtype='float32')."
+                f"Cannot infer the input signature of model `{model.name}`, "
+                "which has not one input. Pass `input_signature`, e.g. "
+                "keras.InputSpec(shape=(None, 784), dtype='float32')."
             )
         input_signature = inputs[0]
     shape = (None,) + tuple(input_signature.shape)[1:]
@@ -119,11 +107,11 @@ def classifier_endpoints(model, input_signature, num_samples):
         return endpoints
     if not _monte_carlo.sampling_layers(model):
         raise ValueError(
-            "Invalid value received for argument `num_samples`. Expected "
-            f"None for model `{model.name}`, which has no keras_vib "
-            "`Sampling`, `VIB` or `GaussianBottleneck` layer: all its Monte "
-            "Carlo draws would be equal. Add a bottleneck to the model, or "
-            f"export without `num_samples`. Received: num_samples={num_samples}"
+            "Invalid value received for argument `num_samples`. Expected None "
+            f"for model `{model.name}`, which has no keras_vib bottleneck "
+            "(`Sampling`, `VIB`, `GaussianBottleneck`): its draws would all be "
+            f"equal. Add one, or leave out `num_samples`. Received: "
+            f"num_samples={num_samples}"
         )
     inputs, asked = (x_spec, _SEED), f"num_samples={num_samples}"
     return endpoints + [Endpoint("serve_mc", serve_mc, inputs, ("y",), asked)]
@@ -133,7 +121,6 @@ def rate_endpoint(model, input_signature, scores=None):
     """`serve_rate`: the output, the rate of each bottleneck, then one more
     per-example tensor `f(rates)` for each `name: f` of the dict `scores`
     (`rates` is the list of `_rate.rate_call`)."""
-    check_model(model)
     layers = _rate.rate_layers(model)
     if not layers:
         raise ValueError(
@@ -155,21 +142,6 @@ def rate_endpoint(model, input_signature, scores=None):
     return Endpoint("serve_rate", serve_rate, (x_spec,), outputs)
 
 
-def _latent_shape(model):
-    shape = getattr(model, "latent_shape", None)
-    if shape is None:
-        inputs = getattr(model.decoder, "inputs", None) or []
-        if len(inputs) == 1:
-            shape = tuple(inputs[0].shape)[1:]
-    if shape is None or any(dim is None for dim in shape):
-        raise ValueError(
-            f"Cannot export `generate` for model `{model.name}`: the latent "
-            f"shape is unknown (received {shape}). Use functional encoder and "
-            "decoder models, or call the model on data before exporting."
-        )
-    return tuple(shape)
-
-
 def vae_endpoints(model, input_signature):
     """`encode`, `decode` and `generate` of a latent variable model."""
     check_model(model)
@@ -181,8 +153,17 @@ def vae_endpoints(model, input_signature):
                 f"IWAE). Received: model={model!r}"
             )
     x_spec = input_spec(getattr(model, "encoder", model), input_signature, "x")
-    z = _latent_shape(model)
-    z_spec = keras.InputSpec(shape=(None,) + z, dtype="float32", name="z")
+    z = getattr(model, "latent_shape", None)
+    inputs = getattr(getattr(model, "decoder", None), "inputs", None) or []
+    if z is None and len(inputs) == 1:
+        z = tuple(inputs[0].shape)[1:]
+    if z is None or any(dim is None for dim in z):
+        raise ValueError(
+            f"Cannot export `generate` for model `{model.name}`: the latent "
+            f"shape is unknown (received {z}). Use functional encoder and "
+            "decoder models, or call the model on data before exporting."
+        )
+    z_spec = keras.InputSpec(shape=(None, *z), dtype="float32", name="z")
     n_spec = keras.InputSpec(shape=(), dtype="int32", name="n")
 
     def deterministic(method, t):
@@ -199,5 +180,7 @@ def vae_endpoints(model, input_signature):
     return [
         Endpoint("encode", encode, (x_spec,), ("z_mean", "z_log_var")),
         Endpoint("decode", decode, (z_spec,), ("x_mean",)),
-        Endpoint("generate", decode, (n_spec, _SEED), ("x_mean",), None, z),
+        Endpoint(
+            "generate", decode, (n_spec, _SEED), ("x_mean",), None, tuple(z)
+        ),
     ]

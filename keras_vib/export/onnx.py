@@ -1,7 +1,5 @@
-"""Write a list of endpoints as ONNX files, each by `keras.Model.export`
-(tf2onnx, jax2onnx or torch.onnx), with the endpoint's input and output
-names. Endpoints seeded by an input are refused: an ONNX random operator
-takes its seed as a fixed attribute."""
+"""Write a list of endpoints as ONNX files by `keras.Model.export` (tf2onnx,
+jax2onnx or torch.onnx), with the endpoints' input and output names."""
 
 import os
 
@@ -14,43 +12,15 @@ ONNX_BACKENDS = ("tensorflow", "jax", "torch")
 
 
 class _OnnxEndpoint(keras.Model):
-    """A model whose forward pass is `fn(x)`, reading `model`'s weights."""
+    """A model whose forward pass is the endpoint, on `model`'s weights."""
 
-    def __init__(self, model, fn, **kwargs):
-        super().__init__(**kwargs)
-        self.exported_model = model
-        self.fn = fn
-        self.built = True
+    def __init__(self, model, endpoint):
+        super().__init__(name="onnx_endpoint")
+        self.exported_model, self.endpoint, self.built = model, endpoint, True
 
     def call(self, x):
-        return self.fn(x)
-
-
-def _check(endpoints):
-    export_utils.check_backend(
-        "onnx",
-        ONNX_BACKENDS,
-        "Save the model with `model.save('model.keras')`, load it in a "
-        "process started with `KERAS_BACKEND=tensorflow` and export it there.",
-    )
-    if keras.config.dtype_policy().name != "float32":
-        raise ValueError(
-            "ONNX export needs the float32 dtype policy (a Keras "
-            "requirement). Received: keras.config.dtype_policy()="
-            f"{keras.config.dtype_policy().name}. Call "
-            "`keras.config.set_dtype_policy('float32')` and reload the model."
-        )
-    for endpoint in endpoints:
-        if endpoint.seeded:
-            raise ValueError(
-                f"Cannot write the endpoint `{endpoint.name}` (asked for by "
-                f"{endpoint.requested_by}) with format='onnx': it draws noise "
-                "from its `seed` input, and ONNX random operators take their "
-                "seed as a fixed attribute, not as an input. Export a "
-                "SavedModel (format='tf_saved_model', from the TensorFlow or "
-                "JAX backend) to serve it, or leave that argument out to "
-                "serve the deterministic endpoints."
-            )
+        values = self.endpoint(x)
+        return values[0] if len(values) == 1 else tuple(values)
 
 
 def _lower_expm1(graph):
@@ -63,23 +33,18 @@ def _lower_expm1(graph):
         if node.op_type != "Expm1":
             nodes.append(node)
             continue
-        (x,), (y,), t = node.input, node.output, f"expm1_{i}"
+        (x,), (y,), t = node.input, node.output, f"expm1_{i}_"
         nodes += [
-            make("Mul", [x, "expm1_half"], [t + "_half"]),
-            make("Tanh", [t + "_half"], [t + "_tanh"]),
-            make("Exp", [x], [t + "_exp"]),
-            make("Add", [t + "_exp", "expm1_one"], [t + "_sum"]),
-            make("Mul", [t + "_tanh", t + "_sum"], [y]),
+            make("Constant", [], [t + "half"], value_float=0.5),
+            make("Constant", [], [t + "one"], value_float=1.0),
+            make("Mul", [x, t + "half"], [t + "x2"]),
+            make("Tanh", [t + "x2"], [t + "tanh"]),
+            make("Exp", [x], [t + "exp"]),
+            make("Add", [t + "exp", t + "one"], [t + "sum"]),
+            make("Mul", [t + "tanh", t + "sum"], [y]),
         ]
-    if len(nodes) != len(graph.node):
-        for name, value in (("expm1_half", 0.5), ("expm1_one", 1.0)):
-            graph.initializer.append(
-                onnx.helper.make_tensor(
-                    name, onnx.TensorProto.FLOAT, [], [value]
-                )
-            )
-        del graph.node[:]
-        graph.node.extend(nodes)
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _write_file(model, endpoint, path, verbose):
@@ -88,28 +53,18 @@ def _write_file(model, endpoint, path, verbose):
     if keras.backend.backend() == "torch":
         import torch
 
-        # torch.onnx refuses aten::expm1; pass it on, `_lower_expm1` below
-        # writes it in ONNX operators, as for tf2onnx.
+        # torch.onnx refuses aten::expm1: passed on for `_lower_expm1`.
         torch.onnx.register_custom_op_symbolic(
             "aten::expm1", lambda g, x: g.op("Expm1", x), 9
         )
-
-    def fn(x):
-        values = endpoint(x)
-        return values[0] if len(values) == 1 else tuple(values)
-
-    wrapper = _OnnxEndpoint(model, fn, name="onnx_endpoint")
-    wrapper.export(
-        path,
-        format="onnx",
-        input_signature=list(endpoint.inputs),
-        verbose=verbose,
+    _OnnxEndpoint(model, endpoint).export(
+        path, "onnx", input_signature=list(endpoint.inputs), verbose=verbose
     )
-    # The converters name outputs after internal ops; give them stable names
-    # (an `Identity` each, so no node of the converted graph is touched).
     proto = onnx.load(path)
     graph = proto.graph
     _lower_expm1(graph)
+    # The converters name outputs after internal ops; give them stable names
+    # (an `Identity` each, so no node of the converted graph is touched).
     if len(graph.output) != len(endpoint.outputs):
         raise RuntimeError(
             f"{path}: not one ONNX output per {endpoint.outputs}"
@@ -126,14 +81,32 @@ def _write_file(model, endpoint, path, verbose):
 def write(model, endpoints, filepath, verbose=False):
     """Write `endpoints` (reading `model`'s variables) as ONNX files;
     returns the endpoint names."""
-    _check(endpoints)
+    export_utils.check_backend(
+        "onnx",
+        ONNX_BACKENDS,
+        "Save the model with `model.save('model.keras')`, load it in a "
+        "process started with `KERAS_BACKEND=tensorflow` and export it there.",
+    )
+    if keras.config.dtype_policy().name != "float32":
+        raise ValueError(
+            "ONNX export needs the float32 dtype policy (a Keras requirement). "
+            f"Received: {keras.config.dtype_policy().name}. Call "
+            "`keras.config.set_dtype_policy('float32')` and reload the model."
+        )
+    for endpoint in endpoints:
+        if endpoint.seeded:
+            raise ValueError(
+                f"format='onnx' cannot hold the endpoint `{endpoint.name}` "
+                f"(asked for by {endpoint.requested_by}): ONNX random "
+                "operators cannot take their seed as an input. Export a "
+                "SavedModel (format='tf_saved_model') to serve it, or leave "
+                "that argument out."
+            )
     single = len(endpoints) == 1
     path = export_utils.check_filepath(filepath, directory=not single)
-    if single:
-        paths = [path]
-    else:
+    if not single:
         os.makedirs(path, exist_ok=True)
-        paths = [os.path.join(path, f"{e.name}.onnx") for e in endpoints]
-    for endpoint, endpoint_path in zip(endpoints, paths):
-        _write_file(model, endpoint, endpoint_path, verbose)
+    for endpoint in endpoints:
+        file = os.path.join(path, f"{endpoint.name}.onnx")
+        _write_file(model, endpoint, path if single else file, verbose)
     return [endpoint.name for endpoint in endpoints]

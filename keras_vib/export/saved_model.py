@@ -10,38 +10,30 @@ from keras_vib.export import export_utils
 SUPPORTED_BACKENDS = ("tensorflow", "jax")
 
 
-def _tensor_spec(spec):
+def _signature(endpoint):
     import tensorflow as tf
 
-    return tf.TensorSpec(spec.shape, spec.dtype, name=spec.name)
+    return [
+        tf.TensorSpec(s.shape, s.dtype, name=s.name) for s in endpoint.inputs
+    ]
 
 
 def _returning(endpoint):
     def fn(*args):
-        values = endpoint(*args)
-        return (
-            values[0]
-            if len(values) == 1
-            else dict(zip(endpoint.outputs, values))
-        )
+        outputs = dict(zip(endpoint.outputs, endpoint(*args)))
+        return outputs.popitem()[1] if len(outputs) == 1 else outputs
 
     return fn
 
 
 def _from_prior(endpoint, traced):
-    """`traced` (a function of z) on z ~ N(0, I) drawn by TensorFlow's
-    stateless RNG outside the backend function, so that `n` can be an
-    input: JAX export needs shapes fixed by input shapes."""
+    """`traced(z)`, z ~ N(0, I) drawn by TensorFlow outside the backend
+    function, so that `n` can be an input (JAX fixes shapes at export)."""
     import tensorflow as tf
 
-    signature = [_tensor_spec(spec) for spec in endpoint.inputs]
-
-    @tf.function(input_signature=signature, autograph=False)
+    @tf.function(input_signature=_signature(endpoint), autograph=False)
     def draw(n, seed):
-        shape = tf.concat(
-            [tf.reshape(n, (1,)), tf.constant(endpoint.prior_shape, "int32")],
-            0,
-        )
+        shape = tf.concat([[n], tf.constant(endpoint.prior_shape, "int32")], 0)
         return traced(tf.random.stateless_normal(shape, tf.stack([seed, 0])))
 
     draw.get_concrete_function()
@@ -63,15 +55,13 @@ def write(model, endpoints, filepath, verbose=False):
     archive.track(model)
     traced = {}
     for endpoint in endpoints:
-        if endpoint.prior_shape is None:
-            traced[endpoint.function] = archive.add_endpoint(
-                endpoint.name,
-                _returning(endpoint),
-                input_signature=[_tensor_spec(s) for s in endpoint.inputs],
-            )
-        else:
-            archive.add_endpoint(
-                endpoint.name, _from_prior(endpoint, traced[endpoint.function])
-            )
+        if endpoint.prior_shape is not None:
+            draw = _from_prior(endpoint, traced[endpoint.function])
+            archive.add_endpoint(endpoint.name, draw)
+            continue
+
+        traced[endpoint.function] = archive.add_endpoint(
+            endpoint.name, _returning(endpoint), _signature(endpoint)
+        )
     archive.write_out(path, verbose=verbose)
     return [endpoint.name for endpoint in endpoints]
