@@ -48,13 +48,17 @@ _LOADER = textwrap.dedent(
 
     ref = np.load(sys.argv[1])
     out = {}
+    seed_a_ = tf.constant(%(seed_a)d)
     clf = tf.saved_model.load(sys.argv[2])
     x = tf.constant(ref["x"])
     first = clf.serve(x).numpy()
     out["serve"] = err(first, ref["predict"])
     out["serve_repeat"] = max(err(clf.serve(x).numpy(), first) for _ in range(100))
-    out["serving_default"] = err(
-        list(clf.signatures["serving_default"](x=x).values())[0], ref["predict"])
+    default = clf.signatures["serving_default"](x=x)
+    out["serving_default"] = err(list(default.values())[0], ref["predict"])
+    out["serving_default_keys"] = sorted(default.keys())
+    out["serve_mc_keys"] = sorted(
+        clf.signatures["serve_mc"](x=x, seed=seed_a_).keys())
     seed_a, seed_b = tf.constant(%(seed_a)d), tf.constant(%(seed_b)d)
     mc = clf.serve_mc(x, seed_a).numpy()
     out["mc_shape"] = list(mc.shape)
@@ -80,6 +84,8 @@ _LOADER = textwrap.dedent(
         out["generate_other_seed"] = err(
             vae.generate(tf.constant(%(gen_n)d), tf.constant(%(seed_b)d)), gen)
         out["vae_signatures"] = sorted(vae.signatures.keys())
+        out["encode_keys"] = sorted(vae.signatures["encode"](
+            x=tf.constant(ref["vae_x"])).keys())
     print("RESULT" + json.dumps(out))
     """
     % {"seed_a": SEED_A, "seed_b": SEED_B, "gen_n": GEN_N, "latent": LATENT}
@@ -227,6 +233,9 @@ def test_classifier_endpoints_reproduce_keras(exported, served):
     assert served["serve"] < TOL
     assert served["serving_default"] < TOL
     assert served["mc_shape"] == [MC_SAMPLES, BATCH, CLASSES]
+    # Output keys of the signatures, as served since 0.1.
+    assert served["serving_default_keys"] == ["output_0"]
+    assert served["serve_mc_keys"] == ["output_0"]
     assert served["serve_mc"] < TOL
 
 
@@ -265,6 +274,7 @@ def test_vae_endpoints_reproduce_keras(exported, served):
     assert {"encode", "decode", "generate", "serving_default"} <= set(
         served["vae_signatures"]
     )
+    assert served["encode_keys"] == ["z_log_var", "z_mean"]
 
 
 @pytest.mark.skipif(
