@@ -18,7 +18,8 @@ One public path per symbol:
 - `keras_vib.prediction`: `predict_mc`, `predict_rate`.
 - `keras_vib.uncertainty`: OOD scores (`ood_scores`, `ood_report`,
   `auroc`, `tpr_at_fpr`), `calibration_bins`, `reliability_diagram`.
-- `keras_vib.export`: `classifier`, `vae` (TensorFlow SavedModels).
+- `keras_vib.export`: `classifier`, `classifier_with_rate`, `vae`
+  (TensorFlow SavedModels or ONNX files).
 - `keras_vib.datasets`: IMDB, MNIST and Fashion-MNIST loaders that also
   work offline (`KERAS_VIB_DATA`).
 """

@@ -20,6 +20,7 @@ import pytest
 import keras_vib as kv
 from keras_vib import _monte_carlo
 from keras_vib import export as kv_export
+from keras_vib.export import export_utils
 
 BACKEND = keras.backend.backend()
 needs_export_backend = pytest.mark.skipif(
@@ -47,13 +48,17 @@ _LOADER = textwrap.dedent(
 
     ref = np.load(sys.argv[1])
     out = {}
+    seed_a_ = tf.constant(%(seed_a)d)
     clf = tf.saved_model.load(sys.argv[2])
     x = tf.constant(ref["x"])
     first = clf.serve(x).numpy()
     out["serve"] = err(first, ref["predict"])
     out["serve_repeat"] = max(err(clf.serve(x).numpy(), first) for _ in range(100))
-    out["serving_default"] = err(
-        list(clf.signatures["serving_default"](x=x).values())[0], ref["predict"])
+    default = clf.signatures["serving_default"](x=x)
+    out["serving_default"] = err(list(default.values())[0], ref["predict"])
+    out["serving_default_keys"] = sorted(default.keys())
+    out["serve_mc_keys"] = sorted(
+        clf.signatures["serve_mc"](x=x, seed=seed_a_).keys())
     seed_a, seed_b = tf.constant(%(seed_a)d), tf.constant(%(seed_b)d)
     mc = clf.serve_mc(x, seed_a).numpy()
     out["mc_shape"] = list(mc.shape)
@@ -79,6 +84,8 @@ _LOADER = textwrap.dedent(
         out["generate_other_seed"] = err(
             vae.generate(tf.constant(%(gen_n)d), tf.constant(%(seed_b)d)), gen)
         out["vae_signatures"] = sorted(vae.signatures.keys())
+        out["encode_keys"] = sorted(vae.signatures["encode"](
+            x=tf.constant(ref["vae_x"])).keys())
     print("RESULT" + json.dumps(out))
     """
     % {"seed_a": SEED_A, "seed_b": SEED_B, "gen_n": GEN_N, "latent": LATENT}
@@ -226,6 +233,9 @@ def test_classifier_endpoints_reproduce_keras(exported, served):
     assert served["serve"] < TOL
     assert served["serving_default"] < TOL
     assert served["mc_shape"] == [MC_SAMPLES, BATCH, CLASSES]
+    # Output keys of the signatures, as served since 0.1.
+    assert served["serving_default_keys"] == ["output_0"]
+    assert served["serve_mc_keys"] == ["output_0"]
     assert served["serve_mc"] < TOL
 
 
@@ -264,6 +274,7 @@ def test_vae_endpoints_reproduce_keras(exported, served):
     assert {"encode", "decode", "generate", "serving_default"} <= set(
         served["vae_signatures"]
     )
+    assert served["encode_keys"] == ["z_log_var", "z_mean"]
 
 
 @pytest.mark.skipif(
@@ -350,7 +361,60 @@ def test_export_argument_errors(tmp_path):
 )
 def test_unsupported_backend_raises_clear_error(tmp_path):
     model = _classifier()
-    with pytest.raises(
-        RuntimeError, match="needs the TensorFlow or JAX backend"
-    ):
+    with pytest.raises(RuntimeError, match="needs one of the backends"):
         kv_export.classifier(model, tmp_path / "m")
+
+
+def test_monte_carlo_export_needs_a_bottleneck(tmp_path):
+    # A plain model's `serve_mc` draws would all be equal: refused, as
+    # `predict_mc` refuses, before any backend or format check.
+    plain = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(2)])
+    for format in kv_export.FORMATS:
+        with pytest.raises(ValueError, match="`num_samples`.*no keras_vib"):
+            kv_export.classifier(
+                plain, tmp_path / "m", num_samples=12, format=format
+            )
+    with pytest.raises(ValueError, match="stochastic bottleneck"):
+        kv.prediction.predict_mc(plain, np.zeros((2, FEATURES), "float32"))
+    assert not (tmp_path / "m").exists()
+
+
+@needs_export_backend
+def test_saved_model_path_that_is_a_file(tmp_path):
+    model = _classifier()
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    for export in (kv_export.classifier, kv_export.classifier_with_rate):
+        with pytest.raises(ValueError, match="`filepath`.*existing file"):
+            export(model, taken)
+    with pytest.raises(ValueError, match="`filepath`.*existing file"):
+        kv_export.vae(_vae(pytest.importorskip("keras_vib.models").VAE), taken)
+    assert taken.read_text() == "keep me"
+
+
+def test_rate_endpoint_serves_extra_scores():
+    # The hook for one more served output: its name comes after the rates
+    # and its value is computed from them in the same forward pass.
+    model = _classifier()
+    endpoint = export_utils.rate_endpoint(
+        model, None, scores={"twice": lambda rates: 2.0 * rates[0]}
+    )
+    assert endpoint.outputs == ("output", "rate", "twice")
+    x = np.random.default_rng(2).normal(size=(BATCH, FEATURES))
+    x = x.astype("float32")
+    served = endpoint.function(x)
+    rate = kv.prediction.predict_rate(model, x)
+    assert np.ptp(rate) > 0
+    np.testing.assert_allclose(_np(served["rate"]), rate, rtol=1e-6)
+    np.testing.assert_allclose(_np(served["twice"]), 2 * rate, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "old, new", [("export_classifier", "classifier"), ("export_vae", "vae")]
+)
+def test_deprecated_names_warn_and_delegate(old, new, tmp_path):
+    with pytest.warns(DeprecationWarning, match=f"keras_vib.export.{new}"):
+        function = getattr(kv_export, old)
+    # The old name runs the new function: its argument check answers.
+    with pytest.raises(ValueError, match="`format`"):
+        function(_classifier(), tmp_path / "m", format="tflite")

@@ -143,6 +143,9 @@ def exported(tmp_path_factory):
             clf, root / "clf.onnx", format="onnx"
         )
     }
+    endpoints["rate"] = kv_export.classifier_with_rate(
+        clf, root / "rate", format="onnx"
+    )
     state_unchanged = all(
         np.array_equal(a, b) for a, b in zip(before, _state(clf))
     )
@@ -150,15 +153,17 @@ def exported(tmp_path_factory):
     # SavedModels, and the deterministic call is repeatable.
     bottleneck = clf.get_layer("bottleneck")
     bottleneck.sample_at_inference = False
-    ref = {
-        f"clf{b}": {"y": _np(clf.predict(data[f"x{b}"], verbose=0))}
-        for b in BATCHES
-    }
+    ref, jobs = {}, {}
+    for b in BATCHES:
+        x, feed = data[f"x{b}"], {"x": str(root / f"x{b}.npy")}
+        y = _np(clf.predict(x, verbose=0))
+        rate = kv.prediction.predict_rate(clf, x)
+        ref[f"clf{b}"] = ref[f"rate_serve{b}"] = {"y": y}
+        ref[f"rate{b}"] = {"output": y, "rate": rate}
+        jobs[f"clf{b}"] = (str(root / "clf.onnx"), feed)
+        jobs[f"rate_serve{b}"] = (str(root / "rate" / "serve.onnx"), feed)
+        jobs[f"rate{b}"] = (str(root / "rate" / "serve_rate.onnx"), feed)
     bottleneck.sample_at_inference = True
-    jobs = {
-        f"clf{b}": (str(root / "clf.onnx"), {"x": str(root / f"x{b}.npy")})
-        for b in BATCHES
-    }
     for name, cls, kwargs in AUTOENCODERS:
         model = _autoencoder(cls, **kwargs)
         model.compile("adam")
@@ -189,7 +194,7 @@ def exported(tmp_path_factory):
 
 
 def test_endpoints_written(exported):
-    expected = {"classifier": ["serve"]}
+    expected = {"classifier": ["serve"], "rate": ["serve", "serve_rate"]}
     expected.update({name: ["encode", "decode"] for name, _, _ in AUTOENCODERS})
     assert exported["endpoints"] == expected
     assert exported["state_unchanged"]
@@ -206,9 +211,21 @@ def test_onnx_runtime_reproduces_keras(exported):
             np.testing.assert_allclose(got, value, atol=TOL, rtol=0)
 
 
+def test_onnx_rate_is_predict_rate(exported):
+    # Served by ONNX Runtime alone: the rate is `predict_rate`'s, and not
+    # constant (the check could not pass with a wrong or missing rate).
+    for b in BATCHES:
+        got = np.load(exported["served"][f"rate{b}"]["rate"])
+        expected = exported["ref"][f"rate{b}"]["rate"]
+        assert got.shape == (b,)
+        np.testing.assert_allclose(got, expected, rtol=TOL, atol=TOL)
+    assert np.ptp(np.load(exported["served"]["rate64"]["rate"])) > 1e-3
+
+
 def test_onnx_input_names(exported):
     served = exported["served"]
     assert served["clf1"]["inputs"] == ["x"]
+    assert served["rate1"]["inputs"] == ["x"]
     assert served["vae_enc1"]["inputs"] == ["x"]
     assert served["vae_dec1"]["inputs"] == ["z"]
 
@@ -221,6 +238,55 @@ def test_onnx_argument_errors(tmp_path):
         )
     with pytest.raises(ValueError, match="format"):
         kv_export.classifier(model, tmp_path / "m.onnx", format="tflite")
+    with pytest.raises(ValueError, match="serve_mc.*num_samples=4"):
+        kv_export.classifier_with_rate(
+            model, tmp_path / "r", num_samples=4, format="onnx"
+        )
     with pytest.raises(TypeError, match="encode"):
         kv_export.vae(model, tmp_path / "v", format="onnx")
     assert not (tmp_path / "m.onnx").exists()
+    assert not (tmp_path / "r").exists()
+
+
+def test_onnx_path_of_the_wrong_kind(tmp_path):
+    # One endpoint is a file, several a directory: the other kind of
+    # existing path is refused before any conversion, naming `filepath`.
+    model = _classifier()
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    with pytest.raises(ValueError, match="`filepath`.*existing file"):
+        kv_export.classifier_with_rate(model, taken, format="onnx")
+    with pytest.raises(ValueError, match="`filepath`.*existing directory"):
+        kv_export.classifier(model, tmp_path, format="onnx")
+    assert taken.read_text() == ""
+
+
+def test_expm1_lowering_keeps_relative_accuracy():
+    # ONNX has no Expm1; its rewrite must stay exact near 0, where the KL's
+    # exp(r) - 1 - r lives (the naive exp(x) - 1 loses every digit there).
+    import onnx
+    import onnxruntime as ort
+
+    from keras_vib.export.onnx import _lower_expm1
+
+    make = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Expm1", ["x"], ["y"])],
+        "expm1",
+        [make("x", onnx.TensorProto.FLOAT, [None])],
+        [make("y", onnx.TensorProto.FLOAT, [None])],
+    )
+    _lower_expm1(graph)
+    model = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    session = ort.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    x = np.array([1e-7, -1e-7, 1e-3, -1e-3, 0.5, -2.0, 20.0, -30.0], "float32")
+    (y,) = session.run(None, {"x": x})
+    # A few float32 roundings of relative error each, at every magnitude.
+    eps = np.finfo("float32").eps
+    np.testing.assert_allclose(y, np.expm1(x.astype("float64")), rtol=8 * eps)

@@ -1,0 +1,189 @@
+"""Export keras_vib models as TensorFlow SavedModels or ONNX files.
+
+Each function writes one artifact, a set of named endpoints, in the format
+chosen with `format=`, as in `keras.Model.export`:
+
+- `"tf_saved_model"` (default): a SavedModel directory, served by TensorFlow
+  alone, written from the TensorFlow or JAX backend (for PyTorch, export
+  ONNX, or from a `KERAS_BACKEND=tensorflow` process).
+- `"onnx"`: ONNX files, served by ONNX Runtime alone, written from all three
+  backends (with `tf2onnx`, `jax2onnx` or `onnx`). ONNX cannot take the seed
+  of a random operator as an input, so `serve_mc(x, seed)` and
+  `generate(n, seed)` exist in SavedModels only.
+"""
+
+from keras_vib import _deprecation
+from keras_vib._validation import check_choice
+from keras_vib.export import export_utils
+from keras_vib.export import onnx
+from keras_vib.export import saved_model
+from keras_vib.export.onnx import ONNX_BACKENDS
+from keras_vib.export.saved_model import SUPPORTED_BACKENDS
+
+#: The values of the `format` argument.
+FORMATS = ("tf_saved_model", "onnx")
+
+
+def _writer(format):
+    check_choice("format", format, FORMATS)
+    return {"tf_saved_model": saved_model.write, "onnx": onnx.write}[format]
+
+
+def classifier(
+    model,
+    filepath,
+    num_samples=None,
+    input_signature=None,
+    verbose=False,
+    format="tf_saved_model",
+):
+    """Export a model with VIB bottlenecks as a SavedModel or an ONNX file.
+
+    Endpoints (also signatures, for TF Serving and `saved_model_cli`):
+
+    - `serve(x)`: `model(x, training=False)` with every bottleneck
+      returning its mean; also `serving_default` (output key `output_0`).
+    - `serve_mc(x, seed)`, only if `num_samples` is given: `num_samples`
+      Monte Carlo draws, `(num_samples, batch, ...)`, with noise set by the
+      int32 scalar `seed`: the computation of `kv.prediction.predict_mc`.
+
+    Calls change no state. With `format="onnx"`, `filepath` is one ONNX
+    file holding `serve` (input `x`, output `y`); `num_samples` must be
+    `None`, since ONNX cannot take a random operator's seed as an input.
+
+    Args:
+        model: a built, single-input `keras.Model`; with `num_samples`, it
+            must have a `Sampling`, `VIB` or `GaussianBottleneck` layer.
+        filepath: str or `pathlib.Path`, the SavedModel directory (ONNX file).
+        num_samples: `None` (no Monte Carlo endpoint) or an int >= 1.
+        input_signature: optional `keras.InputSpec` or `tf.TensorSpec` of the
+            input; by default the model's input with a free batch size.
+        verbose: bool, print the endpoints once written.
+        format: `"tf_saved_model"` (default) or `"onnx"`.
+
+    Returns:
+        The list of endpoint names written.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)),
+    ...     kv.layers.GaussianBottleneck(2, seed=0), keras.layers.Dense(3)])
+    >>> kv.export.classifier(model, tempfile.mkdtemp(), num_samples=12)
+    ['serve', 'serve_mc']
+    """
+    write = _writer(format)
+    endpoints = export_utils.classifier_endpoints(
+        model, input_signature, num_samples
+    )
+    return write(model, endpoints, filepath, verbose)
+
+
+def classifier_with_rate(
+    model,
+    filepath,
+    num_samples=None,
+    input_signature=None,
+    verbose=False,
+    format="tf_saved_model",
+):
+    """Export a classifier whose served model also returns the rate R(x).
+
+    Writes the endpoints of `classifier` plus `serve_rate(x)`: a dict with
+    `"output"` (as `serve`) and the per-example rate R(x) = KL(q(z|x) ||
+    r(z)) in nats of each bottleneck, `"rate"` for one bottleneck,
+    `"rate_<layer name>"` for each of several: the computation of
+    `kv.prediction.predict_rate`, in the output's forward pass. With
+    `format="onnx"`, `filepath` is a directory holding `serve.onnx` and
+    `serve_rate.onnx` (outputs named as the keys above).
+
+    Before flagging inputs by their rate, check which way it moves on your
+    own out-of-distribution data (see `keras_vib.uncertainty`).
+
+    Args:
+        model: a built, single-input `keras.Model` with at least one `VIB`
+            or `GaussianBottleneck` layer (each run once per forward pass).
+        filepath: str or `pathlib.Path`, the SavedModel or ONNX directory.
+        num_samples: `None` (no Monte Carlo endpoint) or an int >= 1.
+        input_signature: as in `classifier`.
+        verbose: bool, print the endpoints once written.
+        format: `"tf_saved_model"` (default) or `"onnx"`.
+
+    Returns:
+        The list of endpoint names written.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)),
+    ...     kv.layers.GaussianBottleneck(2, seed=0), keras.layers.Dense(3)])
+    >>> kv.export.classifier_with_rate(model, tempfile.mkdtemp())
+    ['serve', 'serve_rate']
+    """
+    write = _writer(format)
+    endpoints = export_utils.classifier_endpoints(
+        model, input_signature, num_samples
+    )
+    endpoints.append(export_utils.rate_endpoint(model, input_signature))
+    return write(model, endpoints, filepath, verbose)
+
+
+def vae(
+    model,
+    filepath,
+    input_signature=None,
+    verbose=False,
+    format="tf_saved_model",
+):
+    """Export a `VAE` or `IWAE` as a SavedModel or as ONNX files.
+
+    Endpoints (also signatures, for TF Serving and `saved_model_cli`):
+
+    - `encode(x)`: `{"z_mean": ..., "z_log_var": ...}` of q(z|x), as
+      `model.encode(x)`; also `serving_default`.
+    - `decode(z)`: `model.decode(z)`, the mean of p(x|z).
+    - `generate(n, seed)`: `decode(z)` for `n` (int32 scalar) draws
+      `z = tf.random.stateless_normal((n,) + latent_shape, [seed, 0])`:
+      `model.generate(n, seed=seed)` on TensorFlow (JAX's own generator
+      draws other noise), and the same for every exporting backend.
+
+    Calls change no state. With `format="onnx"`, `filepath` is a directory
+    holding `encode.onnx` (input `x`, outputs `z_mean`, `z_log_var`) and
+    `decode.onnx` (input `z`, output `x_mean`); for `generate`, draw `z`
+    from N(0, I) yourself and decode it.
+
+    Args:
+        model: a built `kv.models.VAE` or `IWAE`, or a model with
+            `encode(x) -> (z_mean, z_log_var)`, `decode(z)` and `decoder`.
+        filepath: str or `pathlib.Path`, the SavedModel or ONNX directory.
+        input_signature: optional `keras.InputSpec` or `tf.TensorSpec` of the
+            data `x`; by default the encoder's input with a free batch size.
+        verbose: bool, print the endpoints once written.
+        format: `"tf_saved_model"` (default) or `"onnx"`.
+
+    Returns:
+        The list of endpoint names written.
+
+    Example:
+
+    >>> x_in = keras.Input((6,))
+    >>> encoder = keras.Model(
+    ...     x_in, [keras.layers.Dense(2)(x_in), keras.layers.Dense(2)(x_in)])
+    >>> decoder = keras.Sequential([keras.Input((2,)), keras.layers.Dense(6)])
+    >>> model = kv.models.VAE(encoder, decoder)
+    >>> kv.export.vae(model, tempfile.mkdtemp())
+    ['encode', 'decode', 'generate']
+    """
+    write = _writer(format)
+    endpoints = export_utils.vae_endpoints(model, input_signature)
+    if format == "onnx":
+        # ONNX cannot take a seed as an input: users draw z for `decode`.
+        endpoints = [endpoint for endpoint in endpoints if not endpoint.seeded]
+    return write(model, endpoints, filepath, verbose)
+
+
+__getattr__ = _deprecation.module_getattr(
+    __name__,
+    {
+        "export_classifier": (f"{__name__}.classifier", lambda: classifier),
+        "export_vae": (f"{__name__}.vae", lambda: vae),
+    },
+)
