@@ -157,7 +157,7 @@ def test_a_single_bottleneck_keeps_the_plain_kl_name():
 def test_explicit_log_names_that_collide_are_an_error():
     model = _two_bottleneck_model(a={"log_name": "kl"}, b={"log_name": "kl"})
     with pytest.raises(ValueError, match=r"distinct `log_name`"):
-        kv.layers.find_bottlenecks(model)
+        kv.surgery.find_bottlenecks(model)
 
 
 def test_explicit_and_default_log_names_coexist():
