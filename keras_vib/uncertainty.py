@@ -597,7 +597,7 @@ class TypicalityScorer:
         parameters."""
         return self.rate_location is not None
 
-    def fit(self, model, x, batch_size=256):
+    def fit(self, model, x, *, batch_size=256):
         """Fit the location and scale of log R (and log H) on `x`.
 
         Args:
@@ -605,7 +605,8 @@ class TypicalityScorer:
                 `GaussianBottleneck` layer.
             x: held-out in-distribution inputs (not the training batch,
                 not the test set, never OOD data), at least
-                `MIN_FIT_EXAMPLES` of them. Labels are not needed.
+                `MIN_FIT_EXAMPLES` of them. No labels: the fit sees the
+                inputs only.
             batch_size: int >= 1, examples per forward pass.
 
         Returns:
@@ -663,7 +664,7 @@ class TypicalityScorer:
         self.num_fit_examples = int(n)
         return self
 
-    def score(self, model, x, batch_size=256):
+    def score(self, model, x, *, batch_size=256):
         """The typicality score of each input (high means OOD).
 
         Args:
