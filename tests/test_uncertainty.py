@@ -514,3 +514,28 @@ def test_typicality_with_a_mixture_prior_is_deterministic():
     np.testing.assert_allclose(
         scorer.score(model, x[::-1])[::-1], first, rtol=1e-5
     )
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() not in kv.export.SUPPORTED_BACKENDS,
+    reason="SavedModel export needs the TensorFlow or JAX backend",
+)
+def test_typicality_from_the_served_rate_equals_in_process(tmp_path):
+    """The exported `serve_rate` outputs, scored with the fitted numbers,
+    give the in-process score (the export code itself is unchanged)."""
+    import tensorflow as tf
+
+    model, _ = make_vib_model(features=8, latent=3, classes=4)
+    scorer = kv.uncertainty.TypicalityScorer(use_entropy=True)
+    scorer.fit(model, _inputs(150, 17))
+    x = _inputs(12, 18, shift=1.0)
+    path = str(tmp_path / "served")
+    kv.export.classifier_with_rate(model, path)
+    loaded = tf.saved_model.load(path)  # keep it alive while it runs
+    served = loaded.serve_rate(tf.constant(x))
+    from_served = scorer.score_arrays(
+        [served["rate"].numpy()], served["output"].numpy()
+    )
+    np.testing.assert_allclose(
+        from_served, scorer.score(model, x), rtol=1e-5, atol=1e-5
+    )
