@@ -17,11 +17,16 @@ The direction is a convention, not a guarantee: a VIB trained on MNIST can
 give Fashion-MNIST and noise images a *lower* rate than digits. The
 detection metrics take the direction as an argument, so an AUROC below 0.5
 shows a score that points the other way; `ood_report` reports both.
+`TypicalityScorer` needs no direction: it is fitted on held-out
+in-distribution inputs and flags a rate that is atypical either way.
 """
 
+import json
 import math
 
+import keras
 import numpy as np
+from keras import ops
 
 from keras_vib import _rate
 from keras_vib import prediction
@@ -412,3 +417,461 @@ def reliability_diagram(
     ax.set_ylabel("accuracy")
     ax.legend(loc="upper left", fontsize="small")
     return ax
+
+
+# -- a fitted, direction-free score from the rate ----------------------------
+
+#: Fewest held-out examples `TypicalityScorer.fit` accepts: the median and
+#: the MAD of fewer are too noisy to set a threshold on.
+MIN_FIT_EXAMPLES = 100
+
+# Floors before the logarithms: a rate can be 0 (or a Monte Carlo estimate
+# slightly below it) and an entropy underflows for a confident softmax.
+_RATE_FLOOR = 1e-6
+_ENTROPY_FLOOR = 1e-8
+# MAD and IQR to the standard deviation of a normal distribution.
+_MAD_TO_STD = 1.482602218505602
+_IQR_TO_STD = 0.7413011092528009
+
+
+def _robust_location_scale(name, values):
+    """Median and a robust scale (MAD, else IQR) of a 1-D float64 array."""
+    location = float(np.median(values))
+    scale = _MAD_TO_STD * float(np.median(np.abs(values - location)))
+    if not scale > 0.0:
+        q75, q25 = np.percentile(values, [75.0, 25.0])
+        scale = _IQR_TO_STD * float(q75 - q25)
+    if not (scale > 0.0 and math.isfinite(scale)):
+        raise ValueError(
+            f"Cannot fit the scale of {name}: its values on the fitting "
+            "data are (almost) all equal, so no deviation can be measured. "
+            f"Received: median {location!r}, {values.size} values"
+        )
+    return location, scale
+
+
+def _num_examples(x):
+    leaves = keras.tree.flatten(x)
+    if not leaves:
+        raise ValueError(
+            "Invalid value received for argument `x`. Expected an array of "
+            "inputs. Received: x=None"
+        )
+    return int(np.shape(leaves[0])[0])
+
+
+def _check_fit_size(n):
+    if n < MIN_FIT_EXAMPLES:
+        raise ValueError(
+            "Invalid value received for argument `x`. Expected at least "
+            f"{MIN_FIT_EXAMPLES} held-out in-distribution examples to fit "
+            f"the location and scale of the rate. Received: {n} examples"
+        )
+
+
+def rates_and_probabilities(model, x, batch_size=256):
+    """The deterministic output and the per-bottleneck rates of `model`.
+
+    One forward pass per batch gives both (the mean of every z, no state
+    changes), as `keras_vib.prediction.predict_rate` does for the rate.
+
+    Args:
+        model: a Keras model with at least one `VIB` or
+            `GaussianBottleneck` layer.
+        x: the inputs.
+        batch_size: int >= 1, examples per forward pass.
+
+    Returns:
+        `(rates, outputs, layer_names)`: a list with one float64 array
+        `(n,)` per bottleneck, the model's outputs as a float64 array, and
+        the bottlenecks' layer names, in the same order.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     kv.layers.GaussianBottleneck(units=2, seed=0, name="vib"),
+    ...     keras.layers.Dense(3, activation="softmax"),
+    ... ])
+    >>> x = np.random.normal(size=(5, 4)).astype("float32")
+    >>> rates, probs, names = kv.uncertainty.rates_and_probabilities(model, x)
+    >>> rates[0].shape, probs.shape, names
+    ((5,), (5, 3), ['vib'])
+    """
+    batch_size = check_positive_int("batch_size", batch_size)
+    layers = _rate.rate_layers(model)
+    if not layers:
+        raise ValueError(
+            "The typicality score needs the rate of a KL bottleneck, but "
+            f"model `{model.name}` has no keras_vib `VIB` or "
+            "`GaussianBottleneck` layer."
+        )
+    x = keras.tree.map_structure(ops.convert_to_numpy, x)
+    n = _num_examples(x)
+    rate_parts = [[] for _ in layers]
+    output_parts = []
+    for start in range(0, n, batch_size):
+        x_batch = keras.tree.map_structure(
+            lambda a: a[start : start + batch_size], x
+        )
+        outputs, rates = _rate.rate_call(model, x_batch)
+        output_parts.append(ops.convert_to_numpy(outputs).astype("float64"))
+        for part, rate in zip(rate_parts, rates):
+            part.append(ops.convert_to_numpy(rate).astype("float64"))
+    rates = [np.concatenate(part, axis=0) for part in rate_parts]
+    outputs = np.concatenate(output_parts, axis=0)
+    return rates, outputs, [layer.name for layer in layers]
+
+
+@keras.saving.register_keras_serializable(package="keras_vib")
+class TypicalityScorer:
+    """A direction-free OOD score from the rate, fitted on held-out data.
+
+    The rate R(x) = KL(q(z|x) || r(z)) of a bottleneck tells
+    out-of-distribution (OOD) inputs from in-distribution ones, but which
+    way depends on the model: OOD inputs can get a higher or a lower rate
+    (see `docs/RESULTS.md`). This scorer asks only whether the rate is
+    *typical*, in the spirit of the typicality test of Nalisnick et al.
+    (2019). `fit` measures, on held-out in-distribution inputs only (no
+    labels, no OOD data), the median `m` and a robust scale `s` (1.4826
+    times the median absolute deviation; the IQR / 1.349 if that is 0) of
+    `log R(x)`, per bottleneck. A new input scores
+
+    `d(x) = max over bottlenecks of |log R(x) - m| / s`,
+
+    its two-sided deviation in robust standard deviations: high means OOD,
+    whichever side it falls on.
+
+    With `use_entropy=True` the score is `max(d(x), e(x))`, where
+    `e(x) = (log H(x) - m_H) / s_H` is the one-sided deviation of the log
+    predictive entropy `H` (high entropy means OOD), with `m_H` and `s_H`
+    fitted the same way. Both are in the same units, so no OOD data is
+    needed to weigh them.
+
+    The fitted parameters are plain floats (`get_config`), saved to JSON
+    with `save` and read with `load`. The score depends on them and on the
+    model's deterministic forward pass only, not on what ran before (a
+    `MixturePrior`'s rate is a Monte Carlo estimate: it is deterministic
+    only if the prior's rate is).
+
+    Args:
+        use_entropy: bool, also flag inputs whose predictive entropy is
+            atypically high (the model's output must be class
+            probabilities).
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     kv.layers.GaussianBottleneck(units=2, seed=0),
+    ...     keras.layers.Dense(3, activation="softmax"),
+    ... ])
+    >>> rng = np.random.default_rng(0)
+    >>> x_held_out = rng.normal(size=(200, 4)).astype("float32")
+    >>> scorer = kv.uncertainty.TypicalityScorer().fit(model, x_held_out)
+    >>> scores = scorer.score(model, 8 + x_held_out[:5])
+    >>> scores.shape
+    (5,)
+    >>> sorted(scorer.get_config())
+    ['entropy_location', 'entropy_scale', 'layer_names', \
+'num_fit_examples', 'rate_location', 'rate_scale', 'use_entropy']
+
+    Reference:
+        Nalisnick, Matsukawa, Teh and Lakshminarayanan (2019), "Detecting
+        out-of-distribution inputs to deep generative models using
+        typicality".
+    """
+
+    def __init__(self, use_entropy=False):
+        self.use_entropy = check_bool("use_entropy", use_entropy)
+        self.layer_names = None
+        self.rate_location = None
+        self.rate_scale = None
+        self.entropy_location = None
+        self.entropy_scale = None
+        self.num_fit_examples = None
+
+    @property
+    def fitted(self):
+        """Whether `fit` (or `from_config` / `load`) has set the
+        parameters."""
+        return self.rate_location is not None
+
+    def fit(self, model, x, *, batch_size=256):
+        """Fit the location and scale of log R (and log H) on `x`.
+
+        Args:
+            model: the trained model, with at least one `VIB` or
+                `GaussianBottleneck` layer.
+            x: held-out in-distribution inputs (not the training batch,
+                not the test set, never OOD data), at least
+                `MIN_FIT_EXAMPLES` of them. No labels: the fit sees the
+                inputs only.
+            batch_size: int >= 1, examples per forward pass.
+
+        Returns:
+            The scorer itself.
+        """
+        _check_fit_size(_num_examples(x))
+        rates, probs, names = rates_and_probabilities(model, x, batch_size)
+        return self.fit_arrays(
+            rates, probs if self.use_entropy else None, names
+        )
+
+    def fit_arrays(self, rates, probs=None, layer_names=None):
+        """Fit from precomputed rates (and probabilities).
+
+        Args:
+            rates: a list of arrays `(n,)`, the rate of each bottleneck
+                (see `rates_and_probabilities`), or one array.
+            probs: class probabilities `(n, num_classes)`; needed with
+                `use_entropy=True`.
+            layer_names: the bottlenecks' layer names, checked by `score`;
+                `None` for `bottleneck_0`, `bottleneck_1`, ...
+
+        Returns:
+            The scorer itself.
+        """
+        rates = self._rate_arrays(rates)
+        n = rates[0].shape[0]
+        _check_fit_size(n)
+        if layer_names is None:
+            layer_names = [f"bottleneck_{i}" for i in range(len(rates))]
+        layer_names = [str(name) for name in layer_names]
+        if len(layer_names) != len(rates):
+            raise ValueError(
+                "Invalid value received for argument `layer_names`. Expected "
+                f"one name per rate array ({len(rates)}). Received: "
+                f"layer_names={layer_names!r}"
+            )
+        fitted = [
+            _robust_location_scale(
+                f"log R of `{name}`", np.log(np.maximum(rate, _RATE_FLOOR))
+            )
+            for name, rate in zip(layer_names, rates)
+        ]
+        entropy_fit = (None, None)
+        if self.use_entropy:
+            entropies = self._entropy_array(probs, n)
+            entropy_fit = _robust_location_scale(
+                "log H (predictive entropy)",
+                np.log(np.maximum(entropies, _ENTROPY_FLOOR)),
+            )
+        self.layer_names = layer_names
+        self.rate_location = [location for location, _ in fitted]
+        self.rate_scale = [scale for _, scale in fitted]
+        self.entropy_location, self.entropy_scale = entropy_fit
+        self.num_fit_examples = int(n)
+        return self
+
+    def score(self, model, x, *, batch_size=256):
+        """The typicality score of each input (high means OOD).
+
+        Args:
+            model: the model the scorer was fitted on (its bottlenecks
+                must have the fitted layer names).
+            x: the inputs.
+            batch_size: int >= 1, examples per forward pass.
+
+        Returns:
+            A float64 NumPy array `(n,)`, in robust standard deviations.
+        """
+        self._check_fitted()
+        rates, probs, names = rates_and_probabilities(model, x, batch_size)
+        if names != self.layer_names:
+            raise ValueError(
+                "The scorer was fitted on bottlenecks "
+                f"{self.layer_names}, but model `{model.name}` has "
+                f"{names}. Fit it on this model."
+            )
+        return self.score_arrays(rates, probs if self.use_entropy else None)
+
+    def score_arrays(self, rates, probs=None):
+        """The score from precomputed rates (and probabilities), through
+        `score_tensor`; a float64 NumPy array `(n,)`."""
+        self._check_fitted()
+        rates = self._rate_arrays(rates)
+        tensors = [ops.convert_to_tensor(r, "float32") for r in rates]
+        if self.use_entropy:
+            self._entropy_array(probs, rates[0].shape[0])
+            probs = ops.convert_to_tensor(probs, "float32")
+        scores = self.score_tensor(tensors, probs)
+        return ops.convert_to_numpy(scores).astype("float64")
+
+    def score_tensor(self, rates, probs=None):
+        """The score as `keras.ops` on tensors, the fitted numbers constant.
+
+        The same computation as `score`, written with `keras.ops` only, so
+        it can run inside a model or an exported serving function (e.g.
+        after the rate endpoint of `keras_vib.export.classifier_with_rate`).
+
+        Args:
+            rates: a list of float tensors `(batch,)`, one per bottleneck in
+                the fitted order (or one tensor).
+            probs: class probabilities `(batch, num_classes)`; needed with
+                `use_entropy=True`, ignored otherwise.
+
+        Returns:
+            A float32 tensor `(batch,)`.
+
+        Example:
+
+        >>> scorer = kv.uncertainty.TypicalityScorer.from_config({
+        ...     "use_entropy": False, "layer_names": ["vib"],
+        ...     "rate_location": [0.0], "rate_scale": [0.5],
+        ...     "entropy_location": None, "entropy_scale": None,
+        ...     "num_fit_examples": 1000})
+        >>> rate = keras.ops.convert_to_tensor([1.0, np.e, 1 / np.e])
+        >>> scores = scorer.score_tensor([rate])
+        >>> np.round(keras.ops.convert_to_numpy(scores), 4)
+        array([0., 2., 2.], dtype=float32)
+        """
+        self._check_fitted()
+        if not isinstance(rates, (list, tuple)):
+            rates = [rates]
+        if len(rates) != len(self.rate_location):
+            raise ValueError(
+                "Invalid value received for argument `rates`. Expected one "
+                f"rate tensor per fitted bottleneck ({self.layer_names}). "
+                f"Received: {len(rates)} tensors"
+            )
+        deviations = []
+        for rate, location, scale in zip(
+            rates, self.rate_location, self.rate_scale
+        ):
+            log_rate = ops.log(
+                ops.maximum(ops.cast(rate, "float32"), _RATE_FLOOR)
+            )
+            deviations.append(ops.abs(log_rate - location) / scale)
+        score = deviations[0]
+        for deviation in deviations[1:]:
+            score = ops.maximum(score, deviation)
+        if self.use_entropy:
+            if probs is None:
+                raise ValueError(
+                    "Invalid value received for argument `probs`. Expected "
+                    "class probabilities: the scorer uses the entropy "
+                    "(`use_entropy=True`). Received: probs=None"
+                )
+            probs = ops.clip(ops.cast(probs, "float32"), 1e-12, 1.0)
+            entropies = -ops.sum(probs * ops.log(probs), axis=-1)
+            log_entropy = ops.log(ops.maximum(entropies, _ENTROPY_FLOOR))
+            score = ops.maximum(
+                score,
+                (log_entropy - self.entropy_location) / self.entropy_scale,
+            )
+        return score
+
+    def get_config(self):
+        """The fitted parameters, as plain Python numbers and strings."""
+        return {
+            "use_entropy": self.use_entropy,
+            "layer_names": self.layer_names,
+            "rate_location": self.rate_location,
+            "rate_scale": self.rate_scale,
+            "entropy_location": self.entropy_location,
+            "entropy_scale": self.entropy_scale,
+            "num_fit_examples": self.num_fit_examples,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        """A fitted scorer from the dict of `get_config`."""
+        config = dict(config)
+        scorer = cls(use_entropy=config.pop("use_entropy", False))
+        expected = set(scorer.get_config()) - {"use_entropy"}
+        if set(config) != expected:
+            raise ValueError(
+                "Invalid value received for argument `config`. Expected the "
+                f"keys {sorted(expected | {'use_entropy'})}. Received: "
+                f"{sorted(config) + ['use_entropy']}"
+            )
+        locations = [float(v) for v in config["rate_location"]]
+        scales = [float(v) for v in config["rate_scale"]]
+        names = [str(v) for v in config["layer_names"]]
+        values = locations + scales
+        if scorer.use_entropy:
+            values += [
+                float(config["entropy_location"]),
+                float(config["entropy_scale"]),
+            ]
+        if (
+            not locations
+            or not len(locations) == len(scales) == len(names)
+            or not all(math.isfinite(v) for v in values)
+            or not all(s > 0 for s in scales)
+            or (scorer.use_entropy and not values[-1] > 0)
+        ):
+            raise ValueError(
+                "Invalid value received for argument `config`. Expected "
+                "finite locations and positive scales, one per layer name "
+                f"(and for the entropy). Received: config={config!r}"
+            )
+        scorer.layer_names = names
+        scorer.rate_location = locations
+        scorer.rate_scale = scales
+        if scorer.use_entropy:
+            scorer.entropy_location = float(config["entropy_location"])
+            scorer.entropy_scale = float(config["entropy_scale"])
+        scorer.num_fit_examples = int(config["num_fit_examples"])
+        return scorer
+
+    def save(self, path):
+        """Write the fitted parameters to a JSON file (e.g. beside the
+        model's `.keras` file)."""
+        self._check_fitted()
+        with open(path, "w") as f:
+            json.dump(self.get_config(), f, indent=1)
+
+    @classmethod
+    def load(cls, path):
+        """A fitted scorer from a JSON file written by `save`."""
+        with open(path) as f:
+            return cls.from_config(json.load(f))
+
+    def _check_fitted(self):
+        if not self.fitted:
+            raise ValueError(
+                "This `TypicalityScorer` is not fitted yet. Call "
+                "`fit(model, x_held_out)` (or `load`) first."
+            )
+
+    @staticmethod
+    def _rate_arrays(rates):
+        if isinstance(rates, dict):
+            raise TypeError(
+                "Invalid value received for argument `rates`. Expected a "
+                "list of arrays in bottleneck order. Received a dict"
+            )
+        if not isinstance(rates, (list, tuple)):
+            rates = [rates]
+        arrays = [np.asarray(r, dtype="float64") for r in rates]
+        sizes = {a.shape for a in arrays}
+        if not arrays or len(sizes) != 1 or arrays[0].ndim != 1:
+            raise ValueError(
+                "Invalid value received for argument `rates`. Expected one "
+                "rate array of shape `(n,)` per bottleneck, all of the same "
+                f"length. Received shapes {[a.shape for a in arrays]}"
+            )
+        if not all(np.all(np.isfinite(a)) for a in arrays):
+            raise ValueError(
+                "Invalid value received for argument `rates`. Expected "
+                "finite rates. Received non-finite values"
+            )
+        return arrays
+
+    @staticmethod
+    def _entropy_array(probs, n):
+        if probs is None:
+            raise ValueError(
+                "Invalid value received for argument `probs`. Expected class "
+                "probabilities: the scorer uses the entropy "
+                "(`use_entropy=True`). Received: probs=None"
+            )
+        values = entropy(probs)
+        if values.shape[0] != n:
+            raise ValueError(
+                "Invalid value received for argument `probs`. Expected one "
+                f"row per rate ({n}). Received: {values.shape[0]} rows"
+            )
+        return values

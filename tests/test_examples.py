@@ -155,6 +155,15 @@ def test_uncertainty(tmp_path):
     served = out.split("served rate:")[1].split("\n")[0].split()
     local = out.split("in process:")[1].split("\n")[0].split()
     assert served and served == local
+    # The typicality score from the served rate and output is the one
+    # computed in process, and the reloaded scorer gives the same scores.
+    served = out.split("served score:")[1].split("\n")[0].split()
+    local = out.split("in process:  ")[2].split("\n")[0].split()
+    assert served and served == local
+    assert "reloaded scorer gives the same scores: True" in out
+    for name in ("typicality", "typicality+entropy"):
+        auroc, tpr = floats_after(f"MNIST vs noise, {name}:", out)
+        assert 0.0 <= auroc <= 1.0 and 0.0 <= tpr <= 1.0
 
 
 @tensorflow_only

@@ -337,3 +337,41 @@ def test_mnist_uncertainty_smoke(tmp_path):
         accuracies = result["robustness"][prediction]
         assert {"clean", "fgsm_0.05", "pgd_0.05", "pgd_0.3"} <= set(accuracies)
         assert all(0.0 <= a <= 1.0 for a in accuracies.values())
+
+
+def test_mnist_typicality_smoke(tmp_path):
+    out_dir = tmp_path / "typicality"
+    out = run_example(
+        "mnist_typicality.py", "--smoke", "--out-dir", str(out_dir)
+    )
+    runs = sorted(p.name for p in out_dir.glob("*.json"))
+    assert runs == [
+        "deterministic_s0.json",
+        "vib_b0.0001_s0.json",
+        "vib_b0.001_s0.json",
+        "vib_b0.01_s0.json",
+    ]
+    vib = json.loads((out_dir / "vib_b0.001_s0.json").read_text())
+    assert vib["backend"] == keras.backend.backend()
+    assert set(vib["ood"]) == {"fashion", "noise", "rotated"}
+    for table in vib["ood"].values():
+        assert set(table) == {
+            "typicality",
+            "typicality+entropy",
+            "rate high",
+            "rate low",
+            "max-softmax",
+            "entropy",
+        }
+        for row in table.values():
+            assert 0.0 <= row["auroc"] <= 1.0
+            assert 0.0 <= row["tpr_at_fpr"] <= 1.0
+        # The two readings of the rate are complementary.
+        assert table["rate high"]["auroc"] + table["rate low"][
+            "auroc"
+        ] == pytest.approx(1.0)
+    # Fitted on the held-out training images only.
+    assert vib["scorers"]["typicality"]["num_fit_examples"] == 200
+    assert 0.0 <= vib["error"] <= 1.0 and 0.0 <= vib["ece"] <= 1.0
+    assert "typicality+entropy" in (out_dir / "summary.md").read_text()
+    assert "TPR at 5% FPR" in out
