@@ -159,7 +159,8 @@ class Likelihood(keras.layers.Layer):
         >>> try:
         ...     bernoulli.check_data_range(0.0, 255.0)
         ... except ValueError as error:
-        ...     print(*str(error).split(". ")[1:3], sep="\n")
+        ...     for part in str(error).split(". ")[1:3]:
+        ...         print(part)
         The "bernoulli" likelihood expects data in [0, 1]
         Received: data with values in [0, 255]
         """
