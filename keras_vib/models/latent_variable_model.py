@@ -419,6 +419,13 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
             )
         return super().compile(*args, **kwargs)
 
+    def compile_from_config(self, config):
+        # Keras skips this for a model with its own `compile`: do what it
+        # would, so that a loaded model comes back compiled.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`, refusing data outside the likelihood's support.
 
