@@ -9,6 +9,7 @@ The site is built with `--strict` (warnings are errors), unless
 
 import functools
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -251,3 +252,21 @@ def test_index_lists_every_tutorial_and_api_page(page, site):
         assert f"tutorials/{name}.html" in links, name
     for name in API_PAGES:
         assert f"api/{name}.html" in links, name
+
+
+def test_tutorials_show_their_recorded_output(page, site):
+    """Each recorded output appears on its tutorial page, under its cell."""
+    folder = os.path.join(ROOT, "docs", "tutorials", "output")
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    if not names:
+        pytest.skip("no recorded tutorial output")
+    for filename in names:
+        with open(os.path.join(folder, filename), encoding="utf-8") as f:
+            record = json.load(f)
+        open_page(page, site, f"tutorials/{filename[:-5]}.html")
+        text = page.inner_text("article")
+        assert record["command"] in text
+        printed = [o.strip() for o in record["outputs"] if o.strip()]
+        assert printed, filename
+        for output in printed:
+            assert output.splitlines()[-1].strip() in text, filename
