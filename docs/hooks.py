@@ -13,6 +13,7 @@ import ast
 import glob
 import importlib
 import inspect
+import json
 import os
 import re
 import textwrap
@@ -71,10 +72,13 @@ def parse_header(text):
     return fields
 
 
-def script_to_markdown(path):
-    """A keras.io-style script as (title, description, markdown)."""
-    with open(path, encoding="utf-8") as f:
-        source = f.read()
+#: Recorded outputs: `docs/tutorials/output/<name>.json`, written by
+#: `docs/record_tutorial_output.py` (what each code cell printed).
+OUTPUTS = os.path.join(ROOT, "docs", "tutorials", "output")
+
+
+def script_chunks(source):
+    """A keras.io-style script as `[(kind, text)]`, kind "prose" or "code"."""
     lines = source.splitlines()
     tree = ast.parse(source)
     chunks, code_start = [], 0
@@ -95,8 +99,28 @@ def script_to_markdown(path):
             chunks.append(("prose", node.value.value))
             code_start = node.end_lineno
     add_code(code_start, len(lines))
+    return chunks
 
+
+def _recorded_output(name):
+    path = os.path.join(OUTPUTS, os.path.splitext(name)[0] + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def script_to_markdown(path):
+    """A keras.io-style script as (title, description, markdown).
+
+    If the script's output was recorded, what each code cell printed
+    follows it, as on keras.io.
+    """
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    chunks = script_chunks(source)
     name = os.path.basename(path)
+    recorded = _recorded_output(name)
     header = {}
     if chunks and chunks[0][0] == "prose" and "Title:" in chunks[0][1]:
         header = parse_header(chunks.pop(0)[1])
@@ -112,11 +136,24 @@ def script_to_markdown(path):
     out.append("")
     if "Description" in header:
         out += [f"*{header['Description']}*", ""]
+    outputs = []
+    if recorded is not None:
+        outputs = recorded["outputs"]
+        out += [
+            f"The output shown under the code was printed by "
+            f"`{recorded['command']}` ({recorded['note']}).",
+            "",
+        ]
+    cell = 0
     for kind, text in chunks:
         if kind == "prose":
             out += [textwrap.dedent(text).strip(), ""]
-        else:
-            out += ["```python", text, "```", ""]
+            continue
+        out += ["```python", text, "```", ""]
+        printed = outputs[cell].strip("\n") if cell < len(outputs) else ""
+        cell += 1
+        if printed:
+            out += ["```text", printed, "```", ""]
     return title, header.get("Description", ""), "\n".join(out)
 
 

@@ -288,17 +288,25 @@ def load_mnist(data_dir=None, flatten=True, normalize=True):
     Args:
         data_dir: folder holding `mnist.npz`; `None` uses `$KERAS_VIB_DATA`,
             and if that is unset too, downloads with `keras.datasets`.
-        flatten: reshape images to `(n, 784)`.
-        normalize: return float32 pixels in [0, 1] (else the uint8 values).
+        flatten: bool. `True` reshapes the images to `(n, 784)`; `False`
+            keeps them `(n, 28, 28)`, with no channel axis (add one with
+            `x[..., None]` for a `Conv2D`).
+        normalize: bool. `True` returns float32 pixels in [0, 1]; `False`
+            the uint8 values 0-255 (which a `"bernoulli"` `VAE` refuses).
 
     Returns:
-        `(x_train, y_train), (x_test, y_test)`, labels as int64.
+        `(x_train, y_train), (x_test, y_test)`: 60,000 and 10,000 images,
+        `(n, 784)` or `(n, 28, 28)`, and their labels 0-9 as int64 `(n,)`.
 
     Example:
 
     >>> (x_train, y_train), _ = kv.datasets.load_mnist()  # doctest: +SKIP
-    >>> x_train.shape  # doctest: +SKIP
-    (60000, 784)
+    >>> x_train.shape, x_train.dtype  # doctest: +SKIP
+    ((60000, 784), dtype('float32'))
+    >>> (images, _), _ = kv.datasets.load_mnist(  # doctest: +SKIP
+    ...     flatten=False)
+    >>> images.shape  # doctest: +SKIP
+    (60000, 28, 28)
     """
     return _load_images(
         "mnist",
@@ -316,11 +324,14 @@ def load_fashion_mnist(data_dir=None, flatten=True, normalize=True):
     Args:
         data_dir: folder holding `fashion_mnist.npz`; `None` uses
             `$KERAS_VIB_DATA`, then downloads with `keras.datasets`.
-        flatten: reshape images to `(n, 784)`.
-        normalize: return float32 pixels in [0, 1] (else the uint8 values).
+        flatten: bool. `True` reshapes the images to `(n, 784)`; `False`
+            keeps them `(n, 28, 28)`, with no channel axis.
+        normalize: bool. `True` returns float32 pixels in [0, 1]; `False`
+            the uint8 values 0-255.
 
     Returns:
-        `(x_train, y_train), (x_test, y_test)`, labels as int64.
+        `(x_train, y_train), (x_test, y_test)`: 60,000 and 10,000 images,
+        `(n, 784)` or `(n, 28, 28)`, and their labels 0-9 as int64 `(n,)`.
     """
     return _load_images(
         "fashion_mnist",

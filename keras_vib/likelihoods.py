@@ -128,12 +128,59 @@ class Likelihood(keras.layers.Layer):
     Subclasses implement `_log_prob_elementwise(x, outputs)` (broadcasting,
     float32) and `mean(outputs)`. The base class checks shapes and sums over
     the data axes.
+
+    A likelihood whose data must lie in an interval sets `support` to
+    `(low, high)`. `VAE` and `IWAE` then refuse data outside it in `fit`,
+    `evaluate` and `log_likelihood` (see `check_data_range`).
     """
+
+    #: `(low, high)`, the closed interval the data must lie in, or `None`.
+    support = None
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         # No shape-dependent state: built from the start (also for summary()).
         self.built = True
+
+    def check_data_range(self, low, high, argument="x"):
+        """Raise a `ValueError` if data in `[low, high]` is outside `support`.
+
+        Args:
+            low: float, the smallest value of the data (NaN if the data
+                holds NaNs).
+            high: float, the largest value of the data.
+            argument: str, the argument that received the data, named in
+                the message.
+
+        Example:
+
+        >>> bernoulli = kv.likelihoods.Bernoulli()
+        >>> bernoulli.check_data_range(0.0, 1.0)  # in [0, 1]: no error
+        >>> try:
+        ...     bernoulli.check_data_range(0.0, 255.0)
+        ... except ValueError as error:
+        ...     for part in str(error).split(". ")[1:3]:
+        ...         print(part)
+        The "bernoulli" likelihood expects data in [0, 1]
+        Received: data with values in [0, 255]
+        """
+        if self.support is None:
+            return
+        lower, upper = self.support
+        if lower <= low and high <= upper:  # False for NaN
+            return
+        raise ValueError(
+            f"Invalid value received for argument `{argument}`. The "
+            f'"{self._display_name()}" likelihood expects data in '
+            f"[{lower:g}, {upper:g}]. Received: data with values in "
+            f"[{low:g}, {high:g}]. {self._range_hint()}"
+        )
+
+    def _display_name(self):
+        return type(self).__name__
+
+    def _range_hint(self):
+        return "Scale the data into the expected range."
 
     def log_prob(self, x, outputs):
         """log p(x | outputs) per example (and per sample), in nats, float32.
@@ -191,7 +238,10 @@ class Bernoulli(Likelihood):
 
     For binary data or data in [0, 1] (for non-binary data, the
     cross-entropy form `x * log p + (1 - x) * log(1 - p)`, not a normalized
-    density).
+    density). Data outside [0, 1] (e.g. 8-bit pixels from 0 to 255) gives
+    a meaningless loss, so `VAE` and `IWAE` refuse it in `fit`, `evaluate`
+    and `log_likelihood` with a `ValueError` (see
+    `Likelihood.check_data_range`).
 
     With `from_logits=True` (`likelihood="bernoulli"`), the decoder outputs
     logits: it has no final activation, and `mean` (what `decode` and
@@ -237,9 +287,22 @@ class Bernoulli(Likelihood):
     array([-2.0794, -2.0794], dtype=float32)
     """
 
+    support = (0.0, 1.0)
+
     def __init__(self, from_logits=True, **kwargs):
         super().__init__(**kwargs)
         self.from_logits = check_bool("from_logits", from_logits)
+
+    def _display_name(self):
+        return "bernoulli" if self.from_logits else "bernoulli_probs"
+
+    def _range_hint(self):
+        return (
+            "Scale the data into [0, 1]: divide 8-bit pixels by 255 (e.g. "
+            "`x.astype('float32') / 255`, or "
+            "`kv.datasets.load_mnist(normalize=True)`), or binarize it. For "
+            'unbounded data use `likelihood="gaussian"`.'
+        )
 
     def _log_prob_summed(self, x, outputs, event_ndim):
         if self.from_logits and event_ndim:

@@ -13,6 +13,53 @@ from keras_vib._validation import check_positive_int
 from keras_vib._validation import check_seed
 
 
+def _is_scalar(value):
+    return isinstance(value, (bool, int, float, complex, np.generic))
+
+
+def _to_numpy(x):
+    """`x` as NumPy arrays, keeping a list/dict of inputs as a structure.
+
+    A nested list of numbers, e.g. `[[0.0, 1.0, 2.0, 3.0]]`, is one array
+    (as `model.predict` reads it), not a structure of scalar inputs.
+    """
+    if isinstance(x, (list, tuple)) and all(
+        _is_scalar(leaf) for leaf in keras.tree.flatten(x)
+    ):
+        return np.asarray(x)
+    return keras.tree.map_structure(ops.convert_to_numpy, x)
+
+
+def _check_input_shapes(model, x):
+    """Raise if `x` cannot feed `model`'s inputs, naming the user's shapes.
+
+    The Monte Carlo pass runs on the batch tiled `num_samples` times, so a
+    shape error from inside it would show the tiled batch, not `x`.
+    """
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        return
+    if isinstance(x, dict):
+        pairs = [(spec, x[spec.name]) for spec in inputs if spec.name in x]
+    else:
+        leaves = keras.tree.flatten(x)
+        if len(inputs) != len(leaves):
+            return
+        pairs = list(zip(inputs, leaves))
+    for spec, leaf in pairs:
+        expected = tuple(spec.shape)
+        received = tuple(np.shape(leaf))
+        if len(expected) != len(received) or any(
+            e is not None and e != r for e, r in zip(expected[1:], received[1:])
+        ):
+            which = f"`{spec.name}` " if len(inputs) > 1 else ""
+            raise ValueError(
+                "Invalid value received for argument `x`. Expected inputs "
+                f"of shape {expected} (the input {which}of model "
+                f"`{model.name}`). Received: x with shape {received}"
+            )
+
+
 def _num_examples(x):
     for leaf in keras.tree.flatten(x):
         check_num_examples("x", np.asarray(leaf))
@@ -95,8 +142,9 @@ def predict_mc(
             f"`{model.name}` has no keras_vib `Sampling`, `VIB` or "
             "`GaussianBottleneck` layer."
         )
-    x = keras.tree.map_structure(ops.convert_to_numpy, x)
+    x = _to_numpy(x)
     n = _num_examples(x)
+    _check_input_shapes(model, x)
     seeds = np.random.SeedSequence(seed)
     means, stds = [], []
     for start in range(0, n, batch_size):
@@ -206,7 +254,7 @@ def predict_rate(model, x, batch_size=32):
             f"`predict_rate` needs a KL bottleneck, but model `{model.name}` "
             "has no keras_vib `VIB` or `GaussianBottleneck` layer."
         )
-    x = keras.tree.map_structure(ops.convert_to_numpy, x)
+    x = _to_numpy(x)
     n = _num_examples(x)
     parts = [[] for _ in layers]
     for start in range(0, n, batch_size):

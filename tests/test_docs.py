@@ -7,9 +7,13 @@ The site is built with `--strict` (warnings are errors), unless
 `KERAS_VIB_SITE` names a site that is already built.
 """
 
+import functools
+import http.server
+import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -111,3 +115,163 @@ def test_tutorial_page_shows_code_and_figures(page, site):
     open_page(page, site, "tutorials/quickstart.html")
     count, failed = images_loaded(page)
     assert count >= 1 and failed == 0
+
+
+API_PAGES = [
+    "callbacks",
+    "datasets",
+    "export",
+    "layers",
+    "likelihoods",
+    "losses",
+    "metrics",
+    "models",
+    "ops",
+    "prediction",
+    "schedules",
+    "uncertainty",
+]
+
+#: What each check finds on a page, computed in the browser.
+FAULTS_JS = """() => {
+  const article = document.querySelector('article');
+  const faults = [];
+  // A continuation line read as Markdown: a quote inside a parameter list.
+  for (const quote of article.querySelectorAll(
+      'li blockquote, .doc-contents blockquote')) {
+    faults.push('blockquote in a list: ' + quote.innerText.slice(0, 60));
+  }
+  // A `:::` directive that picked up a module of the symbol's name.
+  for (const name of article.querySelectorAll('.doc-heading '
+                                               + '.doc-module-name')) {
+    faults.push('module heading: ' + name.textContent.trim());
+  }
+  // The same object rendered twice: same name, same documentation.
+  const seen = new Map();
+  for (const object of article.querySelectorAll('.doc-object')) {
+    const heading = object.querySelector('.doc-heading');
+    const contents = object.querySelector('.doc-contents');
+    if (!heading || !contents) continue;
+    const name = heading.id.split('.').pop();
+    const key = name + '\\n' + contents.innerText;
+    if (seen.has(key)) {
+      faults.push('rendered twice: ' + seen.get(key) + ', ' + heading.id);
+    }
+    seen.set(key, heading.id);
+  }
+  if (article.innerText.includes('doctest:')) {
+    faults.push('doctest directive visible');
+  }
+  // Private bases (a `_module` or a `_Name`, e.g. SeedStateSavingMixin).
+  for (const bases of article.querySelectorAll('.doc-class-bases')) {
+    for (const link of bases.querySelectorAll('code, a')) {
+      const path = (link.getAttribute('title') || '') + ' '
+        + link.textContent;
+      if (/(^|[.\\s])_[A-Za-z]|Mixin/.test(path)) {
+        faults.push('private base: ' + link.textContent.trim());
+      }
+    }
+  }
+  // "Call arguments" boxes: one list item per argument, no run-on text.
+  for (const box of article.querySelectorAll('.admonition, details')) {
+    const title = box.querySelector('.admonition-title, summary');
+    if (!title || !/call arguments/i.test(title.textContent)) continue;
+    if (box.querySelectorAll('li').length === 0) {
+      faults.push('call arguments not a list: '
+                  + box.innerText.slice(0, 60));
+    }
+  }
+  // Signatures wider than their box (clipped behind a scroll bar).
+  for (const code of article.querySelectorAll('.doc-signature code')) {
+    if (code.scrollWidth > code.clientWidth + 1) {
+      faults.push('clipped signature: ' + code.innerText.slice(0, 40));
+    }
+  }
+  return faults;
+}"""
+
+
+@pytest.mark.parametrize("name", API_PAGES)
+def test_api_page_has_no_rendering_faults(page, site, name):
+    open_page(page, site, f"api/{name}.html")
+    assert page.locator(".doc-heading").count() >= 1
+    assert page.evaluate(FAULTS_JS) == []
+
+
+def test_call_arguments_render_one_item_per_argument(page, site):
+    open_page(page, site, "api/layers.html")
+    # The first "Call arguments" box on the page is VIB's.
+    box = page.locator("details.call-arguments").first
+    assert "Call arguments" in box.locator("summary").inner_text()
+    items = box.locator("li").all_inner_texts()
+    assert [item.split(":")[0] for item in items] == [
+        "inputs",
+        "training",
+        "mask",
+    ]
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_search_works_when_served(page, site):
+    """Served over HTTP (as `mkdocs serve` does), the search finds a symbol.
+
+    Opened as a file, browsers refuse the search's web worker: the README
+    says to serve the site for search.
+    """
+    handler = functools.partial(_QuietHandler, directory=site)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        url = f"http://127.0.0.1:{port}/index.html"
+        page.goto(url, wait_until="networkidle")
+        search = page.locator("input.md-search__input")
+        search.click()
+        # Typed key by key: the search reacts to key events.
+        search.press_sequentially("predict_mc", delay=20)
+        page.locator(".md-search-result__item").first.wait_for(timeout=20000)
+        results = page.locator(".md-search-result").inner_text()
+        assert "matching document" in results
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_index_lists_every_tutorial_and_api_page(page, site):
+    open_page(page, site, "index.html")
+    links = page.eval_on_selector_all(
+        "article a", "links => links.map(a => a.getAttribute('href'))"
+    )
+    examples = sorted(
+        name[:-3]
+        for name in os.listdir(os.path.join(ROOT, "examples"))
+        if name.endswith(".py") and not name.startswith("_")
+    )
+    assert len(examples) == 8
+    for name in examples:
+        assert f"tutorials/{name}.html" in links, name
+    for name in API_PAGES:
+        assert f"api/{name}.html" in links, name
+
+
+def test_tutorials_show_their_recorded_output(page, site):
+    """Each recorded output appears on its tutorial page, under its cell."""
+    folder = os.path.join(ROOT, "docs", "tutorials", "output")
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    if not names:
+        pytest.skip("no recorded tutorial output")
+    for filename in names:
+        with open(os.path.join(folder, filename), encoding="utf-8") as f:
+            record = json.load(f)
+        open_page(page, site, f"tutorials/{filename[:-5]}.html")
+        text = page.inner_text("article")
+        assert record["command"] in text
+        printed = [o.strip() for o in record["outputs"] if o.strip()]
+        assert printed, filename
+        for output in printed:
+            assert output.splitlines()[-1].strip() in text, filename

@@ -281,3 +281,34 @@ def test_bernoulli_probs_model_fits_and_saves(tmp_path):
         to_numpy(vae.predict(x, verbose=0)),
         rtol=1e-6,
     )
+
+
+# -- support (issue #26) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_bernoulli_support_check(from_logits):
+    likelihood = likelihoods.Bernoulli(from_logits=from_logits)
+    assert likelihood.support == (0.0, 1.0)
+    likelihood.check_data_range(0.0, 1.0)  # both ends are valid
+    name = "bernoulli" if from_logits else "bernoulli_probs"
+    for low, high in [(0.0, 255.0), (-1.0, 1.0), (0.0, 1.0 + 1e-6)]:
+        with pytest.raises(
+            ValueError,
+            match=rf"argument `x`\. The \"{name}\" likelihood expects data "
+            r"in \[0, 1\]\. Received: data with values in ",
+        ):
+            likelihood.check_data_range(low, high)
+    with pytest.raises(ValueError, match="argument `validation_data`"):
+        likelihood.check_data_range(0.0, 2.0, "validation_data")
+    with pytest.raises(ValueError, match=r"values in \[nan, nan\]"):
+        likelihood.check_data_range(float("nan"), float("nan"))
+
+
+def test_gaussian_and_callable_have_no_support():
+    for likelihood in (
+        likelihoods.Gaussian(),
+        likelihoods.get(lambda x, outputs: keras.ops.sum(x, axis=-1)),
+    ):
+        assert likelihood.support is None
+        likelihood.check_data_range(-1e9, 1e9)

@@ -1,5 +1,6 @@
 """`log_likelihood` on VAE/IWAE against the exact linear-Gaussian log p(x)."""
 
+import keras
 import numpy as np
 import pytest
 from helpers import LATENT
@@ -154,3 +155,22 @@ def test_progress_bar(capsys):
         lg.sample_x(4), num_samples=10, chunk_size=5, seed=0, verbose=0
     )
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("scale, error", [(1.0, False), (255.0, True)])
+def test_bernoulli_data_range_checked(scale, error):
+    inputs = keras.Input((4,))
+    encoder = keras.Model(
+        inputs, [keras.layers.Dense(2)(inputs), keras.layers.Dense(2)(inputs)]
+    )
+    decoder = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4)])
+    vae = models.VAE(encoder, decoder, likelihood="bernoulli")
+    x = np.eye(4, dtype="float32") * scale
+    if error:
+        with pytest.raises(
+            ValueError, match=r"values in \[0, 255\]\. Scale the data"
+        ):
+            models.log_likelihood(vae, x, num_samples=2, verbose=0)
+    else:
+        log_px = models.log_likelihood(vae, x, num_samples=2, verbose=0)
+        assert log_px.shape == (4,) and np.all(log_px < 0)

@@ -324,3 +324,113 @@ def test_bad_inputs_raise_clear_errors():
     model.compile()
     with pytest.raises(ValueError, match="decoder"):
         model.evaluate(x, verbose=0)
+
+
+# -- data outside the likelihood's support (issue #26) ------------------------
+
+
+def _support_model(cls=models.VAE, likelihood="bernoulli"):
+    encoder, decoder = mlp_pair(latent=2, hidden=8)
+    kwargs = {"num_samples": 2} if cls is models.IWAE else {}
+    model = cls(encoder, decoder, likelihood=likelihood, seed=0, **kwargs)
+    model.compile(optimizer="adam")
+    return model
+
+
+RANGE_ERROR = (
+    r"argument `{}`\. The \"bernoulli\" likelihood expects data in \[0, 1\]\."
+    r" Received: data with values in \[0, 255\]\. .*divide 8-bit pixels by 255"
+)
+
+
+@pytest.mark.parametrize("cls", [models.VAE, models.IWAE])
+def test_fit_refuses_pixels_outside_unit_interval(cls):
+    model = _support_model(cls)
+    pixels = binary_data(64) * 255.0
+    with pytest.raises(ValueError, match=RANGE_ERROR.format("x")):
+        model.fit(pixels, epochs=1, batch_size=32, verbose=0)
+    with pytest.raises(ValueError, match=RANGE_ERROR.format("x")):
+        model.evaluate(pixels, batch_size=32, verbose=0)
+    # uint8 data, as loaded by load_mnist(normalize=False).
+    with pytest.raises(ValueError, match=RANGE_ERROR.format("x")):
+        model.fit(pixels.astype("uint8"), epochs=1, batch_size=32, verbose=0)
+
+
+def test_fit_refuses_a_later_batch_and_validation_data():
+    model = _support_model()
+    x = binary_data(64)
+    # Only the last batch is out of range: found at the end of the epoch.
+    mixed = np.concatenate([x, x[:32] * 255.0])
+    with pytest.raises(ValueError, match=RANGE_ERROR.format("x")):
+        model.fit(mixed, epochs=1, batch_size=32, shuffle=False, verbose=0)
+    with pytest.raises(ValueError, match=RANGE_ERROR.format("validation_data")):
+        model.fit(
+            x, validation_data=(x * 255.0,), epochs=1, batch_size=32, verbose=0
+        )
+
+    # A tf.data-free generator-like input: a keras.utils.PyDataset.
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            return (x[:32] * (255.0 if index else 1.0),)
+
+    with pytest.raises(ValueError, match=RANGE_ERROR.format("x")):
+        model.fit(Batches(), epochs=1, verbose=0)
+
+
+def test_data_in_range_trains_and_logs_no_extra_key():
+    model = _support_model()
+    x = binary_data(64)
+    # Fractional values in [0, 1], both ends included, are valid data.
+    x[0, 0], x[1, 0] = 0.25, 1.0
+    history = model.fit(x, validation_data=(x,), epochs=2, verbose=0)
+    assert set(history.history) == {
+        "loss",
+        "reconstruction_loss",
+        "kl",
+        "val_loss",
+        "val_reconstruction_loss",
+        "val_kl",
+    }
+    assert set(model.evaluate(x, verbose=0, return_dict=True)) == {
+        "loss",
+        "reconstruction_loss",
+        "kl",
+    }
+
+
+def test_gaussian_accepts_any_range():
+    model = _support_model(likelihood="gaussian")
+    model.fit(binary_data(64) * 255.0, epochs=1, verbose=0)
+    model.evaluate(binary_data(64) * -3.0, verbose=0)
+
+
+def test_log_likelihood_refuses_data_outside_support():
+    model = _support_model()
+    with pytest.raises(ValueError, match=RANGE_ERROR.format("x")):
+        model.log_likelihood(binary_data(8) * 255.0, num_samples=2, verbose=0)
+
+
+# -- compile(loss=...) (issue #26) --------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [models.VAE, models.IWAE])
+@pytest.mark.parametrize("call", ["keyword", "positional"])
+def test_compile_refuses_a_loss(cls, call):
+    model = _support_model(cls)
+    args, kwargs = (
+        (("adam", "mse"), {})
+        if call == "positional"
+        else (
+            ("adam",),
+            {"loss": "mse"},
+        )
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"argument `loss`\. `{cls.__name__}` trains on its own "
+        r"objective .*Received: loss='mse'",
+    ):
+        model.compile(*args, **kwargs)

@@ -1,5 +1,7 @@
 """Tests for `keras_vib.prediction.predict_mc` (Monte Carlo prediction)."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -166,3 +168,33 @@ def test_model_without_bottleneck():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="stochastic bottleneck"):
         kv.prediction.predict_mc(model, np.zeros((2, 3), "float32"))
+
+
+# -- messages (issue #26) ------------------------------------------------------
+
+
+def test_nested_list_is_one_array():
+    model, _ = _linear_model()
+    rows = [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    expected = kv.prediction.predict_mc(
+        model, np.array(rows, "float32"), num_samples=4, seed=1
+    )
+    np.testing.assert_array_equal(
+        kv.prediction.predict_mc(model, rows, num_samples=4, seed=1), expected
+    )
+    np.testing.assert_array_equal(
+        kv.prediction.predict_rate(model, rows),
+        kv.prediction.predict_rate(model, np.array(rows, "float32")),
+    )
+
+
+@pytest.mark.parametrize("shape", [(32, 19), (FEATURES,)])
+def test_wrong_input_shape_names_the_users_shape(shape):
+    model, _ = _linear_model()
+    x = np.zeros(shape, "float32")
+    with pytest.raises(
+        ValueError,
+        match=rf"argument `x`\. Expected inputs of shape \(None, {FEATURES}\)"
+        rf".*Received: x with shape {re.escape(str(shape))}$",
+    ):
+        kv.prediction.predict_mc(model, x, num_samples=12)

@@ -22,7 +22,8 @@ class IWAE(LatentVariableModel):
     `fit`/`evaluate` log `loss`, `iwae_bound` (the mean bound, nats; equal to
     `-loss` unless the networks add losses of their own) and `kl` (the
     closed-form KL(q(z|x) || N(0, I)) in nats, a diagnostic), with `val_`
-    versions.
+    versions. As in `VAE`, `compile` takes no `loss` (a `ValueError`), and
+    data outside the likelihood's support raises a `ValueError`.
 
     Args:
         encoder: a `keras.Model` mapping x to `(z_mean, z_log_var)`.
@@ -82,6 +83,8 @@ class IWAE(LatentVariableModel):
         self.gradient_estimator = gradient_estimator
         self.iwae_bound_tracker = keras.metrics.Mean(name="iwae_bound")
         self.kl_tracker = keras.metrics.Mean(name="kl")
+
+    _objective_name = "the negative k-sample bound"
 
     def _loss(self, x, forward, sample_weight, training):
         z_mean, z_log_var = forward["z_mean"], forward["z_log_var"]

@@ -1,8 +1,10 @@
 """`LatentVariableModel`: what `VAE` and `IWAE` share (x -> z -> x)."""
 
+import inspect
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_vib import _compat
@@ -84,6 +86,124 @@ def _activation_of(operation):
     return None, None
 
 
+class _DataRange(keras.metrics.Metric):
+    """The smallest and largest data value seen since the last reset.
+
+    A metric, so that its variables are updated inside compiled train and
+    test steps on every backend; `result` is empty, so it is not logged.
+    `_DataRangeCheck` reads it to refuse data outside the likelihood's
+    support.
+    """
+
+    def __init__(self, name="data_range", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.low = self.add_variable(
+            shape=(),
+            initializer=keras.initializers.Constant(np.inf),
+            dtype="float32",
+            aggregation="only_first_replica",
+            name="low",
+        )
+        self.high = self.add_variable(
+            shape=(),
+            initializer=keras.initializers.Constant(-np.inf),
+            dtype="float32",
+            aggregation="only_first_replica",
+            name="high",
+        )
+
+    def update_state(self, x):
+        x = ops.cast(x, "float32")
+        self.low.assign(ops.minimum(self.low, ops.min(x)))
+        self.high.assign(ops.maximum(self.high, ops.max(x)))
+
+    def reset_state(self):
+        self.low.assign(np.inf)
+        self.high.assign(-np.inf)
+
+    def result(self):
+        return {}
+
+    def values(self):
+        """`(low, high)` as Python floats (`(inf, -inf)` before any data)."""
+        return (
+            float(ops.convert_to_numpy(self.low)),
+            float(ops.convert_to_numpy(self.high)),
+        )
+
+
+class _DataRangeCheck(keras.callbacks.Callback):
+    """Raises in `fit`/`evaluate` once data outside the support is seen.
+
+    It reads the model's `_DataRange` after the first batch of each epoch
+    (and of each evaluation), and at their ends: a few reads per epoch,
+    nothing per step.
+    """
+
+    def __init__(self, owner):
+        super().__init__()
+        self._owner = owner
+        self._training = False
+        self._checked_train = False
+        self._checked_test = False
+
+    def _check(self, argument):
+        owner = self._owner
+        # JAX keeps the state outside the variables during a loop.
+        sync = getattr(owner, "jax_state_sync", None)
+        if sync is not None:
+            sync()
+        low, high = owner._data_range.values()
+        if low <= high or low != low or high != high:  # some data was seen
+            owner.likelihood.check_data_range(low, high, argument)
+
+    def on_train_begin(self, logs=None):
+        self._training = True
+
+    def on_train_end(self, logs=None):
+        self._training = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._checked_train = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self._checked_train:
+            self._checked_train = True
+            self._check("x")
+
+    def on_test_begin(self, logs=None):
+        self._checked_test = False
+        if self._training:  # the rest of this epoch's training data
+            self._check("x")
+
+    def on_test_batch_end(self, batch, logs=None):
+        if not self._checked_test:
+            self._checked_test = True
+            self._check(self._test_argument())
+
+    def on_test_end(self, logs=None):
+        self._check(self._test_argument())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check("x")
+
+    def _test_argument(self):
+        return "validation_data" if self._training else "x"
+
+
+def _with_callback(method, args, kwargs, callback):
+    """`(args, kwargs)` of `method` with `callback` added to `callbacks`."""
+    bound = inspect.signature(method).bind(None, *args, **kwargs)
+    callbacks = bound.arguments.get("callbacks")
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        # fit's validation calls evaluate with fit's own CallbackList.
+        if not any(isinstance(c, _DataRangeCheck) for c in callbacks.callbacks):
+            callbacks.append(callback)
+    else:
+        bound.arguments["callbacks"] = list(callbacks or []) + [callback]
+    return bound.args[1:], bound.kwargs
+
+
 class LatentVariableModel(SeedStateSavingMixin, keras.Model):
     """Base class of `VAE` and `IWAE`: x -> q(z|x) -> z -> p(x|z).
 
@@ -112,6 +232,7 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
         self.seed = check_seed("seed", seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
         self._latent_shape = None
+        self._data_range = _DataRange()
         self._check_networks()
         if encoder.built and decoder.built:
             self.built = True
@@ -190,6 +311,9 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
         """The loss from `x` and the forward-pass dict; updates metrics."""
         raise NotImplementedError
 
+    #: What the loss is, for messages.
+    _objective_name = "its own loss"
+
     def build(self, input_shape=None):
         if not self.encoder.built and input_shape is not None:
             self.encoder.build(input_shape)
@@ -224,8 +348,65 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
             forward.update(
                 self._training_forward(x, z_mean, z_log_var, training)
             )
+        if self.likelihood.support is not None:
+            self._data_range.update_state(x)
         loss = self._loss(x, forward, sample_weight, training)
         return _compat.scale_loss_for_distribution(loss)
+
+    def compile(self, *args, **kwargs):
+        """`keras.Model.compile` without `loss`: the model has its own.
+
+        The loss is the model's objective (the negative ELBO for `VAE`, the
+        negative k-sample bound for `IWAE`). A `loss` passed here would be
+        ignored, so it is refused with a `ValueError`.
+        """
+        bound = inspect.signature(keras.Model.compile).bind(
+            None, *args, **kwargs
+        )
+        loss = bound.arguments.get("loss")
+        if loss is not None:
+            raise ValueError(
+                "Invalid value received for argument `loss`. "
+                f"`{type(self).__name__}` trains on its own objective "
+                f"({self._objective_name}) and takes no `loss` in "
+                f"`compile`. Received: loss={loss!r}. Call "
+                "`compile(optimizer=...)` without it. To change the "
+                "reconstruction term, choose the likelihood instead: "
+                '`likelihood="gaussian"` is the squared error (halved, plus '
+                "a constant); `kv.likelihoods.Gaussian(variance=...)` sets "
+                "its scale. Extra terms can be added with `add_loss` in the "
+                "encoder or decoder."
+            )
+        return super().compile(*args, **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras skips this for a model with its own `compile`: do what it
+        # would, so that a loaded model comes back compiled.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`, refusing data outside the likelihood's support.
+
+        With a likelihood that has a `support` (`"bernoulli"`: data in
+        [0, 1]), the range of `x` (and of `validation_data`) is tracked in
+        the train step, and a `ValueError` is raised after the first batch
+        that falls outside it, or at the end of the epoch.
+        """
+        if self.likelihood.support is not None:
+            args, kwargs = _with_callback(
+                keras.Model.fit, args, kwargs, _DataRangeCheck(self)
+            )
+        return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        """`keras.Model.evaluate`, with the data range check of `fit`."""
+        if self.likelihood.support is not None:
+            args, kwargs = _with_callback(
+                keras.Model.evaluate, args, kwargs, _DataRangeCheck(self)
+            )
+        return super().evaluate(*args, **kwargs)
 
     def _loss_terms_from_layers(self):
         # Regularizers and add_loss() terms of the encoder and decoder.

@@ -174,6 +174,11 @@ def log_likelihood(
     check_verbose(verbose)
     x = np.asarray(x)
     check_num_examples("x", x)
+    if getattr(model.likelihood, "support", None) is not None and x.size:
+        # One pass over the data: nothing next to K decoder passes.
+        model.likelihood.check_data_range(
+            float(np.min(x)), float(np.max(x)), "x"
+        )
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     seed = seed % (2**32)

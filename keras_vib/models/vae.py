@@ -36,7 +36,13 @@ class VAE(LatentVariableModel):
     with `z_mean`, `z_log_var` and `decoder_outputs` (of one sample
     z ~ q(z|x)); Keras passes it to `compute_loss` as `y_pred`.
 
-    `fit(x)` takes no targets: passing `y` raises a `ValueError`.
+    `fit(x)` takes no targets: passing `y` raises a `ValueError`. The loss
+    is the model's own: `compile(optimizer=...)` refuses a `loss` argument
+    with a `ValueError` (the reconstruction term is set by `likelihood`;
+    `"gaussian"` is the squared error up to scale and a constant). Data
+    outside the likelihood's support (for `"bernoulli"`, values outside
+    [0, 1] such as 0-255 pixels) raises a `ValueError` in `fit`, `evaluate`
+    and `log_likelihood`.
 
     Args:
         encoder: a `keras.Model` mapping x to `(z_mean, z_log_var)`, two
@@ -122,6 +128,8 @@ class VAE(LatentVariableModel):
             name="reconstruction_loss"
         )
         self.kl_tracker = keras.metrics.Mean(name="kl")
+
+    _objective_name = "the negative ELBO, reconstruction + kl_weight * KL"
 
     # -- the bottleneck interface (see keras_vib.surgery.find_bottlenecks) --
 
