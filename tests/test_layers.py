@@ -390,8 +390,10 @@ def test_gaussian_bottleneck_needs_a_known_feature_dimension():
 @pytest.mark.parametrize("symbolic", [False, True])
 def test_one_input_instead_of_two(symbolic):
     z_mean = keras.Input((3,)) if symbolic else MEAN
-    with pytest.raises(ValueError, match="argument `inputs`"):
+    with pytest.raises(ValueError, match="argument `inputs`.*GaussianBottl"):
         kv.layers.VIB()(z_mean)
+    with pytest.raises(ValueError, match="use `keras_vib.layers.Gaussian"):
+        keras.Sequential([keras.Input((3,)), kv.layers.VIB()])
     with pytest.raises(ValueError, match="argument `inputs`"):
         kv.layers.Sampling()([z_mean, z_mean, z_mean])
 
