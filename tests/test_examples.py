@@ -90,6 +90,7 @@ def test_no_tutorial_edits_sys_path():
                 assert "sys.path" not in f.read(), name
 
 
+@pytest.mark.large
 @tensorflow_only
 def test_quickstart(tmp_path):
     out = run_tutorial("quickstart.py", tmp_path)
@@ -99,6 +100,7 @@ def test_quickstart(tmp_path):
     assert 0.0 <= vib[1] <= 1.0 and vib[2] > 0.0  # test accuracy, KL
 
 
+@pytest.mark.large
 @tensorflow_only
 @needs_data
 def test_imdb_cnn_vib(tmp_path):
@@ -110,6 +112,7 @@ def test_imdb_cnn_vib(tmp_path):
     assert floats_after("KL of the VIB head:", out)[0] > 0.0
 
 
+@pytest.mark.large
 @needs_data
 def test_mnist_vib(tmp_path):
     out = run_tutorial("mnist_vib.py", tmp_path)
@@ -120,6 +123,7 @@ def test_mnist_vib(tmp_path):
     assert 0.0 <= right <= 0.5 and 0.0 <= wrong <= 0.5
 
 
+@pytest.mark.large
 @needs_data
 def test_vae_iwae_mnist(tmp_path):
     out = run_tutorial("vae_iwae_mnist.py", tmp_path)
@@ -130,6 +134,7 @@ def test_vae_iwae_mnist(tmp_path):
         assert 0.0 < nll < 784 * 0.6932 and stderr > 0.0
 
 
+@pytest.mark.large
 @tensorflow_only
 @needs_data
 def test_kl_weight(tmp_path):
@@ -143,6 +148,7 @@ def test_kl_weight(tmp_path):
         assert rate >= 0.0 and 0.0 <= accuracy <= 1.0
 
 
+@pytest.mark.large
 @tensorflow_only
 def test_uncertainty(tmp_path):
     # The smoke run uses synthetic digits: it needs no data.
@@ -157,6 +163,7 @@ def test_uncertainty(tmp_path):
     assert served and served == local
 
 
+@pytest.mark.large
 @tensorflow_only
 def test_insert_bottleneck(tmp_path):
     out = run_tutorial("insert_bottleneck.py", tmp_path)
@@ -172,6 +179,7 @@ def test_insert_bottleneck(tmp_path):
     assert tuned[2] > 0.0  # the KL, in nats
 
 
+@pytest.mark.large
 @tensorflow_only
 def test_keras_io_vae_port(tmp_path):
     # The smoke run uses synthetic images: it needs no data.
