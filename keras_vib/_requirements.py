@@ -7,7 +7,7 @@ call); refusing it at import names the version to install instead.
 import re
 
 #: The oldest Keras release the test suite passes on (also in setup.cfg).
-MIN_KERAS_VERSION = "3.11.0"
+MIN_KERAS_VERSION = "3.15.0"
 
 
 def _release(version):
