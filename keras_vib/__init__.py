@@ -24,20 +24,27 @@ One public path per symbol:
   work offline (`KERAS_VIB_DATA`).
 """
 
-from keras_vib import _deprecation
-from keras_vib import callbacks
-from keras_vib import datasets
-from keras_vib import export
-from keras_vib import layers
-from keras_vib import likelihoods
-from keras_vib import losses
-from keras_vib import metrics
-from keras_vib import models
-from keras_vib import ops
-from keras_vib import prediction
-from keras_vib import schedules
-from keras_vib import surgery
-from keras_vib import uncertainty
+import keras
+
+from keras_vib import _requirements
+
+# Before any submodule: an unsupported Keras gets one clear message.
+_requirements.check_keras_version(keras.__version__)
+
+from keras_vib import _deprecation  # noqa: E402
+from keras_vib import callbacks  # noqa: E402
+from keras_vib import datasets  # noqa: E402
+from keras_vib import export  # noqa: E402
+from keras_vib import layers  # noqa: E402
+from keras_vib import likelihoods  # noqa: E402
+from keras_vib import losses  # noqa: E402
+from keras_vib import metrics  # noqa: E402
+from keras_vib import models  # noqa: E402
+from keras_vib import ops  # noqa: E402
+from keras_vib import prediction  # noqa: E402
+from keras_vib import schedules  # noqa: E402
+from keras_vib import surgery  # noqa: E402
+from keras_vib import uncertainty  # noqa: E402
 
 __version__ = "0.2.0.dev0"
 

@@ -1,5 +1,10 @@
 """Shared pytest helpers for keras_vib's tests, on every Keras backend.
 
+Tiers: the default run is the unit and contract tier. Tests that start
+scripts, subprocesses or several processes carry `@pytest.mark.large` and
+run with `-m large` (`.ci/run` does); `large(backends=(...))` runs a test
+only on the backends where it means something and skips it elsewhere.
+
 Fixtures:
     backend: the name of the running Keras backend.
     (autouse) every test starts from the same global seed and leaves the
@@ -22,6 +27,16 @@ if keras.backend.backend() == "torch":
     # The tests use tiny tensors; torch's thread pool only spins against the
     # other processes on a shared CPU (a 20-step fit took 22 s, not 0.5 s).
     torch.set_num_threads(1)
+
+
+def pytest_runtest_setup(item):
+    mark = item.get_closest_marker("large")
+    backends = mark.kwargs.get("backends") if mark else None
+    if backends and keras.backend.backend() not in backends:
+        pytest.skip(
+            f"large tier: runs on {' and '.join(backends)} only "
+            "(its result does not depend on the backend)"
+        )
 
 
 @pytest.fixture

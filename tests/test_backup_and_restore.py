@@ -27,6 +27,8 @@ import keras
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.large
+
 BACKEND = keras.backend.backend()
 
 _SCRIPT = textwrap.dedent(

@@ -188,6 +188,7 @@ def test_integer_inputs_name_the_argument():
         kv.layers.VIB()([np.zeros((2, 3), "int32"), np.zeros((2, 3), "int32")])
 
 
+@pytest.mark.large(backends=("tensorflow",))
 def test_loading_without_importing_keras_vib_fails_and_importing_fixes_it(
     tmp_path,
 ):

@@ -49,6 +49,7 @@ def _run(script, section, tmp_path, *args):
     return body
 
 
+@pytest.mark.large
 def test_vib_overhead_smoke(tmp_path):
     body = _run(
         "vib_overhead.py",
@@ -66,6 +67,7 @@ def test_vib_overhead_smoke(tmp_path):
     assert "(a) keras_vib VIB" in body and "(b) floor" in body
 
 
+@pytest.mark.large
 def test_iwae_scaling_smoke(tmp_path):
     # torch.compile is opt-in (slow to compile), so torch runs eager here.
     jit = "off" if BACKEND == "torch" else "on"
@@ -93,6 +95,7 @@ def test_iwae_scaling_smoke(tmp_path):
     assert "MALLOC_TRIM_THRESHOLD_" in body
 
 
+@pytest.mark.large
 def test_loglik_smoke(tmp_path):
     body = _run(
         "loglik.py",
@@ -118,6 +121,7 @@ def test_loglik_smoke(tmp_path):
     assert "peak RSS" in body
 
 
+@pytest.mark.large
 def test_profile_vib_smoke(tmp_path):
     body = _run(
         "profile_vib.py",
@@ -149,6 +153,7 @@ def test_profile_vib_smoke(tmp_path):
         assert (d_cell == "n/a") == (BACKEND == "jax"), row
 
 
+@pytest.mark.large
 def test_repro_jax_layer_metric_shows_what_the_docs_say():
     """The reproduction behind `VIB`'s running sums (and the JAX n/a in
     profile_vib): a `Mean` updated in a layer's `call` logs the right value

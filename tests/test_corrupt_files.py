@@ -94,10 +94,12 @@ def test_saved_model_without_variables_file_raises(tmp_path, missing):
 
 
 def test_truncated_onnx_file_raises(tmp_path):
+    onnx_extra = "needs the onnx extra: pip install -e '.[onnx]'"
     pytest.importorskip(
-        {"tensorflow": "tf2onnx", "jax": "jax2onnx", "torch": "onnx"}[BACKEND]
+        {"tensorflow": "tf2onnx", "jax": "jax2onnx", "torch": "onnx"}[BACKEND],
+        reason=onnx_extra,
     )
-    ort = pytest.importorskip("onnxruntime")
+    ort = pytest.importorskip("onnxruntime", reason=onnx_extra)
     path = tmp_path / "model.onnx"
     kv_export.classifier(_model(), path, format="onnx")
     ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

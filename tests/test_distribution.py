@@ -20,6 +20,8 @@ import textwrap
 import keras
 import pytest
 
+pytestmark = pytest.mark.large
+
 BACKEND = keras.backend.backend()
 
 _SCRIPT = textwrap.dedent(

@@ -53,7 +53,10 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api",
+        reason="needs the docs extra: pip install -e '.[docs]'",
+    )
     if not os.path.exists(CHROMIUM):
         pytest.skip("needs Debian's chromium: apt-get install -y chromium")
     with sync_api.sync_playwright() as playwright:

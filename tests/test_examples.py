@@ -1,4 +1,8 @@
-"""Runs every tutorial in `examples/` with `--smoke`, in a subprocess.
+"""Runs every tutorial in `examples/` with `--smoke` (the large tier).
+
+The tutorials run in this process (`runpy`), which spares each one a fresh
+interpreter and TensorFlow import; the quickstart also runs in a subprocess,
+which checks that a reader sees no TensorFlow start-up noise.
 
 A smoke run trains for an epoch or two on a slice of the real data, so these
 tests check that each tutorial runs top to bottom, prints sane numbers and
@@ -10,6 +14,7 @@ on TensorFlow only, to keep the suite fast.
 
 import os
 import re
+import runpy
 import subprocess
 import sys
 
@@ -67,15 +72,31 @@ def run_tutorial(script, tmp_path, timeout=600):
     assert proc.returncode == 0, (
         f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     )
-    match = re.search(r"Figure written to (\S+)", proc.stdout)
-    assert match, proc.stdout
+    # TensorFlow's start-up noise is hidden.
+    assert "cuInit" not in proc.stderr and "absl::" not in proc.stderr
+    return check_figure(proc.stdout, tmp_path)
+
+
+def run_in_process(script, tmp_path, monkeypatch, capsys):
+    """Run `script --smoke` here, as `python script` would, in `tmp_path`."""
+    monkeypatch.chdir(tmp_path)
+    argv = [script, "--smoke", "--figure-dir", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    if data_dir():
+        monkeypatch.setenv("KERAS_VIB_DATA", data_dir())
+    capsys.readouterr()
+    runpy.run_path(os.path.join(EXAMPLES, script), run_name="__main__")
+    return check_figure(capsys.readouterr().out, tmp_path)
+
+
+def check_figure(stdout, tmp_path):
+    match = re.search(r"Figure written to (\S+)", stdout)
+    assert match, stdout
     figure = match.group(1)
     with open(figure, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.dirname(os.path.abspath(figure)) == str(tmp_path)
-    # TensorFlow's start-up noise is hidden.
-    assert "cuInit" not in proc.stderr and "absl::" not in proc.stderr
-    return proc.stdout
+    return stdout
 
 
 def floats_after(label, text):
@@ -90,6 +111,7 @@ def test_no_tutorial_edits_sys_path():
                 assert "sys.path" not in f.read(), name
 
 
+@pytest.mark.large
 @tensorflow_only
 def test_quickstart(tmp_path):
     out = run_tutorial("quickstart.py", tmp_path)
@@ -99,10 +121,11 @@ def test_quickstart(tmp_path):
     assert 0.0 <= vib[1] <= 1.0 and vib[2] > 0.0  # test accuracy, KL
 
 
+@pytest.mark.large
 @tensorflow_only
 @needs_data
-def test_imdb_cnn_vib(tmp_path):
-    out = run_tutorial("imdb_cnn_vib.py", tmp_path)
+def test_imdb_cnn_vib(tmp_path, monkeypatch, capsys):
+    out = run_in_process("imdb_cnn_vib.py", tmp_path, monkeypatch, capsys)
     det = floats_after("deterministic", out)
     vib = floats_after("vib", out)
     assert len(det) == 2 and len(vib) == 3  # val, (MC), test
@@ -110,9 +133,10 @@ def test_imdb_cnn_vib(tmp_path):
     assert floats_after("KL of the VIB head:", out)[0] > 0.0
 
 
+@pytest.mark.large
 @needs_data
-def test_mnist_vib(tmp_path):
-    out = run_tutorial("mnist_vib.py", tmp_path)
+def test_mnist_vib(tmp_path, monkeypatch, capsys):
+    out = run_in_process("mnist_vib.py", tmp_path, monkeypatch, capsys)
     for label in ("  deterministic", "  VIB, mean of z", "  VIB, 12 samples"):
         (error,) = floats_after(label, out)
         assert 0.0 <= error <= 100.0
@@ -120,9 +144,10 @@ def test_mnist_vib(tmp_path):
     assert 0.0 <= right <= 0.5 and 0.0 <= wrong <= 0.5
 
 
+@pytest.mark.large
 @needs_data
-def test_vae_iwae_mnist(tmp_path):
-    out = run_tutorial("vae_iwae_mnist.py", tmp_path)
+def test_vae_iwae_mnist(tmp_path, monkeypatch, capsys):
+    out = run_in_process("vae_iwae_mnist.py", tmp_path, monkeypatch, capsys)
     for label in ("VAE ", "IWAE, k=5 "):
         nll, stderr = floats_after(label, out)[:2]
         # A Bernoulli NLL of 784 pixels after one epoch on 1,000 images:
@@ -130,10 +155,11 @@ def test_vae_iwae_mnist(tmp_path):
         assert 0.0 < nll < 784 * 0.6932 and stderr > 0.0
 
 
+@pytest.mark.large
 @tensorflow_only
 @needs_data
-def test_kl_weight(tmp_path):
-    out = run_tutorial("kl_weight.py", tmp_path)
+def test_kl_weight(tmp_path, monkeypatch, capsys):
+    out = run_in_process("kl_weight.py", tmp_path, monkeypatch, capsys)
     rate_small, _ = floats_after("kl_weight 0.1 ", out)
     rate_large, _ = floats_after("kl_weight 1 ", out)
     # A ten times larger weight on the KL gives a smaller KL.
@@ -143,10 +169,11 @@ def test_kl_weight(tmp_path):
         assert rate >= 0.0 and 0.0 <= accuracy <= 1.0
 
 
+@pytest.mark.large
 @tensorflow_only
-def test_uncertainty(tmp_path):
+def test_uncertainty(tmp_path, monkeypatch, capsys):
     # The smoke run uses synthetic digits: it needs no data.
-    out = run_tutorial("uncertainty.py", tmp_path)
+    out = run_in_process("uncertainty.py", tmp_path, monkeypatch, capsys)
     for name in ("MNIST test", "Fashion-MNIST", "uniform noise"):
         assert floats_after(f"rate on {name}:", out)[0] >= 0.0
     accuracy, ece = floats_after("test accuracy", out)
@@ -166,9 +193,10 @@ def test_uncertainty(tmp_path):
         assert 0.0 <= auroc <= 1.0 and 0.0 <= tpr <= 1.0
 
 
+@pytest.mark.large
 @tensorflow_only
-def test_insert_bottleneck(tmp_path):
-    out = run_tutorial("insert_bottleneck.py", tmp_path)
+def test_insert_bottleneck(tmp_path, monkeypatch, capsys):
+    out = run_in_process("insert_bottleneck.py", tmp_path, monkeypatch, capsys)
     # The inserted bottleneck starts as the identity on the mean, and the
     # deployed model (bottleneck removed) predicts what the bottleneck
     # model predicts at inference (differences printed as `1.2e-07`).
@@ -181,10 +209,11 @@ def test_insert_bottleneck(tmp_path):
     assert tuned[2] > 0.0  # the KL, in nats
 
 
+@pytest.mark.large
 @tensorflow_only
-def test_keras_io_vae_port(tmp_path):
+def test_keras_io_vae_port(tmp_path, monkeypatch, capsys):
     # The smoke run uses synthetic images: it needs no data.
-    out = run_tutorial("keras_io_vae_port.py", tmp_path)
+    out = run_in_process("keras_io_vae_port.py", tmp_path, monkeypatch, capsys)
     assert "test ELBO" in out and "log-likelihood estimate" in out
     assert "reconstructs the same: True" in out
     for name in ("latent_grid", "clusters"):

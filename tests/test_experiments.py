@@ -93,6 +93,7 @@ def run_example(script, *args, timeout=600):
     return proc.stdout
 
 
+@pytest.mark.large
 def test_imdb_smoke(tmp_path):
     out_json = tmp_path / "imdb.json"
     figure = tmp_path / "imdb.png"
@@ -144,6 +145,7 @@ def test_imdb_smoke(tmp_path):
 @pytest.mark.parametrize(
     "baseline", [False, pytest.param(True, marks=tensorflow_only)]
 )
+@pytest.mark.large
 def test_mnist_vib_smoke(tmp_path, baseline):
     out_json = tmp_path / "mnist.json"
     args = ["--smoke", "--json", str(out_json)] + (
@@ -183,6 +185,7 @@ def _check_results(results, name, k_line, out, tmp_path):
         assert 0 < size < 300_000
 
 
+@pytest.mark.large
 def test_vae_smoke(tmp_path):
     out_json = tmp_path / "vae.json"
     out = run_example(
@@ -198,6 +201,7 @@ def test_vae_smoke(tmp_path):
     assert "reconstruction_loss" in results["history"]
 
 
+@pytest.mark.large
 def test_iwae_smoke(tmp_path):
     out_json = tmp_path / "iwae.json"
     ckpt = tmp_path / "ckpt"
@@ -320,6 +324,7 @@ def test_tile_layout():
     assert np.all(grid[0] == 255) and np.all(grid[:, 29] == 255)
 
 
+@pytest.mark.large
 def test_mnist_uncertainty_smoke(tmp_path):
     # Runs on every backend: the attacks take gradients with each backend's
     # own autodiff (tf.GradientTape, jax.grad, torch.autograd).

@@ -227,6 +227,7 @@ def served(exported):
 TOL = 1e-5
 
 
+@pytest.mark.large
 @needs_export_backend
 def test_classifier_endpoints_reproduce_keras(exported, served):
     assert exported["classifier_endpoints"] == ["serve", "serve_mc"]
@@ -239,6 +240,7 @@ def test_classifier_endpoints_reproduce_keras(exported, served):
     assert served["serve_mc"] < TOL
 
 
+@pytest.mark.large
 @needs_export_backend
 def test_serving_is_deterministic_and_stateless(served):
     # 100 repeated calls: bit-identical, even though the model samples at
@@ -248,12 +250,14 @@ def test_serving_is_deterministic_and_stateless(served):
     assert served["serve_mc_repeat"] == 0.0
 
 
+@pytest.mark.large
 @needs_export_backend
 def test_monte_carlo_endpoint_draws_depend_on_seed(served):
     assert served["serve_mc_other_seed"] > 1e-3
     assert served["serve_mc_spread"] > 1e-4
 
 
+@pytest.mark.large
 @needs_export_backend
 def test_vae_endpoints_reproduce_keras(exported, served):
     if "vae" not in exported:
@@ -283,6 +287,7 @@ def test_vae_endpoints_reproduce_keras(exported, served):
     "artifact format does not depend on the exporting backend, whose "
     "artifacts the TF-only loader checks on every export backend",
 )
+@pytest.mark.large
 def test_saved_model_cli_lists_and_runs_endpoints(exported, tmp_path):
     cli = _saved_model_cli()
     shown = _run(

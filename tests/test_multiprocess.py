@@ -24,6 +24,8 @@ import pytest
 from helpers import free_port
 from helpers import wait_all
 
+pytestmark = pytest.mark.large
+
 BACKEND = keras.backend.backend()
 TIMEOUT = 900
 # The workers import this checkout's keras_vib, not an installed one.
@@ -161,7 +163,7 @@ def jax_runs(tmp_path_factory):
             "multi-process `fit` through keras.distribution is the JAX "
             "backend's route (see docs/scaling_out.md for the others)"
         )
-    pytest.importorskip("jax")
+    pytest.importorskip("jax", reason="needs the jax extra")
     work = tmp_path_factory.mktemp("jax_multiprocess")
     script = work / "worker.py"
     script.write_text(_WORKER)

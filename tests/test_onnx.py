@@ -18,12 +18,14 @@ import pytest
 import keras_vib as kv
 from keras_vib import export as kv_export
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.large
+ONNX_EXTRA = "needs the onnx extra: pip install -e '.[onnx]'"
+pytest.importorskip("onnx", reason=ONNX_EXTRA)
+pytest.importorskip("onnxruntime", reason=ONNX_EXTRA)
 
 BACKEND = keras.backend.backend()
 _CONVERTER = {"tensorflow": "tf2onnx", "jax": "jax2onnx", "torch": "onnx"}
-pytest.importorskip(_CONVERTER[BACKEND])
+pytest.importorskip(_CONVERTER[BACKEND], reason=ONNX_EXTRA)
 
 FEATURES, LATENT, CLASSES = 6, 3, 4
 BATCHES = (1, 5, 64)

@@ -252,6 +252,7 @@ def _run_tf_only(reference, path, tmp_path):
     return json.loads(line[len("RESULT") :])
 
 
+@pytest.mark.large
 @needs_export_backend
 def test_exported_rate_equals_in_process_rate(tmp_path):
     model, _ = make_vib_model(latent=3)
@@ -274,6 +275,7 @@ def test_exported_rate_equals_in_process_rate(tmp_path):
     assert "serve_rate" in result["signatures"]
 
 
+@pytest.mark.large
 @needs_export_backend
 def test_exported_rate_of_several_bottlenecks(tmp_path):
     inputs = keras.Input((6,))

@@ -4,6 +4,8 @@ The snippets run as they stand, in order, in one namespace, as a reader
 would paste them, in a fresh folder.
 """
 
+import configparser
+import glob
 import os
 import re
 
@@ -25,6 +27,40 @@ def test_starts_with_the_two_set_up_commands():
     ]
     # Nothing but the title comes before them.
     assert README.index("```bash") == README.index("\n\n") + 2
+
+
+def _setup_cfg():
+    config = configparser.ConfigParser()
+    config.read(os.path.join(ROOT, "setup.cfg"))
+    return config
+
+
+def _test_section():
+    return README.split("\n## Tests\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_test_section_names_every_tier():
+    markers = _setup_cfg()["tool:pytest"]["markers"].strip().splitlines()
+    names = [re.match(r"\s*(\w+)", line).group(1) for line in markers]
+    assert sorted(names) == ["browser", "large", "slow"]
+    section = _test_section()
+    for name in names:
+        assert f"python -m pytest -m {name}" in section, name
+    # The default tier is the README's own test command.
+    assert "`python -m pytest -q`, the default tier" in section
+
+
+def test_skip_reasons_name_extras_that_exist_and_are_documented():
+    extras = set(_setup_cfg()["options.extras_require"])
+    named = set()
+    for path in glob.glob(os.path.join(ROOT, "tests", "*.py")):
+        with open(path, encoding="utf-8") as f:
+            named |= set(re.findall(r"needs the (\w+) extra", f.read()))
+    assert named, "no skip reason names an extra"
+    assert named <= extras, named - extras
+    section = _test_section()
+    for extra in named:
+        assert f"`{extra}` extra" in section, extra
 
 
 def test_no_tooling_markers():

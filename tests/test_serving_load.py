@@ -25,6 +25,7 @@ SCRIPT = os.path.join(ROOT, "benchmarks", "serving_load.py")
     "(tests/test_export.py and tests/test_onnx.py check every exporting "
     "backend); the load test runs once, with the TensorFlow backend",
 )
+@pytest.mark.large
 def test_serving_load_short_form():
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
     env["PYTHONPATH"] = os.pathsep.join(

@@ -34,6 +34,8 @@ from helpers import assert_whole_batch_noise_differs
 from helpers import free_port
 from helpers import run_replica_script
 
+pytestmark = pytest.mark.large
+
 BACKEND = keras.backend.backend()
 TIMEOUT = 300
 

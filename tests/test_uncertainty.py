@@ -214,6 +214,7 @@ def test_reliability_diagram():
     plt.close(ax.figure)
 
 
+@pytest.mark.large
 def test_no_sklearn_or_matplotlib_at_import():
     import subprocess
 
