@@ -344,6 +344,7 @@ def test_mnist_uncertainty_smoke(tmp_path):
         assert all(0.0 <= a <= 1.0 for a in accuracies.values())
 
 
+@pytest.mark.large(backends=("tensorflow",))
 def test_mnist_typicality_smoke(tmp_path):
     out_dir = tmp_path / "typicality"
     out = run_example(
