@@ -495,12 +495,6 @@ def test_typicality_with_a_mixture_prior():
     assert np.all(scores >= 0)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the MixturePrior rate is a Monte Carlo estimate drawn from the "
-    "prior's seed generator; deterministic per input once the core change "
-    "to `_rate.py` lands",
-)
 def test_typicality_with_a_mixture_prior_is_deterministic():
     model = _mixture_model()
     scorer = kv.uncertainty.TypicalityScorer().fit(model, _inputs(200, 14))
