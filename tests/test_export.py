@@ -20,7 +20,7 @@ import pytest
 import keras_vib as kv
 from keras_vib import _monte_carlo
 from keras_vib import export as kv_export
-from keras_vib.export import export_utils
+from keras_vib.export import _export_utils
 
 BACKEND = keras.backend.backend()
 needs_export_backend = pytest.mark.skipif(
@@ -396,7 +396,7 @@ def test_rate_endpoint_serves_extra_scores():
     # The hook for one more served output: its name comes after the rates
     # and its value is computed from them in the same forward pass.
     model = _classifier()
-    endpoint = export_utils.rate_endpoint(
+    endpoint = _export_utils.rate_endpoint(
         model, None, scores={"twice": lambda rates: 2.0 * rates[0]}
     )
     assert endpoint.outputs == ("output", "rate", "twice")

@@ -267,7 +267,7 @@ def test_expm1_lowering_keeps_relative_accuracy():
     import onnx
     import onnxruntime as ort
 
-    from keras_vib.export.onnx import _lower_expm1
+    from keras_vib.export._onnx import _lower_expm1
 
     make = onnx.helper.make_tensor_value_info
     graph = onnx.helper.make_graph(

@@ -14,11 +14,11 @@ chosen with `format=`, as in `keras.Model.export`:
 
 from keras_vib import _deprecation
 from keras_vib._validation import check_choice
-from keras_vib.export import export_utils
-from keras_vib.export import onnx
-from keras_vib.export import saved_model
-from keras_vib.export.onnx import ONNX_BACKENDS
-from keras_vib.export.saved_model import SUPPORTED_BACKENDS
+from keras_vib.export import _export_utils
+from keras_vib.export import _onnx
+from keras_vib.export import _saved_model
+from keras_vib.export._onnx import ONNX_BACKENDS
+from keras_vib.export._saved_model import SUPPORTED_BACKENDS
 
 #: The values of the `format` argument.
 FORMATS = ("tf_saved_model", "onnx")
@@ -26,7 +26,7 @@ FORMATS = ("tf_saved_model", "onnx")
 
 def _writer(format):
     check_choice("format", format, FORMATS)
-    return {"tf_saved_model": saved_model.write, "onnx": onnx.write}[format]
+    return {"tf_saved_model": _saved_model.write, "onnx": _onnx.write}[format]
 
 
 def classifier(
@@ -72,7 +72,7 @@ def classifier(
     ['serve', 'serve_mc']
     """
     write = _writer(format)
-    endpoints = export_utils.classifier_endpoints(
+    endpoints = _export_utils.classifier_endpoints(
         model, input_signature, num_samples
     )
     return write(model, endpoints, filepath, verbose)
@@ -119,10 +119,10 @@ def classifier_with_rate(
     ['serve', 'serve_rate']
     """
     write = _writer(format)
-    endpoints = export_utils.classifier_endpoints(
+    endpoints = _export_utils.classifier_endpoints(
         model, input_signature, num_samples
     )
-    endpoints.append(export_utils.rate_endpoint(model, input_signature))
+    endpoints.append(_export_utils.rate_endpoint(model, input_signature))
     return write(model, endpoints, filepath, verbose)
 
 
@@ -173,7 +173,7 @@ def vae(
     ['encode', 'decode', 'generate']
     """
     write = _writer(format)
-    endpoints = export_utils.vae_endpoints(model, input_signature)
+    endpoints = _export_utils.vae_endpoints(model, input_signature)
     if format == "onnx":
         # ONNX cannot take a seed as an input: users draw z for `decode`.
         endpoints = [endpoint for endpoint in endpoints if not endpoint.seeded]

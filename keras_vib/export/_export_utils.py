@@ -1,5 +1,5 @@
 """Each artifact described once, as a list of `Endpoint`s, for the writers
-`saved_model.write` and `onnx.write`."""
+`_saved_model.write` and `_onnx.write`."""
 
 import dataclasses
 import os
