@@ -397,7 +397,7 @@ def test_rate_endpoint_serves_extra_scores():
     # and its value is computed from them in the same forward pass.
     model = _classifier()
     endpoint = _export_utils.rate_endpoint(
-        model, None, scores={"twice": lambda rates: 2.0 * rates[0]}
+        model, None, scores={"twice": lambda rates, output: 2.0 * rates[0]}
     )
     assert endpoint.outputs == ("output", "rate", "twice")
     x = np.random.default_rng(2).normal(size=(BATCH, FEATURES))
