@@ -393,13 +393,16 @@ def test_saved_model_path_that_is_a_file(tmp_path):
 
 
 def test_rate_endpoint_serves_extra_scores():
-    # The hook for one more served output: its name comes after the rates
-    # and its value is computed from them in the same forward pass.
+    # The hook for more served outputs: their names come after the rates
+    # and their values are computed from the rates and the output of the
+    # same forward pass.
     model = _classifier()
-    endpoint = _export_utils.rate_endpoint(
-        model, None, scores={"twice": lambda rates, output: 2.0 * rates[0]}
-    )
-    assert endpoint.outputs == ("output", "rate", "twice")
+    scores = {
+        "twice": lambda rates, output: 2.0 * rates[0],
+        "top": lambda rates, output: keras.ops.max(output, axis=-1),
+    }
+    endpoint = _export_utils.rate_endpoint(model, None, scores=scores)
+    assert endpoint.outputs == ("output", "rate", "twice", "top")
     x = np.random.default_rng(2).normal(size=(BATCH, FEATURES))
     x = x.astype("float32")
     served = endpoint.function(x)
@@ -407,6 +410,98 @@ def test_rate_endpoint_serves_extra_scores():
     assert np.ptp(rate) > 0
     np.testing.assert_allclose(_np(served["rate"]), rate, rtol=1e-6)
     np.testing.assert_allclose(_np(served["twice"]), 2 * rate, rtol=1e-6)
+    top = np.max(model.predict(x, verbose=0), axis=-1)
+    np.testing.assert_allclose(_np(served["top"]), top, rtol=1e-6)
+
+
+def _inputs(n, seed, shift=0.0):
+    x = np.random.default_rng(seed).normal(size=(n, FEATURES)) + shift
+    return x.astype("float32")
+
+
+def _fitted_scorer(model, use_entropy):
+    # Fitted on held-out inputs only; 120 >= MIN_FIT_EXAMPLES.
+    scorer = kv.uncertainty.TypicalityScorer(use_entropy=use_entropy)
+    return scorer.fit(model, _inputs(120, 11))
+
+
+def _scored_inputs():
+    # In-distribution inputs, then shifted and scaled ones: the score
+    # varies, and the entropy term can dominate.
+    return np.concatenate(
+        [_inputs(4, 12), _inputs(4, 13, shift=3.0), 0.05 * _inputs(4, 14)]
+    )
+
+
+@needs_export_backend
+@pytest.mark.parametrize("use_entropy", [False, True])
+def test_served_ood_score_equals_in_process(use_entropy, tmp_path):
+    import tensorflow as tf
+
+    model = _classifier()
+    scorer = _fitted_scorer(model, use_entropy)
+    x = _scored_inputs()
+    if use_entropy:
+        # An untrained model's entropies barely vary: narrow the fitted
+        # entropy scale so that the entropy term decides half the scores.
+        _, probs, _ = kv.uncertainty.rates_and_probabilities(model, x)
+        log_h = np.log(kv.uncertainty.entropy(probs))
+        assert np.ptp(log_h) > 0
+        config = scorer.get_config()
+        config["entropy_location"] = float(np.median(log_h))
+        config["entropy_scale"] = float(np.ptp(log_h)) / 100
+        scorer = kv.uncertainty.TypicalityScorer.from_config(config)
+    expected = scorer.score(model, x)
+    assert np.ptp(expected) > 0.5
+    endpoints = kv_export.classifier_with_rate(
+        model, tmp_path / "m", scorer=scorer
+    )
+    assert endpoints == ["serve", "serve_rate"]
+    reloaded = tf.saved_model.load(str(tmp_path / "m"))
+    served = reloaded.serve_rate(tf.constant(x))
+    assert sorted(served) == ["ood_score", "output", "rate"]
+    assert served["ood_score"].shape == (len(x),)
+    np.testing.assert_allclose(
+        served["ood_score"].numpy(), expected, rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        served["rate"].numpy(),
+        kv.prediction.predict_rate(model, x),
+        rtol=1e-5,
+    )
+    signature = reloaded.signatures["serve_rate"](x=tf.constant(x))
+    np.testing.assert_allclose(
+        signature["ood_score"].numpy(), expected, rtol=1e-5, atol=1e-5
+    )
+    if use_entropy:
+        # The entropy term is served: it is what scores some inputs.
+        rate_only = _fitted_scorer(model, False).score(model, x)
+        assert np.max(expected - rate_only) > 0.5
+
+
+def test_scorer_errors(tmp_path):
+    # Refused on every backend and format, before anything is written.
+    model = _classifier()
+    unfitted = kv.uncertainty.TypicalityScorer()
+    rates = [np.exp(np.random.default_rng(0).normal(size=120))]
+    other_names = kv.uncertainty.TypicalityScorer().fit_arrays(rates)
+    for format in kv_export.FORMATS:
+        path = tmp_path / format
+        with pytest.raises(TypeError, match="`scorer`.*TypicalityScorer"):
+            kv_export.classifier_with_rate(
+                model, path, format=format, scorer=unfitted.get_config()
+            )
+        with pytest.raises(ValueError, match="`scorer`.*fitted"):
+            kv_export.classifier_with_rate(
+                model, path, format=format, scorer=unfitted
+            )
+        with pytest.raises(
+            ValueError, match=r"\['bottleneck'\].*\['bottleneck_0'\]"
+        ):
+            kv_export.classifier_with_rate(
+                model, path, format=format, scorer=other_names
+            )
+        assert not path.exists()
 
 
 @pytest.mark.parametrize(
