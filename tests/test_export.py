@@ -485,6 +485,60 @@ def test_served_ood_score_equals_in_process(use_entropy, tmp_path):
         assert np.max(expected - rate_only) > 0.5
 
 
+def _two_bottlenecks():
+    inputs = keras.Input((FEATURES,))
+    z = kv.layers.GaussianBottleneck(LATENT, seed=3, name="first")(inputs)
+    h = keras.layers.Dense(8, activation="tanh")(z)
+    z = kv.layers.GaussianBottleneck(2, seed=4, name="second")(h)
+    outputs = keras.layers.Dense(CLASSES, activation="softmax")(z)
+    return keras.Model(inputs, outputs)
+
+
+@needs_export_backend
+def test_served_ood_score_with_two_bottlenecks(tmp_path):
+    # The score is the larger deviation of the two bottlenecks' rates, each
+    # against its own fitted numbers: the served rates must reach the
+    # scorer in the fitted order.
+    import tensorflow as tf
+
+    model = _two_bottlenecks()
+    scorer = kv.uncertainty.TypicalityScorer().fit(model, _inputs(120, 11))
+    assert scorer.layer_names == ["first", "second"]
+    x = _scored_inputs()
+    rates, _, _ = kv.uncertainty.rates_and_probabilities(model, x)
+    deviations = [
+        np.abs(np.log(rate) - location) / scale
+        for rate, location, scale in zip(
+            rates, scorer.rate_location, scorer.rate_scale
+        )
+    ]
+    # Each bottleneck decides some of the scores.
+    assert np.any(deviations[0] > deviations[1] + 0.1)
+    assert np.any(deviations[1] > deviations[0] + 0.1)
+    kv_export.classifier_with_rate(model, tmp_path / "m", scorer=scorer)
+    reloaded = tf.saved_model.load(str(tmp_path / "m"))
+    served = reloaded.serve_rate(tf.constant(x))
+    assert sorted(served) == [
+        "ood_score",
+        "output",
+        "rate_first",
+        "rate_second",
+    ]
+    np.testing.assert_allclose(
+        served["ood_score"].numpy(),
+        np.maximum(*deviations),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    # Fitted numbers in the other order belong to other bottlenecks.
+    swapped = scorer.get_config()
+    for key in ("layer_names", "rate_location", "rate_scale"):
+        swapped[key] = swapped[key][::-1]
+    swapped = kv.uncertainty.TypicalityScorer.from_config(swapped)
+    with pytest.raises(ValueError, match="`scorer`"):
+        kv_export.classifier_with_rate(model, tmp_path / "s", scorer=swapped)
+
+
 def test_scorer_errors(tmp_path):
     # Refused on every backend and format, before anything is written.
     model = _classifier()
