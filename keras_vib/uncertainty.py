@@ -549,7 +549,9 @@ class TypicalityScorer:
     needed to weigh them.
 
     The fitted parameters are plain floats (`get_config`), saved to JSON
-    with `save` and read with `load`. The score depends on them and on the
+    with `save` and read with `load`, or written as constants into an
+    exported model by `keras_vib.export.classifier_with_rate(...,
+    scorer=scorer)`. The score depends on them and on the
     model's deterministic forward pass only, not on what ran before (a
     `MixturePrior`'s rate is a Monte Carlo estimate: it is deterministic
     only if the prior's rate is).
@@ -702,8 +704,9 @@ class TypicalityScorer:
         """The score as `keras.ops` on tensors, the fitted numbers constant.
 
         The same computation as `score`, written with `keras.ops` only, so
-        it can run inside a model or an exported serving function (e.g.
-        after the rate endpoint of `keras_vib.export.classifier_with_rate`).
+        it can run inside a model or an exported serving function:
+        `keras_vib.export.classifier_with_rate(model, path, scorer=scorer)`
+        serves it as the `ood_score` output of `serve_rate`.
 
         Args:
             rates: a list of float tensors `(batch,)`, one per bottleneck in

@@ -182,8 +182,8 @@ def test_uncertainty(tmp_path, monkeypatch, capsys):
     served = out.split("served rate:")[1].split("\n")[0].split()
     local = out.split("in process:")[1].split("\n")[0].split()
     assert served and served == local
-    # The typicality score from the served rate and output is the one
-    # computed in process, and the reloaded scorer gives the same scores.
+    # The served typicality score (`ood_score`) is the one computed in
+    # process, and the reloaded scorer gives the same scores.
     served = out.split("served score:")[1].split("\n")[0].split()
     local = out.split("in process:  ")[2].split("\n")[0].split()
     assert served and served == local

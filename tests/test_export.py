@@ -20,7 +20,7 @@ import pytest
 import keras_vib as kv
 from keras_vib import _monte_carlo
 from keras_vib import export as kv_export
-from keras_vib.export import export_utils
+from keras_vib.export import _export_utils
 
 BACKEND = keras.backend.backend()
 needs_export_backend = pytest.mark.skipif(
@@ -398,13 +398,16 @@ def test_saved_model_path_that_is_a_file(tmp_path):
 
 
 def test_rate_endpoint_serves_extra_scores():
-    # The hook for one more served output: its name comes after the rates
-    # and its value is computed from them in the same forward pass.
+    # The hook for more served outputs: their names come after the rates
+    # and their values are computed from the rates and the output of the
+    # same forward pass.
     model = _classifier()
-    endpoint = export_utils.rate_endpoint(
-        model, None, scores={"twice": lambda rates: 2.0 * rates[0]}
-    )
-    assert endpoint.outputs == ("output", "rate", "twice")
+    scores = {
+        "twice": lambda rates, output: 2.0 * rates[0],
+        "top": lambda rates, output: keras.ops.max(output, axis=-1),
+    }
+    endpoint = _export_utils.rate_endpoint(model, None, scores=scores)
+    assert endpoint.outputs == ("output", "rate", "twice", "top")
     x = np.random.default_rng(2).normal(size=(BATCH, FEATURES))
     x = x.astype("float32")
     served = endpoint.function(x)
@@ -412,6 +415,158 @@ def test_rate_endpoint_serves_extra_scores():
     assert np.ptp(rate) > 0
     np.testing.assert_allclose(_np(served["rate"]), rate, rtol=1e-6)
     np.testing.assert_allclose(_np(served["twice"]), 2 * rate, rtol=1e-6)
+    top = np.max(model.predict(x, verbose=0), axis=-1)
+    np.testing.assert_allclose(_np(served["top"]), top, rtol=1e-6)
+
+
+def _inputs(n, seed, shift=0.0):
+    x = np.random.default_rng(seed).normal(size=(n, FEATURES)) + shift
+    return x.astype("float32")
+
+
+def _fitted_scorer(model, use_entropy):
+    # Fitted on held-out inputs only; 120 >= MIN_FIT_EXAMPLES.
+    scorer = kv.uncertainty.TypicalityScorer(use_entropy=use_entropy)
+    return scorer.fit(model, _inputs(120, 11))
+
+
+def _scored_inputs():
+    # In-distribution inputs, then shifted and scaled ones: the score
+    # varies, and the entropy term can dominate.
+    return np.concatenate(
+        [_inputs(4, 12), _inputs(4, 13, shift=3.0), 0.05 * _inputs(4, 14)]
+    )
+
+
+@needs_export_backend
+@pytest.mark.parametrize("use_entropy", [False, True])
+def test_served_ood_score_equals_in_process(use_entropy, tmp_path):
+    import tensorflow as tf
+
+    model = _classifier()
+    scorer = _fitted_scorer(model, use_entropy)
+    x = _scored_inputs()
+    if use_entropy:
+        # An untrained model's entropies barely vary: narrow the fitted
+        # entropy scale so that the entropy term decides half the scores.
+        _, probs, _ = kv.uncertainty.rates_and_probabilities(model, x)
+        log_h = np.log(kv.uncertainty.entropy(probs))
+        assert np.ptp(log_h) > 0
+        config = scorer.get_config()
+        config["entropy_location"] = float(np.median(log_h))
+        config["entropy_scale"] = float(np.ptp(log_h)) / 100
+        scorer = kv.uncertainty.TypicalityScorer.from_config(config)
+    expected = scorer.score(model, x)
+    assert np.ptp(expected) > 0.5
+    # float32: a few roundings of log H (|log H| <= 1 here) divided by the
+    # narrowed entropy scale.
+    atol = 1e-5
+    if use_entropy:
+        atol += 16 * np.finfo("float32").eps / scorer.entropy_scale
+    assert atol < 0.01 * np.ptp(expected)
+    endpoints = kv_export.classifier_with_rate(
+        model, tmp_path / "m", scorer=scorer
+    )
+    assert endpoints == ["serve", "serve_rate"]
+    reloaded = tf.saved_model.load(str(tmp_path / "m"))
+    served = reloaded.serve_rate(tf.constant(x))
+    assert sorted(served) == ["ood_score", "output", "rate"]
+    assert served["ood_score"].shape == (len(x),)
+    np.testing.assert_allclose(
+        served["ood_score"].numpy(), expected, rtol=1e-5, atol=atol
+    )
+    np.testing.assert_allclose(
+        served["rate"].numpy(),
+        kv.prediction.predict_rate(model, x),
+        rtol=1e-5,
+    )
+    signature = reloaded.signatures["serve_rate"](x=tf.constant(x))
+    np.testing.assert_allclose(
+        signature["ood_score"].numpy(), expected, rtol=1e-5, atol=atol
+    )
+    if use_entropy:
+        # The entropy term is served: it is what scores some inputs.
+        rate_only = _fitted_scorer(model, False).score(model, x)
+        assert np.max(expected - rate_only) > 0.5
+
+
+def _two_bottlenecks():
+    inputs = keras.Input((FEATURES,))
+    z = kv.layers.GaussianBottleneck(LATENT, seed=3, name="first")(inputs)
+    h = keras.layers.Dense(8, activation="tanh")(z)
+    z = kv.layers.GaussianBottleneck(2, seed=4, name="second")(h)
+    outputs = keras.layers.Dense(CLASSES, activation="softmax")(z)
+    return keras.Model(inputs, outputs)
+
+
+@needs_export_backend
+def test_served_ood_score_with_two_bottlenecks(tmp_path):
+    # The score is the larger deviation of the two bottlenecks' rates, each
+    # against its own fitted numbers: the served rates must reach the
+    # scorer in the fitted order.
+    import tensorflow as tf
+
+    model = _two_bottlenecks()
+    scorer = kv.uncertainty.TypicalityScorer().fit(model, _inputs(120, 11))
+    assert scorer.layer_names == ["first", "second"]
+    x = _scored_inputs()
+    rates, _, _ = kv.uncertainty.rates_and_probabilities(model, x)
+    deviations = [
+        np.abs(np.log(rate) - location) / scale
+        for rate, location, scale in zip(
+            rates, scorer.rate_location, scorer.rate_scale
+        )
+    ]
+    # Each bottleneck decides some of the scores.
+    assert np.any(deviations[0] > deviations[1] + 0.1)
+    assert np.any(deviations[1] > deviations[0] + 0.1)
+    kv_export.classifier_with_rate(model, tmp_path / "m", scorer=scorer)
+    reloaded = tf.saved_model.load(str(tmp_path / "m"))
+    served = reloaded.serve_rate(tf.constant(x))
+    assert sorted(served) == [
+        "ood_score",
+        "output",
+        "rate_first",
+        "rate_second",
+    ]
+    np.testing.assert_allclose(
+        served["ood_score"].numpy(),
+        np.maximum(*deviations),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    # Fitted numbers in the other order belong to other bottlenecks.
+    swapped = scorer.get_config()
+    for key in ("layer_names", "rate_location", "rate_scale"):
+        swapped[key] = swapped[key][::-1]
+    swapped = kv.uncertainty.TypicalityScorer.from_config(swapped)
+    with pytest.raises(ValueError, match="`scorer`"):
+        kv_export.classifier_with_rate(model, tmp_path / "s", scorer=swapped)
+
+
+def test_scorer_errors(tmp_path):
+    # Refused on every backend and format, before anything is written.
+    model = _classifier()
+    unfitted = kv.uncertainty.TypicalityScorer()
+    rates = [np.exp(np.random.default_rng(0).normal(size=120))]
+    other_names = kv.uncertainty.TypicalityScorer().fit_arrays(rates)
+    for format in kv_export.FORMATS:
+        path = tmp_path / format
+        with pytest.raises(TypeError, match="`scorer`.*TypicalityScorer"):
+            kv_export.classifier_with_rate(
+                model, path, format=format, scorer=unfitted.get_config()
+            )
+        with pytest.raises(ValueError, match="`scorer`.*fitted"):
+            kv_export.classifier_with_rate(
+                model, path, format=format, scorer=unfitted
+            )
+        with pytest.raises(
+            ValueError, match=r"\['bottleneck'\].*\['bottleneck_0'\]"
+        ):
+            kv_export.classifier_with_rate(
+                model, path, format=format, scorer=other_names
+            )
+        assert not path.exists()
 
 
 @pytest.mark.parametrize(

@@ -115,6 +115,32 @@ def _serve_with_onnx_runtime(jobs, cwd):
     return json.loads(line[len("RESULT") :])
 
 
+def _scorers(model, x):
+    """Typicality scorers fitted on held-out inputs: rate only, and with the
+    entropy, whose scale is narrowed to `x`'s spread so that the entropy
+    term decides about half the scores (an untrained model's entropies
+    barely vary)."""
+    x_fit = np.random.default_rng(1).normal(size=(120, FEATURES))
+    x_fit = x_fit.astype("float32")
+    rate_only = kv.uncertainty.TypicalityScorer().fit(model, x_fit)
+    scorer = kv.uncertainty.TypicalityScorer(use_entropy=True)
+    config = scorer.fit(model, x_fit).get_config()
+    _, probs, _ = kv.uncertainty.rates_and_probabilities(model, x)
+    log_h = np.log(kv.uncertainty.entropy(probs))
+    config["entropy_location"] = float(np.median(log_h))
+    config["entropy_scale"] = float(np.ptp(log_h)) / 100
+    with_entropy = kv.uncertainty.TypicalityScorer.from_config(config)
+    return {"rate": rate_only, "rate_entropy": with_entropy}
+
+
+def _score_tolerance(scorer):
+    """The served score's float32 error: TOL, plus, with the entropy, a few
+    roundings of log H (|log H| <= 1 here) divided by the fitted scale."""
+    if not scorer.use_entropy:
+        return TOL
+    return TOL + 16 * np.finfo("float32").eps / scorer.entropy_scale
+
+
 def _state(model):
     return [_np(v) for v in model.variables]
 
@@ -139,15 +165,17 @@ def exported(tmp_path_factory):
     clf = _classifier()
     clf.compile("adam", "sparse_categorical_crossentropy")
     clf.fit(x_train, y_train, epochs=2, batch_size=16, verbose=0)
+    scorers = _scorers(clf, data["x64"])
     before = _state(clf)
     endpoints = {
         "classifier": kv_export.classifier(
             clf, root / "clf.onnx", format="onnx"
         )
     }
-    endpoints["rate"] = kv_export.classifier_with_rate(
-        clf, root / "rate", format="onnx"
-    )
+    for name, scorer in scorers.items():
+        endpoints[name] = kv_export.classifier_with_rate(
+            clf, root / name, format="onnx", scorer=scorer
+        )
     state_unchanged = all(
         np.array_equal(a, b) for a, b in zip(before, _state(clf))
     )
@@ -161,10 +189,12 @@ def exported(tmp_path_factory):
         y = _np(clf.predict(x, verbose=0))
         rate = kv.prediction.predict_rate(clf, x)
         ref[f"clf{b}"] = ref[f"rate_serve{b}"] = {"y": y}
-        ref[f"rate{b}"] = {"output": y, "rate": rate}
         jobs[f"clf{b}"] = (str(root / "clf.onnx"), feed)
         jobs[f"rate_serve{b}"] = (str(root / "rate" / "serve.onnx"), feed)
-        jobs[f"rate{b}"] = (str(root / "rate" / "serve_rate.onnx"), feed)
+        for name, scorer in scorers.items():
+            score = scorer.score(clf, x).astype("float32")
+            ref[f"{name}{b}"] = {"output": y, "rate": rate, "ood_score": score}
+            jobs[f"{name}{b}"] = (str(root / name / "serve_rate.onnx"), feed)
     bottleneck.sample_at_inference = True
     for name, cls, kwargs in AUTOENCODERS:
         model = _autoencoder(cls, **kwargs)
@@ -192,11 +222,16 @@ def exported(tmp_path_factory):
         "ref": ref,
         "served": served,
         "state_unchanged": state_unchanged,
+        "scorers": scorers,
+        "rate_only_score": {
+            b: scorers["rate"].score(clf, data[f"x{b}"]) for b in BATCHES
+        },
     }
 
 
 def test_endpoints_written(exported):
     expected = {"classifier": ["serve"], "rate": ["serve", "serve_rate"]}
+    expected["rate_entropy"] = ["serve", "serve_rate"]
     expected.update({name: ["encode", "decode"] for name, _, _ in AUTOENCODERS})
     assert exported["endpoints"] == expected
     assert exported["state_unchanged"]
@@ -210,6 +245,8 @@ def test_onnx_runtime_reproduces_keras(exported):
         for name, value in expected.items():
             got = np.load(served[key][name])
             assert got.shape == value.shape, (key, name)
+            if name == "ood_score":
+                continue  # its own tolerance, in the test below
             np.testing.assert_allclose(got, value, atol=TOL, rtol=0)
 
 
@@ -222,6 +259,24 @@ def test_onnx_rate_is_predict_rate(exported):
         assert got.shape == (b,)
         np.testing.assert_allclose(got, expected, rtol=TOL, atol=TOL)
     assert np.ptp(np.load(exported["served"]["rate64"]["rate"])) > 1e-3
+
+
+def test_onnx_ood_score_is_the_scorers(exported):
+    # Served by ONNX Runtime alone, the typicality score of a rate-only
+    # scorer and of one with the entropy equals `scorer.score` in process;
+    # the entropy term decides some of the scores it serves.
+    served, ref = exported["served"], exported["ref"]
+    for name in ("rate", "rate_entropy"):
+        for b in BATCHES:
+            got = np.load(served[f"{name}{b}"]["ood_score"])
+            expected = ref[f"{name}{b}"]["ood_score"]
+            assert got.shape == (b,)
+            atol = _score_tolerance(exported["scorers"][name])
+            assert atol < 0.01 * np.ptp(ref[f"{name}64"]["ood_score"])
+            np.testing.assert_allclose(got, expected, rtol=TOL, atol=atol)
+    assert np.ptp(ref["rate64"]["ood_score"]) > 0.5
+    with_entropy = ref["rate_entropy64"]["ood_score"]
+    assert np.max(with_entropy - exported["rate_only_score"][64]) > 0.5
 
 
 def test_onnx_input_names(exported):
@@ -269,7 +324,7 @@ def test_expm1_lowering_keeps_relative_accuracy():
     import onnx
     import onnxruntime as ort
 
-    from keras_vib.export.onnx import _lower_expm1
+    from keras_vib.export._onnx import _lower_expm1
 
     make = onnx.helper.make_tensor_value_info
     graph = onnx.helper.make_graph(

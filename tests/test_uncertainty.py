@@ -517,7 +517,7 @@ def test_typicality_with_a_mixture_prior_is_deterministic():
 )
 def test_typicality_from_the_served_rate_equals_in_process(tmp_path):
     """The exported `serve_rate` outputs, scored with the fitted numbers,
-    give the in-process score (the export code itself is unchanged)."""
+    give the in-process score, and so does the `ood_score` it serves."""
     import tensorflow as tf
 
     model, _ = make_vib_model(features=8, latent=3, classes=4)
@@ -525,12 +525,14 @@ def test_typicality_from_the_served_rate_equals_in_process(tmp_path):
     scorer.fit(model, _inputs(150, 17))
     x = _inputs(12, 18, shift=1.0)
     path = str(tmp_path / "served")
-    kv.export.classifier_with_rate(model, path)
+    kv.export.classifier_with_rate(model, path, scorer=scorer)
     loaded = tf.saved_model.load(path)  # keep it alive while it runs
     served = loaded.serve_rate(tf.constant(x))
     from_served = scorer.score_arrays(
         [served["rate"].numpy()], served["output"].numpy()
     )
+    in_process = scorer.score(model, x)
+    np.testing.assert_allclose(from_served, in_process, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(
-        from_served, scorer.score(model, x), rtol=1e-5, atol=1e-5
+        served["ood_score"].numpy(), in_process, rtol=1e-5, atol=1e-5
     )

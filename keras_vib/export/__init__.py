@@ -14,11 +14,11 @@ chosen with `format=`, as in `keras.Model.export`:
 
 from keras_vib import _deprecation
 from keras_vib._validation import check_choice
-from keras_vib.export import export_utils
-from keras_vib.export import onnx
-from keras_vib.export import saved_model
-from keras_vib.export.onnx import ONNX_BACKENDS
-from keras_vib.export.saved_model import SUPPORTED_BACKENDS
+from keras_vib.export import _export_utils
+from keras_vib.export import _onnx
+from keras_vib.export import _saved_model
+from keras_vib.export._onnx import ONNX_BACKENDS
+from keras_vib.export._saved_model import SUPPORTED_BACKENDS
 
 #: The values of the `format` argument.
 FORMATS = ("tf_saved_model", "onnx")
@@ -26,7 +26,7 @@ FORMATS = ("tf_saved_model", "onnx")
 
 def _writer(format):
     check_choice("format", format, FORMATS)
-    return {"tf_saved_model": saved_model.write, "onnx": onnx.write}[format]
+    return {"tf_saved_model": _saved_model.write, "onnx": _onnx.write}[format]
 
 
 def classifier(
@@ -72,7 +72,7 @@ def classifier(
     ['serve', 'serve_mc']
     """
     write = _writer(format)
-    endpoints = export_utils.classifier_endpoints(
+    endpoints = _export_utils.classifier_endpoints(
         model, input_signature, num_samples
     )
     return write(model, endpoints, filepath, verbose)
@@ -85,6 +85,7 @@ def classifier_with_rate(
     input_signature=None,
     verbose=False,
     format="tf_saved_model",
+    scorer=None,
 ):
     """Export a classifier whose served model also returns the rate R(x).
 
@@ -92,12 +93,18 @@ def classifier_with_rate(
     `"output"` (as `serve`) and the per-example rate R(x) = KL(q(z|x) ||
     r(z)) in nats of each bottleneck, `"rate"` for one bottleneck,
     `"rate_<layer name>"` for each of several: the computation of
-    `kv.prediction.predict_rate`, in the output's forward pass. With
+    `kv.prediction.predict_rate`, in the output's forward pass. With a
+    fitted `scorer`, `serve_rate` also returns `"ood_score"`, the
+    per-example score of `scorer.score(model, x)`, computed in the same
+    forward pass with the fitted numbers written into the artifact as
+    constants (the served model needs no JSON file). With
     `format="onnx"`, `filepath` is a directory holding `serve.onnx` and
     `serve_rate.onnx` (outputs named as the keys above).
 
-    Before flagging inputs by their rate, check which way it moves on your
-    own out-of-distribution data (see `keras_vib.uncertainty`).
+    A rate alone has no fixed direction: OOD inputs can get a higher or a
+    lower rate than in-distribution ones. Serve the direction-free
+    `ood_score` of a `keras_vib.uncertainty.TypicalityScorer`, or check
+    which way the rate moves on your own out-of-distribution data.
 
     Args:
         model: a built, single-input `keras.Model` with at least one `VIB`
@@ -107,6 +114,10 @@ def classifier_with_rate(
         input_signature: as in `classifier`.
         verbose: bool, print the endpoints once written.
         format: `"tf_saved_model"` (default) or `"onnx"`.
+        scorer: `None` (no score), or a `TypicalityScorer` fitted on
+            held-out inputs of this `model` (its bottlenecks' layer
+            names must be those of the model). With `use_entropy=True`,
+            the model's output must be class probabilities.
 
     Returns:
         The list of endpoint names written.
@@ -117,12 +128,32 @@ def classifier_with_rate(
     ...     kv.layers.GaussianBottleneck(2, seed=0), keras.layers.Dense(3)])
     >>> kv.export.classifier_with_rate(model, tempfile.mkdtemp())
     ['serve', 'serve_rate']
+
+    Serving a typicality score, fitted on held-out in-distribution inputs:
+
+    >>> import tensorflow as tf
+    >>> rng = np.random.default_rng(0)
+    >>> x_held_out = rng.normal(size=(200, 4)).astype("float32")
+    >>> scorer = kv.uncertainty.TypicalityScorer().fit(model, x_held_out)
+    >>> path = tempfile.mkdtemp()
+    >>> kv.export.classifier_with_rate(model, path, scorer=scorer)
+    ['serve', 'serve_rate']
+    >>> reloaded = tf.saved_model.load(path)
+    >>> served = reloaded.serve_rate(x_held_out[:3])
+    >>> sorted(served)
+    ['ood_score', 'output', 'rate']
+    >>> np.allclose(served["ood_score"], scorer.score(model, x_held_out[:3]),
+    ...             atol=1e-5)
+    True
     """
     write = _writer(format)
-    endpoints = export_utils.classifier_endpoints(
+    endpoints = _export_utils.classifier_endpoints(
         model, input_signature, num_samples
     )
-    endpoints.append(export_utils.rate_endpoint(model, input_signature))
+    scores = _export_utils.scorer_scores(model, scorer)
+    endpoints.append(
+        _export_utils.rate_endpoint(model, input_signature, scores)
+    )
     return write(model, endpoints, filepath, verbose)
 
 
@@ -173,7 +204,7 @@ def vae(
     ['encode', 'decode', 'generate']
     """
     write = _writer(format)
-    endpoints = export_utils.vae_endpoints(model, input_signature)
+    endpoints = _export_utils.vae_endpoints(model, input_signature)
     if format == "onnx":
         # ONNX cannot take a seed as an input: users draw z for `decode`.
         endpoints = [endpoint for endpoint in endpoints if not endpoint.seeded]

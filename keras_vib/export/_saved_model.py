@@ -4,7 +4,7 @@ for one output and a dict keyed by the output names for several."""
 
 import keras
 
-from keras_vib.export import export_utils
+from keras_vib.export import _export_utils
 
 #: The backends that can write SavedModels.
 SUPPORTED_BACKENDS = ("tensorflow", "jax")
@@ -43,14 +43,14 @@ def _from_prior(endpoint, traced):
 def write(model, endpoints, filepath, verbose=False):
     """Write `endpoints` (reading `model`'s variables) to the SavedModel
     directory `filepath`; returns the endpoint names."""
-    export_utils.check_backend(
+    _export_utils.check_backend(
         "tf_saved_model",
         SUPPORTED_BACKENDS,
         "Export with format='onnx', or save the model with "
         "`model.save('model.keras')`, load it in a process started with "
         "`KERAS_BACKEND=tensorflow` and export it there.",
     )
-    path = export_utils.check_filepath(filepath, directory=True)
+    path = _export_utils.check_filepath(filepath, directory=True)
     archive = keras.export.ExportArchive()
     archive.track(model)
     traced = {}

@@ -5,7 +5,7 @@ import os
 
 import keras
 
-from keras_vib.export import export_utils
+from keras_vib.export import _export_utils
 
 #: The backends that can write ONNX files.
 ONNX_BACKENDS = ("tensorflow", "jax", "torch")
@@ -81,7 +81,7 @@ def _write_file(model, endpoint, path, verbose):
 def write(model, endpoints, filepath, verbose=False):
     """Write `endpoints` (reading `model`'s variables) as ONNX files;
     returns the endpoint names."""
-    export_utils.check_backend(
+    _export_utils.check_backend(
         "onnx",
         ONNX_BACKENDS,
         "Save the model with `model.save('model.keras')`, load it in a "
@@ -103,7 +103,7 @@ def write(model, endpoints, filepath, verbose=False):
                 "that argument out."
             )
     single = len(endpoints) == 1
-    path = export_utils.check_filepath(filepath, directory=not single)
+    path = _export_utils.check_filepath(filepath, directory=not single)
     if not single:
         os.makedirs(path, exist_ok=True)
     for endpoint in endpoints:

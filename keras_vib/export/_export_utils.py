@@ -1,5 +1,5 @@
 """Each artifact described once, as a list of `Endpoint`s, for the writers
-`saved_model.write` and `onnx.write`."""
+`_saved_model.write` and `_onnx.write`."""
 
 import dataclasses
 import os
@@ -9,6 +9,7 @@ import keras
 from keras_vib import _monte_carlo
 from keras_vib import _rate
 from keras_vib._validation import check_optional_positive_int
+from keras_vib.uncertainty import TypicalityScorer
 
 _SEED = keras.InputSpec(shape=(), dtype="int32", name="seed")
 
@@ -117,10 +118,7 @@ def classifier_endpoints(model, input_signature, num_samples):
     return endpoints + [Endpoint("serve_mc", serve_mc, inputs, ("y",), asked)]
 
 
-def rate_endpoint(model, input_signature, scores=None):
-    """`serve_rate`: the output, the rate of each bottleneck, then one more
-    per-example tensor `f(rates)` for each `name: f` of the dict `scores`
-    (`rates` is the list of `_rate.rate_call`)."""
+def _rate_layers(model):
     layers = _rate.rate_layers(model)
     if not layers:
         raise ValueError(
@@ -128,13 +126,50 @@ def rate_endpoint(model, input_signature, scores=None):
             "with a keras_vib `VIB` or `GaussianBottleneck` layer. Received: "
             f"model `{model.name}` without one"
         )
+    return layers
+
+
+def scorer_scores(model, scorer):
+    """`{"ood_score": scorer.score_tensor}` for `rate_endpoint`'s `scores`,
+    once `scorer` is checked against `model`; `{}` for `None`."""
+    if scorer is None:
+        return {}
+    if not isinstance(scorer, TypicalityScorer):
+        raise TypeError(
+            "Invalid value received for argument `scorer`. Expected a "
+            "fitted `keras_vib.uncertainty.TypicalityScorer` or None. "
+            f"Received: scorer={scorer!r}"
+        )
+    if not scorer.fitted:
+        raise ValueError(
+            "Invalid value received for argument `scorer`. Expected a "
+            "fitted `TypicalityScorer`: call `scorer.fit(model, "
+            "x_held_out)` (or `TypicalityScorer.load(path)`) before "
+            "exporting. Received: an unfitted scorer"
+        )
+    names = [layer.name for layer in _rate_layers(model)]
+    if names != scorer.layer_names:
+        raise ValueError(
+            "Invalid value received for argument `scorer`. Expected a "
+            f"scorer fitted on the bottlenecks of model `{model.name}`, "
+            f"{names}. Received: a scorer fitted on {scorer.layer_names}. "
+            "Fit it on this model."
+        )
+    return {"ood_score": scorer.score_tensor}
+
+
+def rate_endpoint(model, input_signature, scores=None):
+    """`serve_rate`: the output, the rate of each bottleneck, then one more
+    per-example tensor `f(rates, output)` for each `name: f` of the dict
+    `scores` (`rates` and `output` as returned by `_rate.rate_call`)."""
+    layers = _rate_layers(model)
     keys = [f"rate_{layer.name}" for layer in layers]
     keys = ["rate"] if len(keys) == 1 else keys
     scores = dict(scores or {})
 
     def serve_rate(x):
         outputs, rates = _rate.rate_call(model, x)
-        extra = {name: score(rates) for name, score in scores.items()}
+        extra = {name: f(rates, outputs) for name, f in scores.items()}
         return {"output": outputs, **dict(zip(keys, rates)), **extra}
 
     x_spec = input_spec(model, input_signature, "x")
