@@ -2,7 +2,10 @@
 
 Each script runs in a subprocess (it starts its own worker processes) on the
 backend of this test run, writes its section to a temporary markdown file,
-and must produce a table there. Timings are not checked.
+and must produce a table there. Timings are not checked. The scripts that
+run the same worker code on every backend are smoke-tested on TensorFlow
+only; `profile_vib`, whose programs differ by backend ((d) cannot run on
+JAX), runs on each.
 """
 
 import importlib.util
@@ -49,7 +52,7 @@ def _run(script, section, tmp_path, *args):
     return body
 
 
-@pytest.mark.large
+@pytest.mark.large(backends=("tensorflow",))
 def test_vib_overhead_smoke(tmp_path):
     body = _run(
         "vib_overhead.py",
@@ -67,7 +70,7 @@ def test_vib_overhead_smoke(tmp_path):
     assert "(a) keras_vib VIB" in body and "(b) floor" in body
 
 
-@pytest.mark.large
+@pytest.mark.large(backends=("tensorflow",))
 def test_iwae_scaling_smoke(tmp_path):
     # torch.compile is opt-in (slow to compile), so torch runs eager here.
     jit = "off" if BACKEND == "torch" else "on"
@@ -95,7 +98,7 @@ def test_iwae_scaling_smoke(tmp_path):
     assert "MALLOC_TRIM_THRESHOLD_" in body
 
 
-@pytest.mark.large
+@pytest.mark.large(backends=("tensorflow",))
 def test_loglik_smoke(tmp_path):
     body = _run(
         "loglik.py",
