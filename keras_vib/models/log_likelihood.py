@@ -23,6 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_vib import _backend
 from keras_vib import losses as vib_losses
 from keras_vib._validation import check_num_examples
 from keras_vib._validation import check_optional_positive_int
@@ -64,10 +65,8 @@ def _cached_chunk_function(model):
 
 
 def _chunk_function(decoder, likelihood):
-    """`(x, z_mean, z_log_var, noise) -> logsumexp_j log w_j`, compiled.
-
-    JAX: `jax.jit` of a pure function of the variable values; TensorFlow:
-    `tf.function`; torch: eager under `no_grad`. It holds the decoder and
+    """`(x, z_mean, z_log_var, noise) -> logsumexp_j log w_j`, compiled
+    for inference (`_backend.inference_function`). It holds the decoder and
     the likelihood, not the model.
     """
 
@@ -84,32 +83,8 @@ def _chunk_function(decoder, likelihood):
         # sample_mask is 0 for real samples and -inf for padding.
         return ops.logsumexp(log_w + sample_mask[:, None], axis=0)
 
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        variables = list(decoder.variables) + list(likelihood.variables)
-
-        @jax.jit
-        def pure(values, *args):
-            mapping = list(zip(variables, values))
-            with keras.StatelessScope(state_mapping=mapping):
-                return chunk_logsumexp(*args)
-
-        return lambda *args: pure([v.value for v in variables], *args)
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(chunk_logsumexp, reduce_retracing=True)
-    if backend == "torch":
-        import torch
-
-        def run(*args):
-            with torch.no_grad():
-                return chunk_logsumexp(*args)
-
-        return run
-    return chunk_logsumexp
+    variables = list(decoder.variables) + list(likelihood.variables)
+    return _backend.inference_function(chunk_logsumexp, variables)
 
 
 def log_likelihood(
@@ -272,12 +247,7 @@ def _noise_stream(seed, n, batch_size, num_samples, chunk_size, latent_shape):
 
 
 def _encode_for_evaluation(model, x_batch):
-    if keras.backend.backend() == "torch":
-        import torch
-
-        with torch.no_grad():
-            return model.encode(x_batch)
-    return model.encode(x_batch)
+    return _backend.without_gradients(model.encode)(x_batch)
 
 
 def _noise(
