@@ -10,15 +10,30 @@ The paper's model and training recipe:
   momentum 0.999), which are the weights evaluated;
 - at test time the softmax is averaged over 12 samples of z (`--mc-samples`).
 
-`--baseline` trains the deterministic net with the same encoder and optimizer:
-784-1024-1024-10, no bottleneck.
+`--model` picks one of the paper's Table 1 models, all with the same encoder,
+optimizer, schedule, EMA and data split; `--strength` sets the baselines'
+regularization strength:
+
+- `vib` (default): the bottleneck above, strength `--kl-weight` (beta);
+- `deterministic`: 784-1024-1024-10, no bottleneck (`--baseline` is the old
+  spelling);
+- `dropout`: the deterministic net with `Dropout(strength)` after each hidden
+  layer;
+- `label_smoothing`: the deterministic net trained with Keras's
+  `CategoricalCrossentropy(label_smoothing=strength)`;
+- `confidence_penalty`: the deterministic net trained on the cross-entropy
+  minus `strength` times the entropy of the prediction (Pereyra et al. 2017).
+
+`experiments/mnist_vib_tune.py` tunes each strength on the validation images
+and then runs the chosen settings on three seeds.
 
 The last `--val-split` training images (5,000 by default) are held out; the
 script prints their error after every epoch and evaluates the test set once,
 after the last epoch (`--epochs`, fixed in advance).
 
     python experiments/mnist_vib.py --data-dir ../shared/data --epochs 30
-    python experiments/mnist_vib.py --data-dir ../shared/data --epochs 30 --baseline
+    python experiments/mnist_vib.py --data-dir ../shared/data --epochs 30 \
+        --model dropout --strength 0.3
 
 `--smoke` runs the whole script in seconds on tiny synthetic data.
 """
@@ -39,6 +54,20 @@ import keras_vib as kv
 from keras_vib.datasets import load_mnist
 from keras_vib.datasets import split_validation
 
+MODELS = (
+    "vib",
+    "deterministic",
+    "dropout",
+    "label_smoothing",
+    "confidence_penalty",
+)
+# The valid strengths of the regularized baselines: [low, high).
+STRENGTH_RANGE = {
+    "dropout": (0.0, 1.0),
+    "label_smoothing": (0.0, 1.0),
+    "confidence_penalty": (0.0, math.inf),
+}
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -48,10 +77,18 @@ def parse_args(argv=None):
         help="folder with mnist.npz (default: $KERAS_VIB_DATA, "
         "else download with keras.datasets)",
     )
+    p.add_argument("--model", choices=MODELS, default="vib")
     p.add_argument(
         "--baseline",
         action="store_true",
-        help="train the deterministic 784-1024-1024-10 net",
+        help="the same as --model deterministic",
+    )
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="dropout rate, label smoothing or confidence-penalty weight "
+        "(required for those models; VIB uses --kl-weight)",
     )
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
@@ -74,6 +111,11 @@ def parse_args(argv=None):
         help="stop after the first epoch that ends past this "
         "training-time budget (then evaluate as usual)",
     )
+    p.add_argument(
+        "--skip-test",
+        action="store_true",
+        help="do not evaluate the test set (for tuning runs)",
+    )
     p.add_argument("--json", default=None, help="write results to this file")
     p.add_argument(
         "--figure",
@@ -93,7 +135,28 @@ def parse_args(argv=None):
         action="store_true",
         help="tiny synthetic data, two epochs: checks the script runs",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.baseline:
+        if args.model not in ("vib", "deterministic"):
+            p.error("--baseline is --model deterministic; give only one")
+        args.model = "deterministic"
+    args.baseline = args.model == "deterministic"
+    needs_strength = args.model in STRENGTH_RANGE
+    if needs_strength != (args.strength is not None):
+        p.error(
+            f"--strength is required for --model {args.model}"
+            if needs_strength
+            else f"--model {args.model} takes no --strength"
+            + (" (VIB: use --kl-weight)" if args.model == "vib" else "")
+        )
+    if needs_strength:
+        low, high = STRENGTH_RANGE[args.model]
+        if not low <= args.strength < high:
+            p.error(
+                f"--strength for {args.model} must be in [{low}, {high}), "
+                f"got {args.strength}"
+            )
+    return args
 
 
 def synthetic_mnist(n_train=600, n_test=200, seed=0):
@@ -112,11 +175,14 @@ def synthetic_mnist(n_train=600, n_test=200, seed=0):
 def build_model(args, steps_per_epoch):
     """Returns `(model, features, decoder)`; `features` gives [z_mean, z_log_var]."""
     inputs = keras.Input((784,))
-    h = keras.layers.Dense(1024, activation="relu")(inputs)
-    h = keras.layers.Dense(1024, activation="relu")(h)
+    h = inputs
+    for _ in range(2):
+        h = keras.layers.Dense(1024, activation="relu")(h)
+        if args.model == "dropout":
+            h = keras.layers.Dropout(args.strength, seed=args.seed)(h)
     decoder = keras.layers.Dense(10, activation="softmax", name="decoder")
     features = None
-    if args.baseline:
+    if args.model != "vib":
         outputs = decoder(h)
     else:
         z_mean = keras.layers.Dense(args.latent_dim, name="z_mean")(h)
@@ -140,10 +206,40 @@ def build_model(args, steps_per_epoch):
             use_ema=not args.no_ema,
             ema_momentum=0.999,
         ),
-        loss="sparse_categorical_crossentropy",
+        loss=training_loss(args),
         metrics=["accuracy"],
     )
     return model, features, decoder
+
+
+def training_loss(args):
+    if args.model == "label_smoothing":  # takes one-hot labels
+        return keras.losses.CategoricalCrossentropy(
+            label_smoothing=args.strength
+        )
+    if args.model == "confidence_penalty":
+        return ConfidencePenaltyLoss(args.strength)
+    return "sparse_categorical_crossentropy"
+
+
+class ConfidencePenaltyLoss(keras.losses.Loss):
+    """Cross-entropy minus `weight` times the prediction's entropy.
+
+    Pereyra et al. 2017: penalizing confident (low-entropy) output
+    distributions. Takes integer labels and softmax probabilities.
+    """
+
+    def __init__(self, weight, name="confidence_penalty"):
+        super().__init__(name=name)
+        self.weight = weight
+
+    def call(self, y_true, y_pred):
+        cross_entropy = keras.losses.sparse_categorical_crossentropy(
+            y_true, y_pred
+        )
+        p = keras.ops.clip(y_pred, keras.backend.epsilon(), 1.0)
+        entropy = -keras.ops.sum(p * keras.ops.log(p), axis=-1)
+        return cross_entropy - self.weight * entropy
 
 
 def predict(model, features, decoder, x, mc_samples, seed):
@@ -159,6 +255,8 @@ def predict(model, features, decoder, x, mc_samples, seed):
     z_log_var = keras.ops.convert_to_tensor(z_log_var)
     p_mean = keras.ops.convert_to_numpy(decoder(z_mean))
     generator = keras.random.SeedGenerator(seed)
+    if not mc_samples:
+        return p_mean, None
     p_mc = np.zeros_like(p_mean)
     for _ in range(mc_samples):
         z = kv.ops.reparameterize(z_mean, z_log_var, seed=generator)
@@ -168,6 +266,25 @@ def predict(model, features, decoder, x, mc_samples, seed):
 
 def error(p, y):
     return float(np.mean(np.argmax(p, axis=-1) != y))
+
+
+def expected_calibration_error(p, y):
+    metric = kv.metrics.ExpectedCalibrationError()
+    metric.update_state(y, p)
+    return float(metric.result())
+
+
+def test_metrics(model, features, decoder, x, y, args):
+    """Test error and ECE (15 bins), from the mean of z and from samples."""
+    p_mean, p_mc = predict(model, features, decoder, x, args.mc_samples, 10**6)
+    return {
+        "test_error": error(p_mean, y),
+        "test_ece": expected_calibration_error(p_mean, y),
+        "test_error_mc": None if p_mc is None else error(p_mc, y),
+        "test_ece_mc": None
+        if p_mc is None
+        else expected_calibration_error(p_mc, y),
+    }
 
 
 class ValidationError(keras.callbacks.Callback):
@@ -197,6 +314,7 @@ class ValidationError(keras.callbacks.Callback):
         self.history = {
             "val_error": [],
             "val_error_mc": [],
+            "val_error_raw": [],
             "kl": [],
             "loss": [],
             "train_accuracy": [],
@@ -237,6 +355,11 @@ class ValidationError(keras.callbacks.Callback):
         if kl is not None:
             line += f"  kl {float(kl):.1f} nats"
         if len(self.x):
+            if self.use_ema:  # the raw weights' error shows what EMA buys
+                p_raw, _ = predict(
+                    self.model, self.features, self.decoder, self.x, 0, 0
+                )
+                h["val_error_raw"].append(error(p_raw, self.y))
             raw = self._swap_in_ema() if self.use_ema else None
             p_mean, p_mc = predict(
                 self.model,
@@ -343,7 +466,9 @@ def main(argv=None):
         x_val, y_val = x_train[:0], y_train[:0]
     print(
         f"keras {keras.__version__}, backend {keras.backend.backend()}; "
-        f"{'deterministic baseline' if args.baseline else 'VIB'}; train "
+        f"{args.model}"
+        + ("" if args.strength is None else f" (strength {args.strength:g})")
+        + f"; train "
         f"{len(x_train)}, validation {len(x_val)}, test {len(x_test)}"
     )
 
@@ -367,7 +492,10 @@ def main(argv=None):
     start = time.time()
     model.fit(
         x_train,
-        y_train,
+        # Keras's label smoothing is an argument of the one-hot loss.
+        keras.utils.to_categorical(y_train, 10)
+        if args.model == "label_smoothing"
+        else y_train,
         batch_size=args.batch_size,
         epochs=args.epochs,
         callbacks=callbacks,
@@ -376,27 +504,32 @@ def main(argv=None):
     )
     wall = time.time() - start
 
-    p_mean, p_mc = predict(
-        model, features, decoder, x_test, args.mc_samples, 10**6
-    )
     result = {
         "config": vars(args),
         "command": " ".join(sys.argv),
         "history": monitor.history,
         "wall_seconds": wall,
         "epochs_run": len(monitor.history["loss"]),
-        "test_error": error(p_mean, y_test),
-        "test_error_mc": None if p_mc is None else error(p_mc, y_test),
     }
-    print(
-        f"\nTEST after {result['epochs_run']} epochs ({wall:.0f}s training): "
-        f"error {100 * result['test_error']:.2f}% (mean of z)"
-        + (
-            ""
-            if p_mc is None
-            else f", {100 * result['test_error_mc']:.2f}% ({args.mc_samples}-sample average)"
+    if args.skip_test:
+        print(
+            f"\ntrained {result['epochs_run']} epochs ({wall:.0f}s); test skipped"
         )
-    )
+    else:
+        result.update(
+            test_metrics(model, features, decoder, x_test, y_test, args)
+        )
+        print(
+            f"\nTEST after {result['epochs_run']} epochs ({wall:.0f}s training): "
+            f"error {100 * result['test_error']:.2f}% (mean of z), "
+            f"ECE {result['test_ece']:.4f}"
+            + (
+                ""
+                if result["test_error_mc"] is None
+                else f"; {100 * result['test_error_mc']:.2f}%, ECE "
+                f"{result['test_ece_mc']:.4f} ({args.mc_samples}-sample average)"
+            )
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
