@@ -401,33 +401,34 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
+    # One curve per model and strength: the mean over the given seeds.
+    curves = {}
     for res in results:
-        h = res["history"]
-        name = "deterministic" if res["config"]["baseline"] else "VIB"
-        key = "val_error" if res["config"]["baseline"] else "val_error_mc"
-        err = 100 * np.asarray(h[key], dtype="float64")
-        label = name + (
-            ""
-            if res["config"]["baseline"]
-            else f" (β={res['config']['kl_weight']:g}, "
-            f"{res['config']['mc_samples']}-sample avg)"
+        config = res["config"]
+        model = config.get("model") or (
+            "deterministic" if config["baseline"] else "vib"
         )
-        label += f", seed {res['config']['seed']}"
-        style = "--" if res["config"]["baseline"] else "-"
-        color = "tab:orange" if res["config"]["baseline"] else "tab:blue"
+        strength = (
+            config["kl_weight"] if model == "vib" else config.get("strength")
+        )
+        label = model.replace("_", " ") + (
+            "" if strength is None else f" ({strength:g})"
+        )
+        curves.setdefault(label, []).append(res["history"]["val_error"])
+    fig, ax = plt.subplots(figsize=(6.0, 3.8), dpi=100)
+    for label, errors in curves.items():
+        length = min(len(e) for e in errors)
+        mean = 100 * np.mean([e[:length] for e in errors], axis=0)
         ax.plot(
-            np.arange(1, len(err) + 1),
-            err,
-            style,
-            color=color,
-            alpha=1.0 if res["config"]["seed"] == 0 else 0.6,
-            label=label,
+            np.arange(1, length + 1),
+            mean,
+            "-" if label.startswith("vib") else "--",
+            label=f"{label}, {len(errors)} seed(s)",
         )
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation error (%)")
     ax.set_ylim(0.9, 2.6)
-    ax.set_title("Permutation-invariant MNIST, EMA weights")
+    ax.set_title("Permutation-invariant MNIST, EMA weights, mean of z")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
