@@ -64,6 +64,8 @@ def test_every_harness_hides_tensorflow_start_up_logs():
         with open(os.path.join(EXPERIMENTS, name)) as f:
             tree = ast.parse(f.read())
         top = list(_imported_modules(tree.body))
+        if not noisy & set(_imported_modules(ast.walk(tree))):
+            continue  # a driver that runs other harnesses as subprocesses
         if noisy & set(top):
             first_noisy = min(top.index(m) for m in noisy & set(top))
             assert quiet & set(top[:first_noisy]), name
