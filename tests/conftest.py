@@ -4,6 +4,9 @@ Tiers: the default run is the unit and contract tier. Tests that start
 scripts, subprocesses or several processes carry `@pytest.mark.large` and
 run with `-m large` (`.ci/run` does); `large(backends=(...))` runs a test
 only on the backends where it means something and skips it elsewhere.
+`helpers.large_on_jax` moves a test to the large tier on JAX alone (its
+subject does not depend on the backend, but JAX compiles each small model
+op by op); TensorFlow and torch keep it in the default tier.
 
 Fixtures:
     backend: the name of the running Keras backend.

@@ -9,6 +9,7 @@ each other or `conftest`.
 - Small data and models: `classification_data`, `make_vib_model`,
   `linear_gaussian`.
 - Processes: `free_port`, `wait_all` (bounded, always cleaned up).
+- Tiers: `large_on_jax`.
 """
 
 import math
@@ -19,12 +20,24 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 
 import keras_vib as kv
 
 #: How many standard errors a sample statistic may stray from its expected
 #: value. A normal deviate exceeds 5 with probability 5.7e-7.
 Z_TOLERANCE = 5.0
+
+#: Marks a test for the large tier on JAX only; TensorFlow and torch keep it
+#: in the default tier. For tests whose subject does not depend on the
+#: backend but whose small models cost JAX a compile per op and shape: the
+#: default tier stays within its time budget on JAX, and `-m large` still
+#: runs them there.
+large_on_jax = (
+    pytest.mark.large(backends=("jax",))
+    if keras.backend.backend() == "jax"
+    else pytest.mark.usefixtures()
+)
 
 HALF_PRECISION_POLICIES = {
     "mixed_float16": "float16",

@@ -12,6 +12,7 @@ import zipfile
 import keras
 import numpy as np
 import pytest
+from helpers import large_on_jax
 
 import keras_vib as kv
 from keras_vib import export as kv_export
@@ -93,6 +94,7 @@ def test_saved_model_without_variables_file_raises(tmp_path, missing):
         tf.saved_model.load(str(path))
 
 
+@large_on_jax
 def test_truncated_onnx_file_raises(tmp_path):
     onnx_extra = "needs the onnx extra: pip install -e '.[onnx]'"
     pytest.importorskip(

@@ -16,6 +16,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+from helpers import large_on_jax
 
 import keras_vib as kv
 from keras_vib import _monte_carlo
@@ -438,6 +439,7 @@ def _scored_inputs():
     )
 
 
+@large_on_jax
 @needs_export_backend
 @pytest.mark.parametrize("use_entropy", [False, True])
 def test_served_ood_score_equals_in_process(use_entropy, tmp_path):
@@ -499,6 +501,7 @@ def _two_bottlenecks():
     return keras.Model(inputs, outputs)
 
 
+@large_on_jax
 @needs_export_backend
 def test_served_ood_score_with_two_bottlenecks(tmp_path):
     # The score is the larger deviation of the two bottlenecks' rates, each

@@ -12,6 +12,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from helpers import large_on_jax
 from helpers import to_numpy
 
 import keras_vib as kv
@@ -503,6 +504,7 @@ def surgery_warnings(model, **kwargs):
     return new, found
 
 
+@large_on_jax
 def test_heads_that_dwarf_the_model_warn():
     model = convnet()
     # After Flatten: 2 * 64 * 65 = 8,320 head parameters, against the

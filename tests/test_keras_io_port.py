@@ -10,6 +10,7 @@ layer): accepted, z ignored. Its decoder ends in a sigmoid: refused by
 import keras
 import numpy as np
 import pytest
+from helpers import large_on_jax
 from helpers import to_numpy
 from keras import ops
 
@@ -68,6 +69,7 @@ def digits(n=32, seed=0):
     return (rng.uniform(size=(n, 28, 28, 1)) ** 4).astype("float32")
 
 
+@large_on_jax
 def test_sigmoid_decoder_with_logit_likelihood_fails_at_construction():
     encoder, decoder = keras_io_networks()
     for cls in (models.VAE, models.IWAE):
@@ -79,6 +81,7 @@ def test_sigmoid_decoder_with_logit_likelihood_fails_at_construction():
         assert "conv2d_transpose" in message and "sigmoid" in message
 
 
+@large_on_jax
 def test_keras_io_networks_as_written_train_with_bernoulli_probs():
     encoder, decoder = keras_io_networks()
     vae = models.VAE(encoder, decoder, likelihood="bernoulli_probs", seed=0)
@@ -99,6 +102,7 @@ def test_keras_io_networks_as_written_train_with_bernoulli_probs():
     assert len(vae.encoder.predict(x, verbose=0)) == 3
 
 
+@large_on_jax
 def test_third_encoder_output_is_ignored():
     # The same layers with and without the example's z output: identical
     # encodings, and the same loss for the same model seed.
@@ -115,6 +119,7 @@ def test_third_encoder_output_is_ignored():
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
 
 
+@large_on_jax
 def test_third_encoder_output_trains_with_iwae():
     encoder, decoder = keras_io_networks(final_activation=None)
     iwae = models.IWAE(encoder, decoder, num_samples=3, seed=0)

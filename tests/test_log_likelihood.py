@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 from helpers import LATENT
+from helpers import large_on_jax
 from helpers import linear_gaussian
 from keras import ops
 
@@ -76,6 +77,7 @@ def test_chunking_is_exact_and_seed_reproducible():
     assert np.max(np.abs(other_seed - one_chunk)) > 1e-3
 
 
+@large_on_jax
 def test_draws_follow_the_documented_block_seeds():
     # The estimate for a seed is a function of the documented noise scheme
     # only: block j of batch b is NumPy's default_rng(SeedSequence([seed, b,

@@ -8,6 +8,7 @@ Keras's automatic loss scaling must recover from float16 gradient overflow.
 import keras
 import numpy as np
 import pytest
+from helpers import large_on_jax
 
 import keras_vib as kv
 
@@ -53,6 +54,7 @@ def _assert_finite_history(history, keys):
         assert values.size and np.all(np.isfinite(values)), (key, values)
 
 
+@large_on_jax
 @pytest.mark.parametrize("policy", POLICIES)
 def test_vib_model_trains(policy):
     keras.config.set_dtype_policy(policy)
@@ -71,6 +73,7 @@ def test_vib_model_trains(policy):
     assert all(_dtype(w) == "float32" for w in model.trainable_weights)
 
 
+@large_on_jax
 @pytest.mark.parametrize("policy", POLICIES)
 def test_gaussian_bottleneck_sequential_trains(policy):
     keras.config.set_dtype_policy(policy)
@@ -173,6 +176,7 @@ def _autoencoder_parts(features=8, latent=2):
     return encoder, decoder
 
 
+@large_on_jax
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("model_name", ["VAE", "IWAE"])
 def test_vae_and_iwae_train(policy, model_name):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from helpers import LATENT
 from helpers import D
+from helpers import large_on_jax
 from helpers import linear_gaussian
 from keras import ops
 
@@ -343,6 +344,7 @@ RANGE_ERROR = (
 )
 
 
+@large_on_jax
 @pytest.mark.parametrize("cls", [models.VAE, models.IWAE])
 def test_fit_refuses_pixels_outside_unit_interval(cls):
     model = _support_model(cls)
@@ -356,6 +358,7 @@ def test_fit_refuses_pixels_outside_unit_interval(cls):
         model.fit(pixels.astype("uint8"), epochs=1, batch_size=32, verbose=0)
 
 
+@large_on_jax
 def test_fit_refuses_a_later_batch_and_validation_data():
     model = _support_model()
     x = binary_data(64)
@@ -401,6 +404,7 @@ def test_data_in_range_trains_and_logs_no_extra_key():
     }
 
 
+@large_on_jax
 def test_gaussian_accepts_any_range():
     model = _support_model(likelihood="gaussian")
     model.fit(binary_data(64) * 255.0, epochs=1, verbose=0)

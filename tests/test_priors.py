@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 from helpers import Z_TOLERANCE
+from helpers import large_on_jax
 from helpers import to_numpy
 
 import keras_vib as kv
@@ -120,6 +121,7 @@ def test_trains_and_saves(tmp_path):
     )
 
 
+@large_on_jax
 def test_rate_with_one_component_matches_closed_form():
     latent = 3
     prior = kv.layers.MixturePrior(1, rate_samples=4000, seed=0)
@@ -142,6 +144,7 @@ def test_rate_with_one_component_matches_closed_form():
     assert np.all(np.abs(rate - exact) <= tolerance)
 
 
+@large_on_jax
 def test_free_bits_and_kl_weight():
     """free_bits thresholds the Monte Carlo KL; kl_weight scales it."""
     x, _ = _data(8)
@@ -162,6 +165,7 @@ def test_free_bits_and_kl_weight():
     )
 
 
+@large_on_jax
 def test_mixed_precision():
     keras.config.set_dtype_policy("mixed_float16")
     model = _model(kv.layers.MixturePrior(2, seed=0))
@@ -187,6 +191,7 @@ def test_argument_errors():
     assert kv.layers.VIB().get_config()["prior"] is None
 
 
+@large_on_jax
 def test_rate_is_deterministic_per_input_and_within_its_stated_error():
     prior = kv.layers.MixturePrior(num_components=10, seed=4)
     rng = np.random.default_rng(5)

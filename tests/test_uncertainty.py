@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 from helpers import Z_TOLERANCE
+from helpers import large_on_jax
 from helpers import make_vib_model
 
 import keras_vib as kv
@@ -124,6 +125,7 @@ def _classifier():
     return model
 
 
+@large_on_jax
 def test_ood_scores_of_a_vib_model():
     model = _classifier()
     x = np.random.default_rng(4).normal(size=(30, 8)).astype("float32")
@@ -159,6 +161,7 @@ def test_ood_scores_of_a_plain_model_and_logits():
         kv.uncertainty.ood_scores(logits, x)
 
 
+@large_on_jax
 def test_ood_report_directions():
     """The report holds each score's metrics in its stated direction."""
     model = _classifier()
@@ -178,6 +181,7 @@ def test_ood_report_directions():
     assert rate["mean_out"] == pytest.approx(float(np.mean(scores_out)))
 
 
+@large_on_jax
 def test_calibration_bins_match_the_metric():
     rng = np.random.default_rng(7)
     probs = rng.dirichlet(np.full(5, 0.4), size=400).astype("float32")
@@ -264,6 +268,7 @@ def _inputs(n, seed, shift=0.0):
     return (shift + rng.normal(size=(n, 8))).astype("float32")
 
 
+@large_on_jax
 def test_typicality_matches_numpy_reference():
     """Fitted parameters and scores against NumPy, with the rate from the
     closed-form Gaussian KL of the encoder's outputs."""
@@ -309,6 +314,7 @@ def test_typicality_matches_numpy_reference():
     assert np.median(fit_scores) == pytest.approx(1 / _MAD, rel=1e-4)
 
 
+@large_on_jax
 def test_typicality_takes_the_largest_deviation_over_bottlenecks():
     model = _two_bottleneck_model()
     x_fit, x_new = _inputs(200, 2), _inputs(40, 3, shift=2.0)
@@ -421,6 +427,7 @@ def test_typicality_save_and_load(tmp_path):
     )
 
 
+@large_on_jax
 def test_typicality_does_not_depend_on_call_history():
     model, _ = make_vib_model(features=8, latent=3, classes=4)
     scorer = kv.uncertainty.TypicalityScorer(use_entropy=True)
@@ -486,6 +493,7 @@ def _mixture_model():
     return keras.Model(inputs, outputs)
 
 
+@large_on_jax
 def test_typicality_with_a_mixture_prior():
     model = _mixture_model()
     scorer = kv.uncertainty.TypicalityScorer(use_entropy=True)
@@ -495,6 +503,7 @@ def test_typicality_with_a_mixture_prior():
     assert np.all(scores >= 0)
 
 
+@large_on_jax
 def test_typicality_with_a_mixture_prior_is_deterministic():
     model = _mixture_model()
     scorer = kv.uncertainty.TypicalityScorer().fit(model, _inputs(200, 14))

@@ -16,6 +16,7 @@ variance: on TensorFlow the compiled IWAE run is only checked to train).
 import keras
 import numpy as np
 import pytest
+from helpers import large_on_jax
 
 import keras_vib as kv
 
@@ -104,6 +105,7 @@ CASES = {
 }
 
 
+@large_on_jax
 @pytest.mark.parametrize("case", list(CASES))
 def test_jit_compile_matches_uncompiled(case):
     build, supervised = CASES[case]
