@@ -383,3 +383,28 @@ def test_mnist_typicality_smoke(tmp_path):
     assert 0.0 <= vib["error"] <= 1.0 and 0.0 <= vib["ece"] <= 1.0
     assert "typicality+entropy" in (out_dir / "summary.md").read_text()
     assert "TPR at 5% FPR" in out
+
+
+@tensorflow_only
+@pytest.mark.large
+def test_mnist_vib_tune_smoke(tmp_path):
+    # Every model of the tuner trains and reaches the report; the choice is
+    # the grid value with the lowest validation error.
+    out = run_example("mnist_vib_tune.py", "--smoke", "--out", str(tmp_path))
+    chosen = json.loads(
+        out.split("chosen on validation: ")[1].splitlines()[0].replace("'", '"')
+    )
+    assert set(chosen) == {
+        "vib",
+        "dropout",
+        "label_smoothing",
+        "confidence_penalty",
+    }
+    for model in ("vib", "deterministic", *sorted(chosen)):
+        assert f"| {model} |" in out.split("Test error")[1], model
+    final = json.loads(
+        (tmp_path / "final_confidence_penalty_0.1_s0.json").read_text()
+    )
+    assert final["config"]["strength"] == 0.1 and 0 <= final["test_ece"] <= 1
+    grid = json.loads((tmp_path / "grid_dropout_0.2_s0.json").read_text())
+    assert "test_error" not in grid  # tuning runs never read the test set
