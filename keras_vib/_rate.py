@@ -8,6 +8,9 @@ layer (so `GaussianBottleneck` too) appends `VIB.rate` of its inputs to its
 unchanged.
 """
 
+import keras
+from keras import ops
+
 from keras_vib import _monte_carlo
 from keras_vib.layers import VIB
 
@@ -42,3 +45,23 @@ def rate_call(model, x):
                 "rate needs each bottleneck to run exactly once."
             )
     return outputs, [record[0] for record in records]
+
+
+def rates_in_batches(model, x, batch_size):
+    """`rate_call` over the NumPy inputs `x`, `batch_size` examples at a
+    time: `(outputs, rates)` as float64 NumPy arrays."""
+    output_parts, rate_parts = [], []
+    for x_batch in _monte_carlo.batches(x, batch_size):
+        outputs, rates = rate_call(model, x_batch)
+        output_parts.append(
+            keras.tree.map_structure(
+                lambda y: ops.convert_to_numpy(y).astype("float64"), outputs
+            )
+        )
+        rate_parts.append(
+            [ops.convert_to_numpy(r).astype("float64") for r in rates]
+        )
+    return (
+        _monte_carlo.concatenate(output_parts),
+        _monte_carlo.concatenate(rate_parts),
+    )

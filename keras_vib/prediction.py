@@ -7,27 +7,9 @@ from keras import ops
 from keras_vib import _monte_carlo
 from keras_vib import _rate
 from keras_vib._validation import check_bool
-from keras_vib._validation import check_num_examples
 from keras_vib._validation import check_optional_positive_int
 from keras_vib._validation import check_positive_int
 from keras_vib._validation import check_seed
-
-
-def _is_scalar(value):
-    return isinstance(value, (bool, int, float, complex, np.generic))
-
-
-def _to_numpy(x):
-    """`x` as NumPy arrays, keeping a list/dict of inputs as a structure.
-
-    A nested list of numbers, e.g. `[[0.0, 1.0, 2.0, 3.0]]`, is one array
-    (as `model.predict` reads it), not a structure of scalar inputs.
-    """
-    if isinstance(x, (list, tuple)) and all(
-        _is_scalar(leaf) for leaf in keras.tree.flatten(x)
-    ):
-        return np.asarray(x)
-    return keras.tree.map_structure(ops.convert_to_numpy, x)
 
 
 def _check_input_shapes(model, x):
@@ -58,19 +40,6 @@ def _check_input_shapes(model, x):
                 f"of shape {expected} (the input {which}of model "
                 f"`{model.name}`). Received: x with shape {received}"
             )
-
-
-def _num_examples(x):
-    for leaf in keras.tree.flatten(x):
-        check_num_examples("x", np.asarray(leaf))
-    sizes = {int(np.shape(leaf)[0]) for leaf in keras.tree.flatten(x)}
-    if len(sizes) != 1:
-        raise ValueError(
-            "Invalid value received for argument `x`. Expected arrays with "
-            "the same number of examples. Received leading sizes "
-            f"{sorted(sizes)}"
-        )
-    return sizes.pop()
 
 
 def predict_mc(
@@ -142,28 +111,18 @@ def predict_mc(
             f"`{model.name}` has no keras_vib `Sampling`, `VIB` or "
             "`GaussianBottleneck` layer."
         )
-    x = _to_numpy(x)
-    n = _num_examples(x)
+    x = _monte_carlo.to_numpy(x)
+    _monte_carlo.num_examples(x)
     _check_input_shapes(model, x)
     seeds = np.random.SeedSequence(seed)
-    means, stds = [], []
-    for start in range(0, n, batch_size):
-        x_batch = keras.tree.map_structure(
-            lambda a: a[start : start + batch_size], x
-        )
-        mean, std = _batch_moments(
-            model, x_batch, num_samples, samples_per_pass, seeds
-        )
-        means.append(mean)
-        stds.append(std)
-
-    def concat(*parts):
-        return np.concatenate(parts, axis=0)
-
-    mean = keras.tree.map_structure(concat, *means)
+    moments = [
+        _batch_moments(model, x_batch, num_samples, samples_per_pass, seeds)
+        for x_batch in _monte_carlo.batches(x, batch_size)
+    ]
+    mean = _monte_carlo.concatenate([mean for mean, _ in moments])
     if not return_std:
         return mean
-    return mean, keras.tree.map_structure(concat, *stds)
+    return mean, _monte_carlo.concatenate([std for _, std in moments])
 
 
 def _batch_moments(model, x_batch, num_samples, samples_per_pass, seeds):
@@ -254,17 +213,9 @@ def predict_rate(model, x, batch_size=32):
             f"`predict_rate` needs a KL bottleneck, but model `{model.name}` "
             "has no keras_vib `VIB` or `GaussianBottleneck` layer."
         )
-    x = _to_numpy(x)
-    n = _num_examples(x)
-    parts = [[] for _ in layers]
-    for start in range(0, n, batch_size):
-        x_batch = keras.tree.map_structure(
-            lambda a: a[start : start + batch_size], x
-        )
-        _, rates = _rate.rate_call(model, x_batch)
-        for part, rate in zip(parts, rates):
-            part.append(ops.convert_to_numpy(rate).astype("float32"))
-    arrays = [np.concatenate(part, axis=0) for part in parts]
+    x = _monte_carlo.to_numpy(x)
+    _, rates = _rate.rates_in_batches(model, x, batch_size)
+    rates = [rate.astype("float32") for rate in rates]
     if len(layers) == 1:
-        return arrays[0]
-    return {layer.name: array for layer, array in zip(layers, arrays)}
+        return rates[0]
+    return {layer.name: rate for layer, rate in zip(layers, rates)}

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_vib import _monte_carlo
 from keras_vib import _rate
 from keras_vib import prediction
 from keras_vib._validation import check_bool
@@ -234,14 +235,12 @@ def ood_scores(model, x, num_samples=None, batch_size=32, seed=None):
     }
     if std is not None:
         scores["mc_std"] = np.asarray(std, "float64").mean(axis=-1)
-    rates = None
     if _rate.rate_layers(model):
         rates = prediction.predict_rate(model, x, batch_size=batch_size)
-    if isinstance(rates, dict):
+        if not isinstance(rates, dict):
+            return {**scores, "rate": np.asarray(rates, "float64")}
         for name, rate in rates.items():
             scores[f"rate/{name}"] = np.asarray(rate, "float64")
-    elif rates is not None:
-        scores["rate"] = np.asarray(rates, "float64")
     return scores
 
 
@@ -450,16 +449,6 @@ def _robust_location_scale(name, values):
     return location, scale
 
 
-def _num_examples(x):
-    leaves = keras.tree.flatten(x)
-    if not leaves:
-        raise ValueError(
-            "Invalid value received for argument `x`. Expected an array of "
-            "inputs. Received: x=None"
-        )
-    return int(np.shape(leaves[0])[0])
-
-
 def _check_fit_size(n):
     if n < MIN_FIT_EXAMPLES:
         raise ValueError(
@@ -467,6 +456,16 @@ def _check_fit_size(n):
             f"{MIN_FIT_EXAMPLES} held-out in-distribution examples to fit "
             f"the location and scale of the rate. Received: {n} examples"
         )
+
+
+def _require_probs(probs):
+    if probs is None:
+        raise ValueError(
+            "Invalid value received for argument `probs`. Expected class "
+            "probabilities: the scorer uses the entropy "
+            "(`use_entropy=True`). Received: probs=None"
+        )
+    return probs
 
 
 def rates_and_probabilities(model, x, batch_size=256):
@@ -506,20 +505,8 @@ def rates_and_probabilities(model, x, batch_size=256):
             f"model `{model.name}` has no keras_vib `VIB` or "
             "`GaussianBottleneck` layer."
         )
-    x = keras.tree.map_structure(ops.convert_to_numpy, x)
-    n = _num_examples(x)
-    rate_parts = [[] for _ in layers]
-    output_parts = []
-    for start in range(0, n, batch_size):
-        x_batch = keras.tree.map_structure(
-            lambda a: a[start : start + batch_size], x
-        )
-        outputs, rates = _rate.rate_call(model, x_batch)
-        output_parts.append(ops.convert_to_numpy(outputs).astype("float64"))
-        for part, rate in zip(rate_parts, rates):
-            part.append(ops.convert_to_numpy(rate).astype("float64"))
-    rates = [np.concatenate(part, axis=0) for part in rate_parts]
-    outputs = np.concatenate(output_parts, axis=0)
+    x = _monte_carlo.to_numpy(x)
+    outputs, rates = _rate.rates_in_batches(model, x, batch_size)
     return rates, outputs, [layer.name for layer in layers]
 
 
@@ -614,7 +601,7 @@ class TypicalityScorer:
         Returns:
             The scorer itself.
         """
-        _check_fit_size(_num_examples(x))
+        _check_fit_size(_monte_carlo.num_examples(_monte_carlo.to_numpy(x)))
         rates, probs, names = rates_and_probabilities(model, x, batch_size)
         return self.fit_arrays(
             rates, probs if self.use_entropy else None, names
@@ -738,25 +725,20 @@ class TypicalityScorer:
                 f"rate tensor per fitted bottleneck ({self.layer_names}). "
                 f"Received: {len(rates)} tensors"
             )
-        deviations = []
+        score = None
         for rate, location, scale in zip(
             rates, self.rate_location, self.rate_scale
         ):
             log_rate = ops.log(
                 ops.maximum(ops.cast(rate, "float32"), _RATE_FLOOR)
             )
-            deviations.append(ops.abs(log_rate - location) / scale)
-        score = deviations[0]
-        for deviation in deviations[1:]:
-            score = ops.maximum(score, deviation)
+            deviation = ops.abs(log_rate - location) / scale
+            score = (
+                deviation if score is None else ops.maximum(score, deviation)
+            )
         if self.use_entropy:
-            if probs is None:
-                raise ValueError(
-                    "Invalid value received for argument `probs`. Expected "
-                    "class probabilities: the scorer uses the entropy "
-                    "(`use_entropy=True`). Received: probs=None"
-                )
-            probs = ops.clip(ops.cast(probs, "float32"), 1e-12, 1.0)
+            probs = ops.cast(_require_probs(probs), "float32")
+            probs = ops.clip(probs, 1e-12, 1.0)
             entropies = -ops.sum(probs * ops.log(probs), axis=-1)
             log_entropy = ops.log(ops.maximum(entropies, _ENTROPY_FLOOR))
             score = ops.maximum(
@@ -865,13 +847,7 @@ class TypicalityScorer:
 
     @staticmethod
     def _entropy_array(probs, n):
-        if probs is None:
-            raise ValueError(
-                "Invalid value received for argument `probs`. Expected class "
-                "probabilities: the scorer uses the entropy "
-                "(`use_entropy=True`). Received: probs=None"
-            )
-        values = entropy(probs)
+        values = entropy(_require_probs(probs))
         if values.shape[0] != n:
             raise ValueError(
                 "Invalid value received for argument `probs`. Expected one "
