@@ -147,8 +147,7 @@ def monte_carlo_call(model, x, num_samples, seed):
             )
             overrides.append((state, ops.cast(stream, state.dtype)))
         tiled = keras.tree.map_structure(
-            lambda t: ops.tile(t, (num_samples,) + (1,) * (len(t.shape) - 1)),
-            x,
+            lambda t: ops.tile(t, (num_samples,) + (1,) * (len(t.shape) - 1)), x
         )
         outputs = stateless_call(
             model, lambda: model(tiled, training=False), overrides

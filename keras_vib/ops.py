@@ -70,11 +70,7 @@ def _sum(x, axis):
 
 @_renamed_arguments(mean="z_mean", log_var="z_log_var")
 def gaussian_kl(
-    z_mean,
-    z_log_var,
-    prior_mean=None,
-    prior_log_var=None,
-    axis=-1,
+    z_mean, z_log_var, prior_mean=None, prior_log_var=None, axis=-1
 ):
     """KL(N(z_mean, exp(z_log_var)) || prior) for diagonal Gaussians, in nats.
 

@@ -229,10 +229,7 @@ def ood_scores(model, x, num_samples=None, batch_size=32, seed=None):
             seed=seed,
         )
     probs = _check_probabilities(probs)
-    scores = {
-        "max_softmax": probs.max(axis=-1),
-        "entropy": entropy(probs),
-    }
+    scores = {"max_softmax": probs.max(axis=-1), "entropy": entropy(probs)}
     if std is not None:
         scores["mc_std"] = np.asarray(std, "float64").mean(axis=-1)
     if _rate.rate_layers(model):
@@ -250,13 +247,7 @@ def score_direction(name):
 
 
 def ood_report(
-    model,
-    x_in,
-    x_out,
-    num_samples=None,
-    fpr=0.05,
-    batch_size=32,
-    seed=None,
+    model, x_in, x_out, num_samples=None, fpr=0.05, batch_size=32, seed=None
 ):
     """AUROC and TPR at `fpr` of every score of `ood_scores`, both ways.
 
