@@ -171,8 +171,6 @@ class VIB(Sampling):
         # Set by `keras_vib._rate` to collect per-example rates (see `rate`).
         self.rate_records = None
 
-    # -- the bottleneck interface (used by callbacks and prediction) -------
-
     @property
     def log_name(self):
         """The key of this bottleneck's KL in `fit` logs and `History`."""
@@ -215,8 +213,6 @@ class VIB(Sampling):
         if self.prior is not None:
             return self.prior.rate(z_mean, z_log_var)
         return vib_ops.gaussian_kl(z_mean, z_log_var)
-
-    # -- computation --------------------------------------------------------
 
     def kl_penalty(self, per_dim_kl, weights=None):
         """The thresholded KL term (before `kl_weight`) from per-dim KL.
@@ -265,20 +261,16 @@ class VIB(Sampling):
         return self.sample(z_mean, log_var, training)
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                # The constructor's value; the current one is in the weights.
-                "kl_weight": self._initial_kl_weight,
-                "free_bits": self.free_bits,
-                "free_bits_mode": self.free_bits_mode,
-                "log_name": self._log_name_given,
-                "prior": None
-                if self.prior is None
-                else keras.saving.serialize_keras_object(self.prior),
-            }
-        )
-        return config
+        serialize = keras.saving.serialize_keras_object
+        return {
+            **super().get_config(),
+            # The constructor's value; the current one is in the weights.
+            "kl_weight": self._initial_kl_weight,
+            "free_bits": self.free_bits,
+            "free_bits_mode": self.free_bits_mode,
+            "log_name": self._log_name_given,
+            "prior": None if self.prior is None else serialize(self.prior),
+        }
 
     @classmethod
     def from_config(cls, config):

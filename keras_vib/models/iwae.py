@@ -113,11 +113,8 @@ class IWAE(LatentVariableModel):
         )
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "num_samples": self.num_samples,
-                "gradient_estimator": self.gradient_estimator,
-            }
-        )
-        return config
+        return {
+            **super().get_config(),
+            "num_samples": self.num_samples,
+            "gradient_estimator": self.gradient_estimator,
+        }

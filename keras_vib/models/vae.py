@@ -25,10 +25,7 @@ class VAE(LatentVariableModel):
     `val_` versions under `validation_data`. Losses added by the encoder or
     decoder (regularizers, `add_loss`) are included in `loss`.
 
-    `kl_weight` is a non-trainable float32 variable (`model.kl_weight`),
-    saved with the model; `keras_vib.callbacks` schedules assign it during
-    training. With `free_bits > 0` the KL term becomes thresholded exactly as
-    in `keras_vib.layers.VIB` (see `keras_vib.ops.free_bits_penalty`).
+    `kl_weight` and `free_bits` work as in `keras_vib.layers.VIB`.
 
     `predict(x)` and `model(x)` return reconstructions: the mean of p(x|z) at
     z = z_mean (probabilities for `"bernoulli"`). In training mode,
@@ -131,8 +128,6 @@ class VAE(LatentVariableModel):
 
     _objective_name = "the negative ELBO, reconstruction + kl_weight * KL"
 
-    # -- the bottleneck interface (see keras_vib.surgery.find_bottlenecks) --
-
     @property
     def log_name(self):
         """The key of the KL in `fit` logs and `History`: `"kl"`."""
@@ -141,8 +136,6 @@ class VAE(LatentVariableModel):
     def running_kl(self):
         """`(total, count)` variables of the running KL (see `VIB`)."""
         return self.kl_tracker.total, self.kl_tracker.count
-
-    # -- training -----------------------------------------------------------
 
     def _training_forward(self, x, z_mean, z_log_var, training):
         z = self._sample_z(z_mean, z_log_var)
@@ -172,13 +165,10 @@ class VAE(LatentVariableModel):
         )
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                # The constructor's value; the current one is in the weights.
-                "kl_weight": self._initial_kl_weight,
-                "free_bits": self.free_bits,
-                "free_bits_mode": self.free_bits_mode,
-            }
-        )
-        return config
+        return {
+            **super().get_config(),
+            # The constructor's value; the current one is in the weights.
+            "kl_weight": self._initial_kl_weight,
+            "free_bits": self.free_bits,
+            "free_bits_mode": self.free_bits_mode,
+        }
