@@ -17,8 +17,7 @@ The direction is a convention, not a guarantee: a VIB trained on MNIST can
 give Fashion-MNIST and noise images a *lower* rate than digits. The
 detection metrics take the direction as an argument, so an AUROC below 0.5
 shows a score that points the other way; `ood_report` reports both.
-`TypicalityScorer` needs no direction: it is fitted on held-out
-in-distribution inputs and flags a rate that is atypical either way.
+`TypicalityScorer` needs no direction: it flags an atypical rate.
 """
 
 import json
@@ -33,6 +32,7 @@ from keras_vib import _rate
 from keras_vib import prediction
 from keras_vib._validation import check_bool
 from keras_vib._validation import check_choice
+from keras_vib._validation import check_fraction
 from keras_vib._validation import check_positive_int
 
 #: For each score of `ood_scores`, the values conventionally taken to mean
@@ -61,19 +61,6 @@ def _scores(name, values):
             "values"
         )
     return values
-
-
-def _check_rate(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not 0.0 < value < 1.0
-    ):
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a float "
-            f"in (0, 1). Received: {name}={value!r}"
-        )
-    return float(value)
 
 
 def _oriented(scores_in, scores_out, ood_when):
@@ -141,7 +128,7 @@ def tpr_at_fpr(scores_in, scores_out, ood_when="high", fpr=0.05):
     >>> kv.uncertainty.tpr_at_fpr(scores_in, scores_out)  # t = 94
     0.75
     """
-    fpr = _check_rate("fpr", fpr)
+    fpr = check_fraction("fpr", fpr)
     scores_in, scores_out = _oriented(scores_in, scores_out, ood_when)
     sorted_in = np.sort(scores_in)
     n = sorted_in.size
@@ -281,7 +268,7 @@ def ood_report(
     ('high', ['auroc', 'mean_in', 'mean_out', 'ood_when', 'tpr_at_fpr', \
 'tpr_at_fpr_reversed'])
     """
-    fpr = _check_rate("fpr", fpr)
+    fpr = check_fraction("fpr", fpr)
     scores_in = ood_scores(model, x_in, num_samples, batch_size, seed)
     scores_out = ood_scores(model, x_out, num_samples, batch_size, seed)
     report = {}
@@ -440,15 +427,6 @@ def _robust_location_scale(name, values):
     return location, scale
 
 
-def _check_fit_size(n):
-    if n < MIN_FIT_EXAMPLES:
-        raise ValueError(
-            "Invalid value received for argument `x`. Expected at least "
-            f"{MIN_FIT_EXAMPLES} held-out in-distribution examples to fit "
-            f"the location and scale of the rate. Received: {n} examples"
-        )
-
-
 def _require_probs(probs):
     if probs is None:
         raise ValueError(
@@ -526,13 +504,10 @@ class TypicalityScorer:
     fitted the same way. Both are in the same units, so no OOD data is
     needed to weigh them.
 
-    The fitted parameters are plain floats (`get_config`), saved to JSON
-    with `save` and read with `load`, or written as constants into an
-    exported model by `keras_vib.export.classifier_with_rate(...,
-    scorer=scorer)`. The score depends on them and on the
-    model's deterministic forward pass only, not on what ran before (a
-    `MixturePrior`'s rate is a Monte Carlo estimate: it is deterministic
-    only if the prior's rate is).
+    The fitted parameters are plain floats (`get_config`, `save`, `load`);
+    `keras_vib.export.classifier_with_rate(..., scorer=scorer)` serves the
+    score. It depends on them and on the model's deterministic forward pass
+    only, not on what ran before.
 
     Args:
         use_entropy: bool, also flag inputs whose predictive entropy is
@@ -573,8 +548,7 @@ class TypicalityScorer:
 
     @property
     def fitted(self):
-        """Whether `fit` (or `from_config` / `load`) has set the
-        parameters."""
+        """Whether `fit`, `from_config` or `load` has set the parameters."""
         return self.rate_location is not None
 
     def fit(self, model, x, *, batch_size=256):
@@ -592,7 +566,6 @@ class TypicalityScorer:
         Returns:
             The scorer itself.
         """
-        _check_fit_size(_monte_carlo.num_examples(_monte_carlo.to_numpy(x)))
         rates, probs, names = rates_and_probabilities(model, x, batch_size)
         return self.fit_arrays(
             rates, probs if self.use_entropy else None, names
@@ -614,7 +587,12 @@ class TypicalityScorer:
         """
         rates = self._rate_arrays(rates)
         n = rates[0].shape[0]
-        _check_fit_size(n)
+        if n < MIN_FIT_EXAMPLES:
+            raise ValueError(
+                "Invalid value received for argument `x`. Expected at least "
+                f"{MIN_FIT_EXAMPLES} held-out in-distribution examples to fit "
+                f"the location and scale of the rate. Received: {n} examples"
+            )
         if layer_names is None:
             layer_names = [f"bottleneck_{i}" for i in range(len(rates))]
         layer_names = [str(name) for name in layer_names]
