@@ -15,13 +15,20 @@ from keras_vib import _monte_carlo
 from keras_vib.layers import VIB
 
 
-def rate_layers(model):
-    """The `VIB`-based layers (so `GaussianBottleneck` too) of `model`."""
-    return [
+def rate_layers(model, required_by=None):
+    """The `VIB`-based layers (so `GaussianBottleneck` too) of `model`;
+    with `required_by` (what needs them, for the message), raise if none."""
+    layers = [
         layer
         for layer in _monte_carlo.sampling_layers(model)
         if isinstance(layer, VIB)
     ]
+    if required_by and not layers:
+        raise ValueError(
+            f"{required_by} needs a KL bottleneck, but model `{model.name}` "
+            "has no keras_vib `VIB` or `GaussianBottleneck` layer."
+        )
+    return layers
 
 
 def rate_call(model, x):

@@ -467,13 +467,7 @@ def rates_and_probabilities(model, x, batch_size=256):
     ((5,), (5, 3), ['vib'])
     """
     batch_size = check_positive_int("batch_size", batch_size)
-    layers = _rate.rate_layers(model)
-    if not layers:
-        raise ValueError(
-            "The typicality score needs the rate of a KL bottleneck, but "
-            f"model `{model.name}` has no keras_vib `VIB` or "
-            "`GaussianBottleneck` layer."
-        )
+    layers = _rate.rate_layers(model, "The typicality score")
     x = _monte_carlo.to_numpy(x)
     outputs, rates = _rate.rates_in_batches(model, x, batch_size)
     return rates, outputs, [layer.name for layer in layers]

@@ -33,13 +33,9 @@ class VAE(LatentVariableModel):
     with `z_mean`, `z_log_var` and `decoder_outputs` (of one sample
     z ~ q(z|x)); Keras passes it to `compute_loss` as `y_pred`.
 
-    `fit(x)` takes no targets: passing `y` raises a `ValueError`. The loss
-    is the model's own: `compile(optimizer=...)` refuses a `loss` argument
-    with a `ValueError` (the reconstruction term is set by `likelihood`;
-    `"gaussian"` is the squared error up to scale and a constant). Data
-    outside the likelihood's support (for `"bernoulli"`, values outside
-    [0, 1] such as 0-255 pixels) raises a `ValueError` in `fit`, `evaluate`
-    and `log_likelihood`.
+    `fit(x)` takes no targets, `compile` no `loss` (the reconstruction term
+    is set by `likelihood`), and data outside the likelihood's support
+    (for `"bernoulli"`, 0-255 pixels) raises a `ValueError` (see `fit`).
 
     Args:
         encoder: a `keras.Model` mapping x to `(z_mean, z_log_var)`, two
