@@ -335,11 +335,10 @@ def insert_bottleneck(
     output of `after` now consumes the bottleneck's output `z`; all other
     connections are unchanged.
 
-    **Weights are copied, not shared.** Each original layer is recreated
-    from its config and given the original's weights, so the original
-    model is left untouched by training the new one (layers shared inside
-    the model stay shared in the copy). If the original model was compiled,
-    the copy is compiled with the same settings (and a fresh optimizer).
+    **Weights are copied, not shared.** Each layer is recreated from its
+    config with the original's weights (shared layers stay shared), so
+    training the copy leaves `model` untouched. A compiled model's copy is
+    compiled the same way (with a fresh optimizer).
 
     **The new model starts as the old one.** With `units=None` the mean
     head is initialised to the identity and the log-variance head to the
@@ -394,12 +393,9 @@ def insert_bottleneck(
         A new model of the same kind (Functional or Sequential) and name.
 
     Raises:
-        TypeError: for a subclassed model (its graph is Python code and
-            cannot be read), or a layer that cannot be recreated from its
-            config.
-        ValueError: if `after` is not a layer of the model, or is one of
-            the layers refused above, or if an argument of the bottleneck
-            is invalid.
+        TypeError: for a subclassed model, or a layer that cannot be
+            recreated from its config.
+        ValueError: for an `after` refused above, or an invalid argument.
 
     Example:
 

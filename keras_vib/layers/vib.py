@@ -62,12 +62,9 @@ class VIB(Sampling):
     (`layer.kl_weight`): it is saved with the model's weights, and the
     `keras_vib.callbacks` set it during training.
 
-    With `free_bits > 0` the penalty becomes thresholded,
-    `kl_weight * max(KL - free_bits, 0)` (`free_bits_mode="total"`), or
-    `kl_weight * sum_d max(KL_d - free_bits, 0)` with the batch-mean KL of
-    each dimension (`free_bits_mode="per_dim"`, Kingma et al. 2016). Only
-    information above the threshold is penalised; the logged KL stays the
-    true KL.
+    With `free_bits > 0` only information above `free_bits` nats is
+    penalised (see `keras_vib.ops.free_bits_penalty`); the logged KL stays
+    the true KL.
 
     Args:
         kl_weight: finite float >= 0, the initial weight lambda (a.k.a.
