@@ -157,13 +157,12 @@ def load_imdb(
     data_dir = resolve_data_dir(data_dir)
     x_train, y_train, x_test, y_test, shuffled = _imdb_arrays(data_dir, seed)
     if not shuffled:
+        # One generator, train first, as keras.datasets.imdb shuffles.
         rng = np.random.RandomState(seed)
-        indices = np.arange(len(x_train))
-        rng.shuffle(indices)
-        x_train, y_train = x_train[indices], y_train[indices]
-        indices = np.arange(len(x_test))
-        rng.shuffle(indices)
-        x_test, y_test = x_test[indices], y_test[indices]
+        train = rng.permutation(len(x_train))
+        test = rng.permutation(len(x_test))
+        x_train, y_train = x_train[train], y_train[train]
+        x_test, y_test = x_test[test], y_test[test]
 
     start = [] if start_char is None else [start_char]
     xs = [start + [w + index_from for w in x] for x in (*x_train, *x_test)]

@@ -396,8 +396,6 @@ def reliability_diagram(
     return ax
 
 
-# -- a fitted, direction-free score from the rate ----------------------------
-
 #: Fewest held-out examples `TypicalityScorer.fit` accepts: the median and
 #: the MAD of fewer are too noisy to set a threshold on.
 MIN_FIT_EXAMPLES = 100
