@@ -28,10 +28,8 @@ class VAE(LatentVariableModel):
     `kl_weight` and `free_bits` work as in `keras_vib.layers.VIB`.
 
     `predict(x)` and `model(x)` return reconstructions: the mean of p(x|z) at
-    z = z_mean (probabilities for `"bernoulli"`). In training mode,
-    `model(x, training=True)` returns the forward pass the loss needs, a dict
-    with `z_mean`, `z_log_var` and `decoder_outputs` (of one sample
-    z ~ q(z|x)); Keras passes it to `compute_loss` as `y_pred`.
+    z = z_mean (probabilities for `"bernoulli"`). With `training=True` they
+    return the loss's inputs (see `LatentVariableModel`).
 
     `fit(x)` takes no targets, `compile` no `loss` (the reconstruction term
     is set by `likelihood`), and data outside the likelihood's support
