@@ -51,18 +51,9 @@ __version__ = "0.2.0.dev0"
 __getattr__ = _deprecation.module_getattr(
     __name__,
     {
-        "Sampling": ("keras_vib.layers.Sampling", lambda: layers.Sampling),
-        "VIB": ("keras_vib.layers.VIB", lambda: layers.VIB),
-        "GaussianBottleneck": (
-            "keras_vib.layers.GaussianBottleneck",
-            lambda: layers.GaussianBottleneck,
-        ),
-        "VAE": ("keras_vib.models.VAE", lambda: models.VAE),
-        "IWAE": ("keras_vib.models.IWAE", lambda: models.IWAE),
-        "predict_mc": (
-            "keras_vib.prediction.predict_mc",
-            lambda: prediction.predict_mc,
-        ),
+        **_deprecation.moved(layers, ("Sampling", "VIB", "GaussianBottleneck")),
+        **_deprecation.moved(models, ("VAE", "IWAE")),
+        **_deprecation.moved(prediction, ("predict_mc",)),
     },
 )
 
@@ -70,15 +61,7 @@ __getattr__ = _deprecation.module_getattr(
 # cannot import it, so its old names are wired here.
 layers.__getattr__ = _deprecation.module_getattr(
     layers.__name__,
-    {
-        name: (
-            f"keras_vib.surgery.{name}",
-            lambda name=name: getattr(surgery, name),
-        )
-        for name in (
-            "find_bottlenecks",
-            "insert_bottleneck",
-            "remove_bottleneck",
-        )
-    },
+    _deprecation.moved(
+        surgery, ("find_bottlenecks", "insert_bottleneck", "remove_bottleneck")
+    ),
 )

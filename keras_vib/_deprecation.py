@@ -16,6 +16,17 @@ def warn(old, new):
     )
 
 
+def moved(module, names):
+    """`module_getattr` aliases for `names`, now public in `module`."""
+    return {
+        name: (
+            f"{module.__name__}.{name}",
+            lambda name=name: getattr(module, name),
+        )
+        for name in names
+    }
+
+
 def module_getattr(module_name, aliases):
     """A module `__getattr__` that resolves deprecated names with a warning.
 

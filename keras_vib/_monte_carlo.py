@@ -9,14 +9,62 @@ without changing any state of the model.
 import contextlib
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_vib import _graph
+from keras_vib._validation import check_num_examples
 from keras_vib.layers import Sampling
 
 # Offsets between the noise streams of successive `Sampling` layers: a layer
 # advances its stream by 1 per draw, so streams this far apart never meet.
 _STREAM_STRIDE = 1 << 20
+
+
+def _is_scalar(value):
+    return isinstance(value, (bool, int, float, complex, np.generic))
+
+
+def to_numpy(x):
+    """`x` as NumPy arrays, keeping a list/dict of inputs as a structure.
+
+    A nested list of numbers, e.g. `[[0.0, 1.0, 2.0, 3.0]]`, is one array
+    (as `model.predict` reads it), not a structure of scalar inputs.
+    """
+    if isinstance(x, (list, tuple)) and all(
+        _is_scalar(leaf) for leaf in keras.tree.flatten(x)
+    ):
+        return np.asarray(x)
+    return keras.tree.map_structure(ops.convert_to_numpy, x)
+
+
+def num_examples(x):
+    """The number of examples of the NumPy inputs `x`, or raise."""
+    for leaf in keras.tree.flatten(x):
+        check_num_examples("x", np.asarray(leaf))
+    sizes = {int(np.shape(leaf)[0]) for leaf in keras.tree.flatten(x)}
+    if len(sizes) != 1:
+        raise ValueError(
+            "Invalid value received for argument `x`. Expected arrays with "
+            "the same number of examples. Received leading sizes "
+            f"{sorted(sizes)}"
+        )
+    return sizes.pop()
+
+
+def batches(x, batch_size):
+    """The NumPy inputs `x` in slices of `batch_size` examples, in order."""
+    for start in range(0, num_examples(x), batch_size):
+        yield keras.tree.map_structure(
+            lambda a: a[start : start + batch_size], x
+        )
+
+
+def concatenate(parts):
+    """Join a list of per-batch output structures along the batch axis."""
+    return keras.tree.map_structure(
+        lambda *arrays: np.concatenate(arrays, axis=0), *parts
+    )
 
 
 def sampling_layers(model):
@@ -99,8 +147,7 @@ def monte_carlo_call(model, x, num_samples, seed):
             )
             overrides.append((state, ops.cast(stream, state.dtype)))
         tiled = keras.tree.map_structure(
-            lambda t: ops.tile(t, (num_samples,) + (1,) * (len(t.shape) - 1)),
-            x,
+            lambda t: ops.tile(t, (num_samples,) + (1,) * (len(t.shape) - 1)), x
         )
         outputs = stateless_call(
             model, lambda: model(tiled, training=False), overrides

@@ -80,6 +80,16 @@ def check_finite_float(name, value):
     return value
 
 
+def check_fraction(name, value, include_one=False):
+    """Return `value` as a float in (0, 1) (or (0, 1]), or raise."""
+    interval = "(0, 1]" if include_one else "(0, 1)"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _wrong_type(name, f"a float in {interval}", value)
+    if not (0.0 < value < 1.0 or (include_one and value == 1.0)):
+        raise _invalid(name, f"a float in {interval}", value)
+    return float(value)
+
+
 def check_positive_float(name, value):
     """Return `value` as a float, or raise if it is not a finite float > 0."""
     value = check_non_negative_float(name, value)

@@ -46,11 +46,11 @@ def resolve_data_dir(data_dir=None):
     """
     if data_dir:
         return os.fspath(data_dir)
-    env = os.environ.get(ENV_VAR)
-    return env or None
+    return os.environ.get(ENV_VAR) or None
 
 
 def _read_npz(path, keys, allow_pickle):
+    """The arrays `keys` of a data file, one label per example, or raise."""
     if not os.path.isfile(path):
         raise DataFileError(
             f"Data file not found: {path}. Expected the Keras "
@@ -66,7 +66,7 @@ def _read_npz(path, keys, allow_pickle):
                     f"Malformed data file {path}: missing arrays {missing}. "
                     f"Expected arrays {list(keys)}; found {sorted(f.files)}."
                 )
-            return {k: f[k] for k in keys}
+            arrays = {k: f[k] for k in keys}
     except DataFileError:
         raise
     except (
@@ -80,19 +80,14 @@ def _read_npz(path, keys, allow_pickle):
             f"Malformed data file {path}: could not read it as a numpy .npz "
             f"archive with arrays {list(keys)} ({type(e).__name__}: {e})."
         ) from e
-
-
-def _check_pairs(path, arrays, names):
-    for x_name, y_name in names:
+    for x_name, y_name in (("x_train", "y_train"), ("x_test", "y_test")):
         x, y = arrays[x_name], arrays[y_name]
         if len(x) != len(y):
             raise DataFileError(
                 f"Malformed data file {path}: `{x_name}` has {len(x)} entries "
                 f"but `{y_name}` has {len(y)}. Expected one label per example."
             )
-
-
-# --------------------------------------------------------------------- IMDB
+    return arrays
 
 
 def _imdb_arrays(data_dir, seed):
@@ -115,7 +110,6 @@ def _imdb_arrays(data_dir, seed):
         return x_train, y_train, x_test, y_test, True
     path = os.path.join(data_dir, IMDB_FILE)
     arrays = _read_npz(path, IMDB_KEYS, allow_pickle=True)
-    _check_pairs(path, arrays, [("x_train", "y_train"), ("x_test", "y_test")])
     for name in ("x_train", "x_test"):
         x = arrays[name]
         if x.ndim != 1 or (len(x) and not hasattr(x[0], "__len__")):
@@ -124,13 +118,7 @@ def _imdb_arrays(data_dir, seed):
                 "array of integer sequences (word ranks). Received an array "
                 f"of shape {x.shape} and dtype {x.dtype}."
             )
-    return (
-        arrays["x_train"],
-        arrays["y_train"],
-        arrays["x_test"],
-        arrays["y_test"],
-        False,
-    )
+    return (*(arrays[key] for key in IMDB_KEYS), False)
 
 
 def load_imdb(
@@ -169,20 +157,15 @@ def load_imdb(
     data_dir = resolve_data_dir(data_dir)
     x_train, y_train, x_test, y_test, shuffled = _imdb_arrays(data_dir, seed)
     if not shuffled:
+        # One generator, train first, as keras.datasets.imdb shuffles.
         rng = np.random.RandomState(seed)
-        indices = np.arange(len(x_train))
-        rng.shuffle(indices)
-        x_train, y_train = x_train[indices], y_train[indices]
-        indices = np.arange(len(x_test))
-        rng.shuffle(indices)
-        x_test, y_test = x_test[indices], y_test[indices]
+        train = rng.permutation(len(x_train))
+        test = rng.permutation(len(x_test))
+        x_train, y_train = x_train[train], y_train[train]
+        x_test, y_test = x_test[test], y_test[test]
 
-    if start_char is not None:
-        xs = [[start_char] + [w + index_from for w in x] for x in x_train]
-        xs += [[start_char] + [w + index_from for w in x] for x in x_test]
-    else:
-        xs = [[w + index_from for w in x] for x in x_train]
-        xs += [[w + index_from for w in x] for x in x_test]
+    start = [] if start_char is None else [start_char]
+    xs = [start + [w + index_from for w in x] for x in (*x_train, *x_test)]
 
     if not num_words:
         num_words = max(max(x) for x in xs if x)
@@ -235,9 +218,6 @@ def split_validation(x, y, val_size, train_size=None):
     return (x_train, y_train), (x_val, y_val)
 
 
-# -------------------------------------------------------------------- MNIST
-
-
 def _download(name, load_data):
     """`load_data()`, or an error that says how to pass a local copy."""
     try:
@@ -251,16 +231,15 @@ def _download(name, load_data):
         ) from error
 
 
-def _load_images(name, filename, load_data, data_dir, flatten, normalize):
+def _load_images(name, data_dir, flatten, normalize):
+    """`load_mnist` for the Keras data set `name` (`mnist.npz`, ...)."""
     data_dir = resolve_data_dir(data_dir)
     if data_dir is None:
+        load_data = getattr(keras.datasets, name).load_data
         (x_train, y_train), (x_test, y_test) = _download(name, load_data)
     else:
-        path = os.path.join(data_dir, filename)
+        path = os.path.join(data_dir, f"{name}.npz")
         arrays = _read_npz(path, MNIST_KEYS, allow_pickle=False)
-        _check_pairs(
-            path, arrays, [("x_train", "y_train"), ("x_test", "y_test")]
-        )
         for key in ("x_train", "x_test"):
             x = arrays[key]
             if x.ndim != 3 or x.shape[1:] != (28, 28):
@@ -308,14 +287,7 @@ def load_mnist(data_dir=None, flatten=True, normalize=True):
     >>> images.shape  # doctest: +SKIP
     (60000, 28, 28)
     """
-    return _load_images(
-        "mnist",
-        MNIST_FILE,
-        keras.datasets.mnist.load_data,
-        data_dir,
-        flatten,
-        normalize,
-    )
+    return _load_images("mnist", data_dir, flatten, normalize)
 
 
 def load_fashion_mnist(data_dir=None, flatten=True, normalize=True):
@@ -333,14 +305,7 @@ def load_fashion_mnist(data_dir=None, flatten=True, normalize=True):
         `(x_train, y_train), (x_test, y_test)`: 60,000 and 10,000 images,
         `(n, 784)` or `(n, 28, 28)`, and their labels 0-9 as int64 `(n,)`.
     """
-    return _load_images(
-        "fashion_mnist",
-        FASHION_MNIST_FILE,
-        keras.datasets.fashion_mnist.load_data,
-        data_dir,
-        flatten,
-        normalize,
-    )
+    return _load_images("fashion_mnist", data_dir, flatten, normalize)
 
 
 def binarize(x, rng):
@@ -397,10 +362,9 @@ class DynamicBinarization(keras.utils.PyDataset):
         return -(-len(self.x) // self.batch_size)
 
     def on_epoch_end(self):
+        order = np.arange(len(self.x))
         if self.shuffle:
-            order = self.rng.permutation(len(self.x))
-        else:
-            order = np.arange(len(self.x))
+            order = self.rng.permutation(order)
         self._epoch = binarize(self.x[order], self.rng)
 
     def __getitem__(self, index):

@@ -7,11 +7,8 @@ of the data, summed over every data axis. The models accept a name
 
 What the decoder must output depends on the likelihood: logits for
 `"bernoulli"`, probabilities for `"bernoulli_probs"`, means for
-`"gaussian"`. `VAE` and `IWAE` check it when they are built: they find the
-activation that a functional or `Sequential` decoder applies last and pass
-it to `Likelihood.check_output_activation`, which raises if that activation
-cannot produce what the likelihood expects (a final sigmoid given to
-`"bernoulli"`, for instance, whose probabilities would be read as logits).
+`"gaussian"`. `VAE` and `IWAE` check it when they are built (see
+`Likelihood.check_output_activation`).
 
 Shapes: `x` is `(batch,) + data_shape`; `outputs` is `(batch,) + data_shape`
 or `(k, batch) + data_shape` (k importance samples). `log_prob` returns
@@ -41,13 +38,11 @@ _LOGIT_REACH = 20.0
 def output_range(activation):
     """The range of values `activation` takes on inputs from -1e4 to 1e4.
 
-    Used to check that a decoder's final activation fits a likelihood. The
-    activation (a function, or a layer without weights such as
-    `keras.layers.Softmax()`) is evaluated on a fixed row of 10 inputs
-    between -1e4 and 1e4.
+    Used to check that a decoder's final activation fits a likelihood.
 
     Args:
-        activation: a callable on tensors.
+        activation: a callable on tensors (a function, or a layer without
+            weights such as `keras.layers.Softmax()`).
 
     Returns:
         `(min, max)` of its outputs (NaNs ignored), or `None` if the call
@@ -261,14 +256,11 @@ class Bernoulli(Likelihood):
     the clip caps each element's loss at `-log(epsilon)` = 16.1 nats with
     no gradient beyond. Prefer logits when the decoder can be changed.
 
-    `VAE` and `IWAE` check the decoder's final activation against
-    `from_logits` when they can see it (functional and `Sequential`
-    decoders) and raise a `ValueError` naming the change: a final sigmoid
-    or softmax with `from_logits=True`, whose probabilities would be read
-    as logits (and any other activation that keeps the logits from
-    covering the real line, e.g. `tanh` or `relu`), or an output that is
-    not confined to [0, 1] with `from_logits=False`. For a subclassed
-    decoder nothing can be checked: make sure it outputs what you declare.
+    `VAE` and `IWAE` check the final activation of a functional or
+    `Sequential` decoder against `from_logits` (a sigmoid, `tanh` or `relu`
+    cannot give logits; an unbounded output is not probabilities). For a
+    subclassed decoder nothing can be checked: make sure it outputs what
+    you declare.
 
     Args:
         from_logits: bool, whether the decoder outputs logits (`True`) or
@@ -332,46 +324,42 @@ class Bernoulli(Likelihood):
         low, high = bounds
         name = _activation_name(activation)
         hint = _removal_hint(activation, layer)
-        received = (
-            f"Received: a decoder whose last layer `{layer.name}` applies "
-            f"`{name}` (outputs in {_describe_range(low, high)})"
-        )
         if self.from_logits and 0.0 <= low and high <= 1.0:
-            raise ValueError(
-                "Invalid value received for argument `decoder`. The "
-                '"bernoulli" likelihood expects a decoder that outputs '
+            problem = (
                 "logits, but this one outputs probabilities: they would be "
                 "read as logits and the model would train on the wrong "
                 "density. Either remove the final activation "
                 f"({hint}; `model.decode(z)` then returns the "
                 "probabilities, and log-densities are exact), or keep the "
-                'decoder and pass `likelihood="bernoulli_probs"`. ' + received
+                'decoder and pass `likelihood="bernoulli_probs"`.'
             )
-        if self.from_logits and (low > -_LOGIT_REACH or high < _LOGIT_REACH):
-            raise ValueError(
-                "Invalid value received for argument `decoder`. The "
-                '"bernoulli" likelihood expects a decoder that outputs '
+        elif self.from_logits and (low > -_LOGIT_REACH or high < _LOGIT_REACH):
+            problem = (
                 "logits, which must be free to take any real value, but "
                 f"this one's outputs are confined to "
                 f"{_describe_range(low, high)}, so some probabilities are "
-                f"out of its reach. Remove the final activation ({hint}). "
-                + received
+                f"out of its reach. Remove the final activation ({hint})."
             )
-        if not self.from_logits and (low < 0.0 or high > 1.0):
-            raise ValueError(
-                "Invalid value received for argument `decoder`. The "
-                '"bernoulli_probs" likelihood expects a decoder that '
-                "outputs probabilities in [0, 1] (e.g. a final "
+        elif not self.from_logits and (low < 0.0 or high > 1.0):
+            problem = (
+                "probabilities in [0, 1] (e.g. a final "
                 '`activation="sigmoid"`), but this one\'s outputs are not '
                 "confined to [0, 1]. If they are logits, pass "
                 '`likelihood="bernoulli"`; otherwise end the decoder with a '
-                "sigmoid. " + received
+                "sigmoid."
             )
+        else:
+            return
+        raise ValueError(
+            "Invalid value received for argument `decoder`. The "
+            f'"{self._display_name()}" likelihood expects a decoder that '
+            f"outputs {problem} Received: a decoder whose last layer "
+            f"`{layer.name}` applies `{name}` (outputs in "
+            f"{_describe_range(low, high)})"
+        )
 
     def get_config(self):
-        config = super().get_config()
-        config["from_logits"] = self.from_logits
-        return config
+        return {**super().get_config(), "from_logits": self.from_logits}
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
@@ -423,11 +411,11 @@ class Gaussian(Likelihood):
         return outputs
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            {"variance": self.variance, "learn_variance": self.learn_variance}
-        )
-        return config
+        return {
+            **super().get_config(),
+            "variance": self.variance,
+            "learn_variance": self.learn_variance,
+        }
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
@@ -467,9 +455,8 @@ class CallableLikelihood(Likelihood):
         return outputs
 
     def get_config(self):
-        config = super().get_config()
-        config["fn"] = keras.saving.serialize_keras_object(self.fn)
-        return config
+        fn = keras.saving.serialize_keras_object(self.fn)
+        return {**super().get_config(), "fn": fn}
 
 
 def get(identifier):
@@ -491,16 +478,14 @@ def get(identifier):
     """
     if isinstance(identifier, Likelihood):
         return identifier
-    if isinstance(identifier, str):
-        if identifier == "bernoulli":
-            return Bernoulli(name="likelihood")
-        if identifier == "bernoulli_probs":
-            return Bernoulli(from_logits=False, name="likelihood")
+    if isinstance(identifier, str) and identifier in _NAMES:
         if identifier == "gaussian":
             return Gaussian(name="likelihood")
-    elif isinstance(identifier, dict):
+        from_logits = identifier == "bernoulli"
+        return Bernoulli(from_logits=from_logits, name="likelihood")
+    if isinstance(identifier, dict):
         return keras.saving.deserialize_keras_object(identifier)
-    elif callable(identifier):
+    if callable(identifier):
         return CallableLikelihood(identifier, name="likelihood")
     raise ValueError(
         "Invalid value received for argument `likelihood`. Expected one of "

@@ -177,10 +177,8 @@ def iwae_bound(
     """
     num_samples = check_positive_int("num_samples", num_samples)
     check_choice("gradient_estimator", gradient_estimator, GRADIENT_ESTIMATORS)
-    z_mean, z_log_var = (
-        ops.convert_to_tensor(z_mean),
-        ops.convert_to_tensor(z_log_var),
-    )
+    z_mean = ops.convert_to_tensor(z_mean)
+    z_log_var = ops.convert_to_tensor(z_log_var)
     _check_posterior(z_mean, z_log_var)
     if noise is None:
         noise = keras.random.normal(

@@ -105,11 +105,8 @@ class ExpectedCalibrationError(keras.metrics.Metric):
         index = ops.clip(ops.cast(index, "int32"), 0, self.num_bins - 1)
         one_hot = ops.one_hot(index, self.num_bins, dtype="float32")
         if sample_weight is not None:
-            weight = ops.reshape(
-                ops.cast(ops.convert_to_tensor(sample_weight), "float32"),
-                (-1, 1),
-            )
-            one_hot = one_hot * weight
+            weight = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+            one_hot = one_hot * ops.reshape(weight, (-1, 1))
         self.bin_counts.assign_add(ops.sum(one_hot, axis=0))
         self.bin_confidence.assign_add(
             ops.sum(one_hot * confidence[:, None], axis=0)

@@ -70,11 +70,7 @@ def _sum(x, axis):
 
 @_renamed_arguments(mean="z_mean", log_var="z_log_var")
 def gaussian_kl(
-    z_mean,
-    z_log_var,
-    prior_mean=None,
-    prior_log_var=None,
-    axis=-1,
+    z_mean, z_log_var, prior_mean=None, prior_log_var=None, axis=-1
 ):
     """KL(N(z_mean, exp(z_log_var)) || prior) for diagonal Gaussians, in nats.
 
@@ -188,9 +184,7 @@ def bernoulli_log_prob(x, logits, axis=-1):
     finite logits. The gradient is defined in closed form, `x - sigmoid(l)`
     for the logits (the true `x - 1/2` at `l = 0` too) and `l` for `x`,
     summed like the value: one pass over the data in the backward step
-    rather than one per elementwise operation, which is most of an IWAE
-    step's non-matmul time on TensorFlow and PyTorch (see
-    docs/BENCHMARKS.md, "Profiling").
+    (see docs/BENCHMARKS.md, "Profiling").
 
     Args:
         x: tensor of targets in [0, 1].
@@ -212,10 +206,8 @@ def bernoulli_log_prob(x, logits, axis=-1):
     logits = _float32(logits)
     rank = max(len(x.shape), len(logits.shape))
     axes = _normalize_axes(axis, rank)
-    # One custom gradient for the whole expression, instead of the autodiff
-    # of each elementwise op (about 25 passes over k * batch * data_dim
-    # values where the backend does not fuse them). On torch, skip the
-    # gradient for x when x does not need one (TF and JAX prune it).
+    # On torch, skip the gradient for x when x does not need one (TF and
+    # JAX prune it).
     x_needs_gradient = getattr(x, "requires_grad", True)
 
     @ops.custom_gradient

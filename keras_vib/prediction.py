@@ -7,27 +7,9 @@ from keras import ops
 from keras_vib import _monte_carlo
 from keras_vib import _rate
 from keras_vib._validation import check_bool
-from keras_vib._validation import check_num_examples
 from keras_vib._validation import check_optional_positive_int
 from keras_vib._validation import check_positive_int
 from keras_vib._validation import check_seed
-
-
-def _is_scalar(value):
-    return isinstance(value, (bool, int, float, complex, np.generic))
-
-
-def _to_numpy(x):
-    """`x` as NumPy arrays, keeping a list/dict of inputs as a structure.
-
-    A nested list of numbers, e.g. `[[0.0, 1.0, 2.0, 3.0]]`, is one array
-    (as `model.predict` reads it), not a structure of scalar inputs.
-    """
-    if isinstance(x, (list, tuple)) and all(
-        _is_scalar(leaf) for leaf in keras.tree.flatten(x)
-    ):
-        return np.asarray(x)
-    return keras.tree.map_structure(ops.convert_to_numpy, x)
 
 
 def _check_input_shapes(model, x):
@@ -58,19 +40,6 @@ def _check_input_shapes(model, x):
                 f"of shape {expected} (the input {which}of model "
                 f"`{model.name}`). Received: x with shape {received}"
             )
-
-
-def _num_examples(x):
-    for leaf in keras.tree.flatten(x):
-        check_num_examples("x", np.asarray(leaf))
-    sizes = {int(np.shape(leaf)[0]) for leaf in keras.tree.flatten(x)}
-    if len(sizes) != 1:
-        raise ValueError(
-            "Invalid value received for argument `x`. Expected arrays with "
-            "the same number of examples. Received leading sizes "
-            f"{sorted(sizes)}"
-        )
-    return sizes.pop()
 
 
 def predict_mc(
@@ -142,34 +111,24 @@ def predict_mc(
             f"`{model.name}` has no keras_vib `Sampling`, `VIB` or "
             "`GaussianBottleneck` layer."
         )
-    x = _to_numpy(x)
-    n = _num_examples(x)
+    x = _monte_carlo.to_numpy(x)
+    _monte_carlo.num_examples(x)
     _check_input_shapes(model, x)
     seeds = np.random.SeedSequence(seed)
-    means, stds = [], []
-    for start in range(0, n, batch_size):
-        x_batch = keras.tree.map_structure(
-            lambda a: a[start : start + batch_size], x
-        )
-        mean, std = _batch_moments(
-            model, x_batch, num_samples, samples_per_pass, seeds
-        )
-        means.append(mean)
-        stds.append(std)
-
-    def concat(*parts):
-        return np.concatenate(parts, axis=0)
-
-    mean = keras.tree.map_structure(concat, *means)
+    moments = [
+        _batch_moments(model, x_batch, num_samples, samples_per_pass, seeds)
+        for x_batch in _monte_carlo.batches(x, batch_size)
+    ]
+    mean = _monte_carlo.concatenate([mean for mean, _ in moments])
     if not return_std:
         return mean
-    return mean, keras.tree.map_structure(concat, *stds)
+    return mean, _monte_carlo.concatenate([std for _, std in moments])
 
 
 def _batch_moments(model, x_batch, num_samples, samples_per_pass, seeds):
     """Mean and std over samples for one batch, combining chunks of samples
     with Chan et al.'s parallel update (stable in float64)."""
-    count, mean, m2 = 0, None, None
+    count, moments = 0, None
     while count < num_samples:
         k = min(samples_per_pass, num_samples - count)
         # Each pass draws with its own seed, spawned from the call's seed.
@@ -177,34 +136,26 @@ def _batch_moments(model, x_batch, num_samples, samples_per_pass, seeds):
         draws = _monte_carlo.monte_carlo_call(
             model, x_batch, k, ops.convert_to_tensor(pass_seed, "int32")
         )
-        chunk = keras.tree.map_structure(
-            lambda y: ops.convert_to_numpy(y).astype("float64"), draws
-        )
-        chunk_mean = keras.tree.map_structure(lambda c: c.mean(axis=0), chunk)
-        chunk_m2 = keras.tree.map_structure(
-            lambda c, m: ((c - m) ** 2).sum(axis=0), chunk, chunk_mean
-        )
-        if mean is None:
-            mean, m2 = chunk_mean, chunk_m2
+        chunk = []  # (mean, sum of squared deviations) of each output
+        for y in keras.tree.flatten(draws):
+            y = ops.convert_to_numpy(y).astype("float64")
+            chunk.append((y.mean(axis=0), ((y - y.mean(axis=0)) ** 2).sum(0)))
+        if moments is None:
+            moments = chunk
         else:
             total = count + k
-
-            def combine_mean(m, cm):
-                return m + (cm - m) * (k / total)
-
-            def combine_m2(s, cs, m, cm):
-                return s + cs + (cm - m) ** 2 * (count * k / total)
-
-            m2 = keras.tree.map_structure(
-                combine_m2, m2, chunk_m2, mean, chunk_mean
-            )
-            mean = keras.tree.map_structure(combine_mean, mean, chunk_mean)
+            moments = [
+                (
+                    m + (cm - m) * (k / total),
+                    s + cs + (cm - m) ** 2 * (count * k / total),
+                )
+                for (m, s), (cm, cs) in zip(moments, chunk)
+            ]
         count += k
-    std = keras.tree.map_structure(
-        lambda s: np.sqrt(s / num_samples).astype("float32"), m2
-    )
-    mean = keras.tree.map_structure(lambda m: m.astype("float32"), mean)
-    return mean, std
+    mean = [m.astype("float32") for m, _ in moments]
+    std = [np.sqrt(s / num_samples).astype("float32") for _, s in moments]
+    pack = keras.tree.pack_sequence_as
+    return pack(draws, mean), pack(draws, std)
 
 
 def predict_rate(model, x, batch_size=32):
@@ -215,11 +166,9 @@ def predict_rate(model, x, batch_size=32):
     and `free_bits` (r(z) is N(0, I) by default). Its batch mean is the KL
     logged during training. It is computed in float32, with the same op as
     the layer, in batches like `model.predict`, without changing any state
-    of the model (running KL, seed generators) and without sampling.
-
-    Which way it points is an empirical question: the rate measures how
-    far q(z|x) is from the marginal, and out-of-distribution inputs can
-    get a *lower* rate than training data (see `keras_vib.uncertainty`).
+    of the model (running KL, seed generators) and without sampling. Which
+    way it points for OOD inputs is an empirical question (see
+    `keras_vib.uncertainty`).
 
     Args:
         model: a Keras model with at least one `VIB` or
@@ -248,23 +197,10 @@ def predict_rate(model, x, batch_size=32):
     True
     """
     batch_size = check_positive_int("batch_size", batch_size)
-    layers = _rate.rate_layers(model)
-    if not layers:
-        raise ValueError(
-            f"`predict_rate` needs a KL bottleneck, but model `{model.name}` "
-            "has no keras_vib `VIB` or `GaussianBottleneck` layer."
-        )
-    x = _to_numpy(x)
-    n = _num_examples(x)
-    parts = [[] for _ in layers]
-    for start in range(0, n, batch_size):
-        x_batch = keras.tree.map_structure(
-            lambda a: a[start : start + batch_size], x
-        )
-        _, rates = _rate.rate_call(model, x_batch)
-        for part, rate in zip(parts, rates):
-            part.append(ops.convert_to_numpy(rate).astype("float32"))
-    arrays = [np.concatenate(part, axis=0) for part in parts]
+    layers = _rate.rate_layers(model, "`predict_rate`")
+    x = _monte_carlo.to_numpy(x)
+    _, rates = _rate.rates_in_batches(model, x, batch_size)
+    rates = [rate.astype("float32") for rate in rates]
     if len(layers) == 1:
-        return arrays[0]
-    return {layer.name: array for layer, array in zip(layers, arrays)}
+        return rates[0]
+    return {layer.name: rate for layer, rate in zip(layers, rates)}

@@ -11,6 +11,7 @@ import numpy as np
 from keras import ops
 
 from keras_vib._validation import check_finite_float
+from keras_vib._validation import check_fraction
 from keras_vib._validation import check_int
 from keras_vib._validation import check_optional_positive_int
 from keras_vib._validation import check_positive_int
@@ -104,13 +105,7 @@ class CyclicalAnnealing(_Schedule):
         self, period, ratio=0.5, initial=0.0, final=1.0, num_cycles=None
     ):
         self.period = check_positive_int("period", period)
-        ratio = check_finite_float("ratio", ratio)
-        if not 0.0 < ratio <= 1.0:
-            raise ValueError(
-                "Invalid value received for argument `ratio`. Expected a "
-                f"float in (0, 1]. Received: ratio={ratio!r}"
-            )
-        self.ratio = ratio
+        self.ratio = check_fraction("ratio", ratio, include_one=True)
         self.initial = check_finite_float("initial", initial)
         self.final = check_finite_float("final", final)
         self.num_cycles = check_optional_positive_int("num_cycles", num_cycles)

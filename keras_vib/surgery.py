@@ -1,12 +1,8 @@
 """Model surgery: find, insert and remove the bottlenecks of a built model.
 
-`insert_bottleneck` returns a copy of a built Functional or Sequential model
-with a `GaussianBottleneck` after one of its layers, `remove_bottleneck` a
-copy where each bottleneck is replaced by its mean (for deployment), and
-`find_bottlenecks` lists a model's bottlenecks (the KL callbacks use it).
-The copies recreate each layer from its config with the original's weights:
-the original model stays as it was, and layers shared within it stay shared
-in the copy.
+`insert_bottleneck` and `remove_bottleneck` return rewritten copies of a
+Functional or Sequential model; `find_bottlenecks` lists a model's
+bottlenecks (the KL callbacks use it).
 """
 
 import warnings
@@ -225,18 +221,20 @@ class _Rewriter:
     def _call(self, clone, *args, **kwargs):
         return self.call(self.originals[id(clone)], clone, args, kwargs)
 
-    def copy_weights(self):
-        for original, copy in self.pairs:
+    def rewrite(self, model):
+        """The copy of `model`, with the weights of the original layers."""
+        copy = self.copy_model(model)
+        for original, layer in self.pairs:
             values = original.get_weights()
             if values:
-                copy.set_weights(values)
+                layer.set_weights(values)
+        return copy
 
 
 class _Insert(_Rewriter):
     def __init__(self, target, layers):
         super().__init__()
-        self.target = target
-        self.layers = layers  # [bottleneck] or [bottleneck, expand]
+        self.target, self.layers = target, layers  # [bottleneck(, expand)]
 
     def call(self, original, clone, args, kwargs):
         outputs = clone(*args, **kwargs)
@@ -320,22 +318,6 @@ def _check_target(model, path, target):
     return outputs
 
 
-def _warn_if_large(model, target, layers):
-    added = sum(layer.count_params() for layer in layers)
-    total = model.count_params()
-    if added > SIZE_WARNING_RATIO * total:
-        warnings.warn(
-            f"keras_vib: the bottleneck after `{target.name}` adds "
-            f"{added:,} parameters to the {total:,} of model `{model.name}` "
-            f"({added / max(total, 1):.1f} times as many). Pass a smaller "
-            "`units` (the size of the code z), or insert it after a "
-            "narrower layer (in a convnet, after the last pooling layer "
-            "rather than after `Flatten`).",
-            UserWarning,
-            stacklevel=3,
-        )
-
-
 def insert_bottleneck(
     model,
     after,
@@ -353,11 +335,10 @@ def insert_bottleneck(
     output of `after` now consumes the bottleneck's output `z`; all other
     connections are unchanged.
 
-    **Weights are copied, not shared.** Each original layer is recreated
-    from its config and given the original's weights, so the original
-    model is left untouched by training the new one (layers shared inside
-    the model stay shared in the copy). If the original model was compiled,
-    the copy is compiled with the same settings (and a fresh optimizer).
+    **Weights are copied, not shared.** Each layer is recreated from its
+    config with the original's weights (shared layers stay shared), so
+    training the copy leaves `model` untouched. A compiled model's copy is
+    compiled the same way (with a fresh optimizer).
 
     **The new model starts as the old one.** With `units=None` the mean
     head is initialised to the identity and the log-variance head to the
@@ -412,12 +393,9 @@ def insert_bottleneck(
         A new model of the same kind (Functional or Sequential) and name.
 
     Raises:
-        TypeError: for a subclassed model (its graph is Python code and
-            cannot be read), or a layer that cannot be recreated from its
-            config.
-        ValueError: if `after` is not a layer of the model, or is one of
-            the layers refused above, or if an argument of the bottleneck
-            is invalid.
+        TypeError: for a subclassed model, or a layer that cannot be
+            recreated from its config.
+        ValueError: for an `after` refused above, or an invalid argument.
 
     Example:
 
@@ -473,11 +451,20 @@ def insert_bottleneck(
         )
         expand.build(bottleneck.compute_output_shape(outputs.shape))
         layers.append(expand)
-    _warn_if_large(model, target, layers)
-    rewriter = _Insert(target, layers)
-    new_model = rewriter.copy_model(model)
-    rewriter.copy_weights()
-    return new_model
+    added = sum(layer.count_params() for layer in layers)
+    total = model.count_params()
+    if added > SIZE_WARNING_RATIO * total:
+        warnings.warn(
+            f"keras_vib: the bottleneck after `{target.name}` adds "
+            f"{added:,} parameters to the {total:,} of model `{model.name}` "
+            f"({added / max(total, 1):.1f} times as many). Pass a smaller "
+            "`units` (the size of the code z), or insert it after a "
+            "narrower layer (in a convnet, after the last pooling layer "
+            "rather than after `Flatten`).",
+            UserWarning,
+            stacklevel=2,
+        )
+    return _Insert(target, layers).rewrite(model)
 
 
 class _Remove(_Rewriter):
@@ -486,19 +473,20 @@ class _Remove(_Rewriter):
         self.targets = targets
 
     def copy_layer(self, layer):
-        if id(layer) in {id(t) for t in self.targets} and isinstance(
-            layer, _layers.GaussianBottleneck
+        if (
+            id(layer) in self.clones
+            or not isinstance(layer, _layers.GaussianBottleneck)
+            or not any(t is layer for t in self.targets)
         ):
-            if id(layer) not in self.clones:
-                # A `Dense` with the mean head's weights and the layer's name.
-                dense = keras.layers.Dense.from_config(
-                    {**layer.mean_head.get_config(), "name": layer.name}
-                )
-                self.pairs.append((layer.mean_head, dense))
-                self.clones[id(layer)] = dense
-                self.originals[id(dense)] = layer
-            return self.clones[id(layer)]
-        return super().copy_layer(layer)
+            return super().copy_layer(layer)
+        # A `Dense` with the mean head's weights and the layer's name.
+        dense = keras.layers.Dense.from_config(
+            {**layer.mean_head.get_config(), "name": layer.name}
+        )
+        self.pairs.append((layer.mean_head, dense))
+        self.clones[id(layer)] = dense
+        self.originals[id(dense)] = layer
+        return dense
 
     def call(self, original, clone, args, kwargs):
         if not any(t is original for t in self.targets):
@@ -570,7 +558,4 @@ def remove_bottleneck(model, bottleneck=None):
                 f"`{layer.name}` is a {type(layer).__name__}, whose mean "
                 "is not known."
             )
-    rewriter = _Remove(targets)
-    new_model = rewriter.copy_model(model)
-    rewriter.copy_weights()
-    return new_model
+    return _Remove(targets).rewrite(model)

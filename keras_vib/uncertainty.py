@@ -17,8 +17,7 @@ The direction is a convention, not a guarantee: a VIB trained on MNIST can
 give Fashion-MNIST and noise images a *lower* rate than digits. The
 detection metrics take the direction as an argument, so an AUROC below 0.5
 shows a score that points the other way; `ood_report` reports both.
-`TypicalityScorer` needs no direction: it is fitted on held-out
-in-distribution inputs and flags a rate that is atypical either way.
+`TypicalityScorer` needs no direction: it flags an atypical rate.
 """
 
 import json
@@ -28,10 +27,12 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_vib import _monte_carlo
 from keras_vib import _rate
 from keras_vib import prediction
 from keras_vib._validation import check_bool
 from keras_vib._validation import check_choice
+from keras_vib._validation import check_fraction
 from keras_vib._validation import check_positive_int
 
 #: For each score of `ood_scores`, the values conventionally taken to mean
@@ -60,19 +61,6 @@ def _scores(name, values):
             "values"
         )
     return values
-
-
-def _check_rate(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not 0.0 < value < 1.0
-    ):
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a float "
-            f"in (0, 1). Received: {name}={value!r}"
-        )
-    return float(value)
 
 
 def _oriented(scores_in, scores_out, ood_when):
@@ -140,7 +128,7 @@ def tpr_at_fpr(scores_in, scores_out, ood_when="high", fpr=0.05):
     >>> kv.uncertainty.tpr_at_fpr(scores_in, scores_out)  # t = 94
     0.75
     """
-    fpr = _check_rate("fpr", fpr)
+    fpr = check_fraction("fpr", fpr)
     scores_in, scores_out = _oriented(scores_in, scores_out, ood_when)
     sorted_in = np.sort(scores_in)
     n = sorted_in.size
@@ -228,20 +216,15 @@ def ood_scores(model, x, num_samples=None, batch_size=32, seed=None):
             seed=seed,
         )
     probs = _check_probabilities(probs)
-    scores = {
-        "max_softmax": probs.max(axis=-1),
-        "entropy": entropy(probs),
-    }
+    scores = {"max_softmax": probs.max(axis=-1), "entropy": entropy(probs)}
     if std is not None:
         scores["mc_std"] = np.asarray(std, "float64").mean(axis=-1)
-    rates = None
     if _rate.rate_layers(model):
         rates = prediction.predict_rate(model, x, batch_size=batch_size)
-    if isinstance(rates, dict):
+        if not isinstance(rates, dict):
+            return {**scores, "rate": np.asarray(rates, "float64")}
         for name, rate in rates.items():
             scores[f"rate/{name}"] = np.asarray(rate, "float64")
-    elif rates is not None:
-        scores["rate"] = np.asarray(rates, "float64")
     return scores
 
 
@@ -251,13 +234,7 @@ def score_direction(name):
 
 
 def ood_report(
-    model,
-    x_in,
-    x_out,
-    num_samples=None,
-    fpr=0.05,
-    batch_size=32,
-    seed=None,
+    model, x_in, x_out, num_samples=None, fpr=0.05, batch_size=32, seed=None
 ):
     """AUROC and TPR at `fpr` of every score of `ood_scores`, both ways.
 
@@ -291,7 +268,7 @@ def ood_report(
     ('high', ['auroc', 'mean_in', 'mean_out', 'ood_when', 'tpr_at_fpr', \
 'tpr_at_fpr_reversed'])
     """
-    fpr = _check_rate("fpr", fpr)
+    fpr = check_fraction("fpr", fpr)
     scores_in = ood_scores(model, x_in, num_samples, batch_size, seed)
     scores_out = ood_scores(model, x_out, num_samples, batch_size, seed)
     report = {}
@@ -419,8 +396,6 @@ def reliability_diagram(
     return ax
 
 
-# -- a fitted, direction-free score from the rate ----------------------------
-
 #: Fewest held-out examples `TypicalityScorer.fit` accepts: the median and
 #: the MAD of fewer are too noisy to set a threshold on.
 MIN_FIT_EXAMPLES = 100
@@ -450,23 +425,14 @@ def _robust_location_scale(name, values):
     return location, scale
 
 
-def _num_examples(x):
-    leaves = keras.tree.flatten(x)
-    if not leaves:
+def _require_probs(probs):
+    if probs is None:
         raise ValueError(
-            "Invalid value received for argument `x`. Expected an array of "
-            "inputs. Received: x=None"
+            "Invalid value received for argument `probs`. Expected class "
+            "probabilities: the scorer uses the entropy "
+            "(`use_entropy=True`). Received: probs=None"
         )
-    return int(np.shape(leaves[0])[0])
-
-
-def _check_fit_size(n):
-    if n < MIN_FIT_EXAMPLES:
-        raise ValueError(
-            "Invalid value received for argument `x`. Expected at least "
-            f"{MIN_FIT_EXAMPLES} held-out in-distribution examples to fit "
-            f"the location and scale of the rate. Received: {n} examples"
-        )
+    return probs
 
 
 def rates_and_probabilities(model, x, batch_size=256):
@@ -499,27 +465,9 @@ def rates_and_probabilities(model, x, batch_size=256):
     ((5,), (5, 3), ['vib'])
     """
     batch_size = check_positive_int("batch_size", batch_size)
-    layers = _rate.rate_layers(model)
-    if not layers:
-        raise ValueError(
-            "The typicality score needs the rate of a KL bottleneck, but "
-            f"model `{model.name}` has no keras_vib `VIB` or "
-            "`GaussianBottleneck` layer."
-        )
-    x = keras.tree.map_structure(ops.convert_to_numpy, x)
-    n = _num_examples(x)
-    rate_parts = [[] for _ in layers]
-    output_parts = []
-    for start in range(0, n, batch_size):
-        x_batch = keras.tree.map_structure(
-            lambda a: a[start : start + batch_size], x
-        )
-        outputs, rates = _rate.rate_call(model, x_batch)
-        output_parts.append(ops.convert_to_numpy(outputs).astype("float64"))
-        for part, rate in zip(rate_parts, rates):
-            part.append(ops.convert_to_numpy(rate).astype("float64"))
-    rates = [np.concatenate(part, axis=0) for part in rate_parts]
-    outputs = np.concatenate(output_parts, axis=0)
+    layers = _rate.rate_layers(model, "The typicality score")
+    x = _monte_carlo.to_numpy(x)
+    outputs, rates = _rate.rates_in_batches(model, x, batch_size)
     return rates, outputs, [layer.name for layer in layers]
 
 
@@ -548,13 +496,10 @@ class TypicalityScorer:
     fitted the same way. Both are in the same units, so no OOD data is
     needed to weigh them.
 
-    The fitted parameters are plain floats (`get_config`), saved to JSON
-    with `save` and read with `load`, or written as constants into an
-    exported model by `keras_vib.export.classifier_with_rate(...,
-    scorer=scorer)`. The score depends on them and on the
-    model's deterministic forward pass only, not on what ran before (a
-    `MixturePrior`'s rate is a Monte Carlo estimate: it is deterministic
-    only if the prior's rate is).
+    The fitted parameters are plain floats (`get_config`, `save`, `load`);
+    `keras_vib.export.classifier_with_rate(..., scorer=scorer)` serves the
+    score. It depends on them and on the model's deterministic forward pass
+    only, not on what ran before.
 
     Args:
         use_entropy: bool, also flag inputs whose predictive entropy is
@@ -595,8 +540,7 @@ class TypicalityScorer:
 
     @property
     def fitted(self):
-        """Whether `fit` (or `from_config` / `load`) has set the
-        parameters."""
+        """Whether `fit`, `from_config` or `load` has set the parameters."""
         return self.rate_location is not None
 
     def fit(self, model, x, *, batch_size=256):
@@ -614,7 +558,6 @@ class TypicalityScorer:
         Returns:
             The scorer itself.
         """
-        _check_fit_size(_num_examples(x))
         rates, probs, names = rates_and_probabilities(model, x, batch_size)
         return self.fit_arrays(
             rates, probs if self.use_entropy else None, names
@@ -636,7 +579,12 @@ class TypicalityScorer:
         """
         rates = self._rate_arrays(rates)
         n = rates[0].shape[0]
-        _check_fit_size(n)
+        if n < MIN_FIT_EXAMPLES:
+            raise ValueError(
+                "Invalid value received for argument `x`. Expected at least "
+                f"{MIN_FIT_EXAMPLES} held-out in-distribution examples to fit "
+                f"the location and scale of the rate. Received: {n} examples"
+            )
         if layer_names is None:
             layer_names = [f"bottleneck_{i}" for i in range(len(rates))]
         layer_names = [str(name) for name in layer_names]
@@ -738,25 +686,20 @@ class TypicalityScorer:
                 f"rate tensor per fitted bottleneck ({self.layer_names}). "
                 f"Received: {len(rates)} tensors"
             )
-        deviations = []
+        score = None
         for rate, location, scale in zip(
             rates, self.rate_location, self.rate_scale
         ):
             log_rate = ops.log(
                 ops.maximum(ops.cast(rate, "float32"), _RATE_FLOOR)
             )
-            deviations.append(ops.abs(log_rate - location) / scale)
-        score = deviations[0]
-        for deviation in deviations[1:]:
-            score = ops.maximum(score, deviation)
+            deviation = ops.abs(log_rate - location) / scale
+            score = (
+                deviation if score is None else ops.maximum(score, deviation)
+            )
         if self.use_entropy:
-            if probs is None:
-                raise ValueError(
-                    "Invalid value received for argument `probs`. Expected "
-                    "class probabilities: the scorer uses the entropy "
-                    "(`use_entropy=True`). Received: probs=None"
-                )
-            probs = ops.clip(ops.cast(probs, "float32"), 1e-12, 1.0)
+            probs = ops.cast(_require_probs(probs), "float32")
+            probs = ops.clip(probs, 1e-12, 1.0)
             entropies = -ops.sum(probs * ops.log(probs), axis=-1)
             log_entropy = ops.log(ops.maximum(entropies, _ENTROPY_FLOOR))
             score = ops.maximum(
@@ -865,13 +808,7 @@ class TypicalityScorer:
 
     @staticmethod
     def _entropy_array(probs, n):
-        if probs is None:
-            raise ValueError(
-                "Invalid value received for argument `probs`. Expected class "
-                "probabilities: the scorer uses the entropy "
-                "(`use_entropy=True`). Received: probs=None"
-            )
-        values = entropy(probs)
+        values = entropy(_require_probs(probs))
         if values.shape[0] != n:
             raise ValueError(
                 "Invalid value received for argument `probs`. Expected one "

@@ -114,13 +114,11 @@ class AdaptiveKLWeight(keras.callbacks.Callback):
         _bottlenecks.set_weight(self._targets[index], new)
 
     def _snapshot(self):
-        snapshot = []
-        for layer in self._targets:
-            total, count = layer.running_kl()
-            snapshot.append(
-                (_bottlenecks.read(total), _bottlenecks.read(count))
-            )
-        return snapshot
+        """`(total, count)` of each bottleneck's running KL, as floats."""
+        return [
+            tuple(map(_bottlenecks.read, layer.running_kl()))
+            for layer in self._targets
+        ]
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.update_per == "batch":

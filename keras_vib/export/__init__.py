@@ -101,19 +101,14 @@ def classifier_with_rate(
     `format="onnx"`, `filepath` is a directory holding `serve.onnx` and
     `serve_rate.onnx` (outputs named as the keys above).
 
-    A rate alone has no fixed direction: OOD inputs can get a higher or a
-    lower rate than in-distribution ones. Serve the direction-free
-    `ood_score` of a `keras_vib.uncertainty.TypicalityScorer`, or check
-    which way the rate moves on your own out-of-distribution data.
+    A rate alone has no fixed direction (see `keras_vib.uncertainty`);
+    the `ood_score` of a `TypicalityScorer` has none to choose.
 
     Args:
         model: a built, single-input `keras.Model` with at least one `VIB`
             or `GaussianBottleneck` layer (each run once per forward pass).
         filepath: str or `pathlib.Path`, the SavedModel or ONNX directory.
-        num_samples: `None` (no Monte Carlo endpoint) or an int >= 1.
-        input_signature: as in `classifier`.
-        verbose: bool, print the endpoints once written.
-        format: `"tf_saved_model"` (default) or `"onnx"`.
+        num_samples, input_signature, verbose, format: as in `classifier`.
         scorer: `None` (no score), or a `TypicalityScorer` fitted on
             held-out inputs of this `model` (its bottlenecks' layer
             names must be those of the model). With `use_entropy=True`,

@@ -118,17 +118,6 @@ def classifier_endpoints(model, input_signature, num_samples):
     return endpoints + [Endpoint("serve_mc", serve_mc, inputs, ("y",), asked)]
 
 
-def _rate_layers(model):
-    layers = _rate.rate_layers(model)
-    if not layers:
-        raise ValueError(
-            "Invalid value received for argument `model`. Expected a model "
-            "with a keras_vib `VIB` or `GaussianBottleneck` layer. Received: "
-            f"model `{model.name}` without one"
-        )
-    return layers
-
-
 def scorer_scores(model, scorer):
     """`{"ood_score": scorer.score_tensor}` for `rate_endpoint`'s `scores`,
     once `scorer` is checked against `model`; `{}` for `None`."""
@@ -147,7 +136,7 @@ def scorer_scores(model, scorer):
             "x_held_out)` (or `TypicalityScorer.load(path)`) before "
             "exporting. Received: an unfitted scorer"
         )
-    names = [layer.name for layer in _rate_layers(model)]
+    names = [layer.name for layer in _rate.rate_layers(model, "The scorer")]
     if names != scorer.layer_names:
         raise ValueError(
             "Invalid value received for argument `scorer`. Expected a "
@@ -162,7 +151,7 @@ def rate_endpoint(model, input_signature, scores=None):
     """`serve_rate`: the output, the rate of each bottleneck, then one more
     per-example tensor `f(rates, output)` for each `name: f` of the dict
     `scores` (`rates` and `output` as returned by `_rate.rate_call`)."""
-    layers = _rate_layers(model)
+    layers = _rate.rate_layers(model, "`serve_rate`")
     keys = [f"rate_{layer.name}" for layer in layers]
     keys = ["rate"] if len(keys) == 1 else keys
     scores = dict(scores or {})

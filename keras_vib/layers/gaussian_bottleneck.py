@@ -114,16 +114,12 @@ class GaussianBottleneck(VIB):
         super().load_own_variables(store)
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "units": self.units,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "log_var_bias_initializer": keras.initializers.serialize(
-                    self.log_var_bias_initializer
-                ),
-            }
-        )
-        return config
+        serialize = keras.initializers.serialize
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "kernel_initializer": serialize(self.kernel_initializer),
+            "log_var_bias_initializer": serialize(
+                self.log_var_bias_initializer
+            ),
+        }

@@ -96,13 +96,10 @@ class MixturePrior(SeedStateSavingMixin, keras.layers.Layer):
             )
 
         self.logits = weight("logits", (k,), "zeros")
-        self.means = weight(
-            "means",
-            (k, latent_dim),
-            keras.initializers.RandomNormal(
-                stddev=self.init_scale, seed=self.seed
-            ),
+        normal = keras.initializers.RandomNormal(
+            self.init_scale, seed=self.seed
         )
+        self.means = weight("means", (k, latent_dim), normal)
         self.log_vars = weight("log_vars", (k, latent_dim), "zeros")
 
     def log_prob(self, z):
@@ -127,19 +124,24 @@ class MixturePrior(SeedStateSavingMixin, keras.layers.Layer):
         Returns:
             A float32 tensor `(batch, ...)`, in nats.
         """
-        if not self.built:
-            self.build(z_mean.shape)
         num_samples = check_positive_int(
             "num_samples", num_samples or self.num_samples
         )
-        z_mean = ops.cast(z_mean, "float32")
-        z_log_var = vib_ops.clip_log_var(ops.cast(z_log_var, "float32"))
+        z_mean, z_log_var = self._posterior(z_mean, z_log_var)
         shape = (num_samples,) + tuple(ops.shape(z_mean))
         z = _kernels.reparameterize(
             z_mean, z_log_var, self.seed_generator, shape
         )
         log_q = ops.sum(_kernels.gaussian_log_prob(z, z_mean, z_log_var), -1)
         return ops.mean(log_q - self.log_prob(z), axis=0)
+
+    def _posterior(self, z_mean, z_log_var):
+        """Builds the prior for `z_mean`'s latent size; the float32 mean and
+        clamped log-variance."""
+        if not self.built:
+            self.build(z_mean.shape)
+        z_log_var = vib_ops.clip_log_var(ops.cast(z_log_var, "float32"))
+        return ops.cast(z_mean, "float32"), z_log_var
 
     def rate(self, z_mean, z_log_var):
         """KL(N(z_mean, exp(z_log_var)) || r) per example, a deterministic
@@ -163,10 +165,7 @@ class MixturePrior(SeedStateSavingMixin, keras.layers.Layer):
         Returns:
             A float32 tensor `(batch, ...)`, in nats.
         """
-        if not self.built:
-            self.build(z_mean.shape)
-        z_mean = ops.cast(z_mean, "float32")
-        z_log_var = vib_ops.clip_log_var(ops.cast(z_log_var, "float32"))
+        z_mean, z_log_var = self._posterior(z_mean, z_log_var)
         rank, latent_dim = len(z_mean.shape), self.means.shape[-1]
         pairs = (self.rate_samples + 1) // 2
         eps_shape = (pairs,) + (1,) * (rank - 1) + (latent_dim,)
@@ -179,17 +178,15 @@ class MixturePrior(SeedStateSavingMixin, keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.pop("dtype", None)
-        config.update(
-            {
-                "num_components": self.num_components,
-                "num_samples": self.num_samples,
-                "rate_samples": self.rate_samples,
-                "init_scale": self.init_scale,
-                "seed": self.seed,
-            }
-        )
-        return config
+        config.pop("dtype", None)  # always float32
+        return {
+            **config,
+            "num_components": self.num_components,
+            "num_samples": self.num_samples,
+            "rate_samples": self.rate_samples,
+            "init_scale": self.init_scale,
+            "seed": self.seed,
+        }
 
 
 def get(prior):

@@ -14,10 +14,6 @@ from keras_vib._validation import check_seed
 _HALF_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38}
 
 
-def _shape_tuple(shape):
-    return tuple(shape) if shape is not None else None
-
-
 def _shapes_compatible(a, b):
     if len(a) != len(b):
         return False
@@ -106,7 +102,7 @@ class Sampling(SeedStateSavingMixin, keras.layers.Layer):
             or not all(hasattr(s, "__len__") for s in input_shape)
         ):
             raise ValueError(_two_inputs_error(self, f"{input_shape=}"))
-        mean_shape, log_var_shape = map(_shape_tuple, input_shape)
+        mean_shape, log_var_shape = map(tuple, input_shape)
         if len(mean_shape) < 2:
             raise ValueError(
                 "Invalid value received for argument `z_mean` of layer "
@@ -145,12 +141,7 @@ class Sampling(SeedStateSavingMixin, keras.layers.Layer):
         if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
             raise ValueError(_two_inputs_error(self, f"{inputs=!r}"))
         z_mean, z_log_var = inputs
-        signature = (
-            z_mean.shape,
-            z_log_var.shape,
-            z_mean.dtype,
-            z_log_var.dtype,
-        )
+        signature = tuple((t.shape, t.dtype) for t in (z_mean, z_log_var))
         if self._checked != signature:
             check_float_tensor("z_mean", z_mean, self.name)
             check_float_tensor("z_log_var", z_log_var, self.name)
@@ -189,8 +180,8 @@ class Sampling(SeedStateSavingMixin, keras.layers.Layer):
         return first_mask(mask)
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            {"seed": self.seed, "sample_at_inference": self.sample_at_inference}
-        )
-        return config
+        return {
+            **super().get_config(),
+            "seed": self.seed,
+            "sample_at_inference": self.sample_at_inference,
+        }

@@ -62,12 +62,9 @@ class VIB(Sampling):
     (`layer.kl_weight`): it is saved with the model's weights, and the
     `keras_vib.callbacks` set it during training.
 
-    With `free_bits > 0` the penalty becomes thresholded,
-    `kl_weight * max(KL - free_bits, 0)` (`free_bits_mode="total"`), or
-    `kl_weight * sum_d max(KL_d - free_bits, 0)` with the batch-mean KL of
-    each dimension (`free_bits_mode="per_dim"`, Kingma et al. 2016). Only
-    information above the threshold is penalised; the logged KL stays the
-    true KL.
+    With `free_bits > 0` only information above `free_bits` nats is
+    penalised (see `keras_vib.ops.free_bits_penalty`); the logged KL stays
+    the true KL.
 
     Args:
         kl_weight: finite float >= 0, the initial weight lambda (a.k.a.
@@ -171,8 +168,6 @@ class VIB(Sampling):
         # Set by `keras_vib._rate` to collect per-example rates (see `rate`).
         self.rate_records = None
 
-    # -- the bottleneck interface (used by callbacks and prediction) -------
-
     @property
     def log_name(self):
         """The key of this bottleneck's KL in `fit` logs and `History`."""
@@ -215,8 +210,6 @@ class VIB(Sampling):
         if self.prior is not None:
             return self.prior.rate(z_mean, z_log_var)
         return vib_ops.gaussian_kl(z_mean, z_log_var)
-
-    # -- computation --------------------------------------------------------
 
     def kl_penalty(self, per_dim_kl, weights=None):
         """The thresholded KL term (before `kl_weight`) from per-dim KL.
@@ -265,20 +258,16 @@ class VIB(Sampling):
         return self.sample(z_mean, log_var, training)
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                # The constructor's value; the current one is in the weights.
-                "kl_weight": self._initial_kl_weight,
-                "free_bits": self.free_bits,
-                "free_bits_mode": self.free_bits_mode,
-                "log_name": self._log_name_given,
-                "prior": None
-                if self.prior is None
-                else keras.saving.serialize_keras_object(self.prior),
-            }
-        )
-        return config
+        serialize = keras.saving.serialize_keras_object
+        return {
+            **super().get_config(),
+            # The constructor's value; the current one is in the weights.
+            "kl_weight": self._initial_kl_weight,
+            "free_bits": self.free_bits,
+            "free_bits_mode": self.free_bits_mode,
+            "log_name": self._log_name_given,
+            "prior": None if self.prior is None else serialize(self.prior),
+        }
 
     @classmethod
     def from_config(cls, config):

@@ -8,16 +8,8 @@ from keras_vib.models.vae import VAE
 
 __getattr__ = _deprecation.module_getattr(
     __name__,
-    {
-        name: (
-            f"keras_vib.likelihoods.{name}",
-            lambda name=name: getattr(_likelihoods, name),
-        )
-        for name in (
-            "Bernoulli",
-            "CallableLikelihood",
-            "Gaussian",
-            "Likelihood",
-        )
-    },
+    _deprecation.moved(
+        _likelihoods,
+        ("Bernoulli", "CallableLikelihood", "Gaussian", "Likelihood"),
+    ),
 )

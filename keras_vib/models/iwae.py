@@ -22,8 +22,7 @@ class IWAE(LatentVariableModel):
     `fit`/`evaluate` log `loss`, `iwae_bound` (the mean bound, nats; equal to
     `-loss` unless the networks add losses of their own) and `kl` (the
     closed-form KL(q(z|x) || N(0, I)) in nats, a diagnostic), with `val_`
-    versions. As in `VAE`, `compile` takes no `loss` (a `ValueError`), and
-    data outside the likelihood's support raises a `ValueError`.
+    versions. `compile` and `fit` check their arguments as in `VAE`.
 
     Args:
         encoder: a `keras.Model` mapping x to `(z_mean, z_log_var)`.
@@ -113,11 +112,8 @@ class IWAE(LatentVariableModel):
         )
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "num_samples": self.num_samples,
-                "gradient_estimator": self.gradient_estimator,
-            }
-        )
-        return config
+        return {
+            **super().get_config(),
+            "num_samples": self.num_samples,
+            "gradient_estimator": self.gradient_estimator,
+        }

@@ -17,11 +17,6 @@ from keras_vib._validation import check_positive_int
 from keras_vib._validation import check_seed
 from keras_vib.models.log_likelihood import log_likelihood
 
-
-def _static_shape(tensor):
-    return tuple(tensor.shape)
-
-
 _ENCODER_OUTPUTS = (
     "Expected a model that maps x to [z_mean, z_log_var], two tensors of "
     "equal shape (a third output z of that shape, as the keras.io VAE "
@@ -36,27 +31,24 @@ def _check_posterior_pair(outputs, source):
     Accepts `[z_mean, z_log_var]` and the keras.io convention
     `[z_mean, z_log_var, z]` (z of the same shape, ignored).
     """
-    if not isinstance(outputs, (list, tuple)) or len(outputs) not in (2, 3):
+    if (
+        not isinstance(outputs, (list, tuple))
+        or len(outputs) not in (2, 3)
+        or any(tuple(t.shape) != tuple(outputs[0].shape) for t in outputs)
+    ):
         raise ValueError(
             "Invalid value received for argument `encoder`. "
             f"{_ENCODER_OUTPUTS} Received: {source} {_describe(outputs)}"
-        )
-    shapes = [_static_shape(t) for t in outputs]
-    if any(shape != shapes[0] for shape in shapes[1:]):
-        raise ValueError(
-            "Invalid value received for argument `encoder`. "
-            f"{_ENCODER_OUTPUTS} Received: {source} "
-            f"{len(outputs)} outputs of shapes {shapes}"
         )
     return outputs[0], outputs[1]
 
 
 def _describe(outputs):
     if isinstance(outputs, (list, tuple)):
-        shapes = [_static_shape(t) for t in outputs]
+        shapes = [tuple(t.shape) for t in outputs]
         return f"{len(outputs)} outputs of shapes {shapes}"
     if hasattr(outputs, "shape"):
-        return f"a single output of shape {_static_shape(outputs)}"
+        return f"a single output of shape {tuple(outputs.shape)}"
     return repr(outputs)
 
 
@@ -97,19 +89,15 @@ class _DataRange(keras.metrics.Metric):
 
     def __init__(self, name="data_range", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.low = self.add_variable(
-            shape=(),
-            initializer=keras.initializers.Constant(np.inf),
-            dtype="float32",
-            aggregation="only_first_replica",
-            name="low",
-        )
-        self.high = self.add_variable(
-            shape=(),
-            initializer=keras.initializers.Constant(-np.inf),
-            dtype="float32",
-            aggregation="only_first_replica",
-            name="high",
+        self.low, self.high = (
+            self.add_variable(
+                shape=(),
+                initializer=keras.initializers.Constant(value),
+                dtype="float32",
+                aggregation="only_first_replica",
+                name=name,
+            )
+            for name, value in (("low", np.inf), ("high", -np.inf))
         )
 
     def update_state(self, x):
@@ -191,8 +179,12 @@ class _DataRangeCheck(keras.callbacks.Callback):
         return "validation_data" if self._training else "x"
 
 
-def _with_callback(method, args, kwargs, callback):
-    """`(args, kwargs)` of `method` with `callback` added to `callbacks`."""
+def _with_range_check(model, method, args, kwargs):
+    """`(args, kwargs)` of `method` with a `_DataRangeCheck` of `model`
+    added to `callbacks` if its likelihood has a support."""
+    if model.likelihood.support is None:
+        return args, kwargs
+    callback = _DataRangeCheck(model)
     bound = inspect.signature(method).bind(None, *args, **kwargs)
     callbacks = bound.arguments.get("callbacks")
     if isinstance(callbacks, keras.callbacks.CallbackList):
@@ -237,8 +229,6 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
         if encoder.built and decoder.built:
             self.built = True
 
-    # -- validation ---------------------------------------------------------
-
     def _check_networks(self):
         """Static checks where the networks are functional (shapes known).
 
@@ -252,10 +242,10 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
             z_mean, _ = _check_posterior_pair(
                 list(enc_outputs), "an encoder with"
             )
-            self._latent_shape = _static_shape(z_mean)[1:]
+            self._latent_shape = tuple(z_mean.shape)[1:]
         dec_inputs = getattr(self.decoder, "inputs", None)
         if dec_inputs is not None and len(dec_inputs) == 1:
-            dec_latent = _static_shape(dec_inputs[0])[1:]
+            dec_latent = tuple(dec_inputs[0].shape)[1:]
             if self._latent_shape is None:
                 self._latent_shape = dec_latent
             elif dec_latent != self._latent_shape:
@@ -264,20 +254,20 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
                     "a decoder taking z of shape "
                     f"{(None,) + self._latent_shape} (the encoder's z_mean). "
                     "Received: a decoder with input shape "
-                    f"{_static_shape(dec_inputs[0])}"
+                    f"{tuple(dec_inputs[0].shape)}"
                 )
         enc_inputs = getattr(self.encoder, "inputs", None)
         dec_outputs = getattr(self.decoder, "outputs", None)
         if enc_inputs is not None and dec_outputs is not None:
             if (
                 len(dec_outputs) != 1
-                or _static_shape(dec_outputs[0])[1:]
-                != (_static_shape(enc_inputs[0])[1:])
+                or tuple(dec_outputs[0].shape)[1:]
+                != tuple(enc_inputs[0].shape)[1:]
             ):
                 raise ValueError(
                     "Invalid value received for argument `decoder`. Expected "
                     "a decoder whose output has the data's shape "
-                    f"{_static_shape(enc_inputs[0])} (the encoder's input). "
+                    f"{tuple(enc_inputs[0].shape)} (the encoder's input). "
                     f"Received: a decoder with {_describe(list(dec_outputs))}"
                 )
         chains = _graph.output_chains(self.decoder)
@@ -289,13 +279,11 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
         if activation is not None:
             self.likelihood.check_output_activation(activation, layer)
 
-    # -- building blocks ----------------------------------------------------
-
     def _encode(self, x, training=None):
         outputs = self.encoder(x, training=training)
         z_mean, z_log_var = _check_posterior_pair(outputs, "encoder returned")
         if self._latent_shape is None:
-            self._latent_shape = _static_shape(z_mean)[1:]
+            self._latent_shape = tuple(z_mean.shape)[1:]
         return z_mean, z_log_var
 
     def _sample_z(self, z_mean, z_log_var):
@@ -319,14 +307,19 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
             self.encoder.build(input_shape)
         self.built = True
 
+    def _forward(self, x, training):
+        """The dict of tensors the loss needs (see the class docstring)."""
+        z_mean, z_log_var = self._encode(x, training=training)
+        return {
+            "z_mean": z_mean,
+            "z_log_var": z_log_var,
+            **self._training_forward(x, z_mean, z_log_var, training),
+        }
+
     def call(self, inputs, training=None):
-        z_mean, z_log_var = self._encode(inputs, training=training)
         if training:
-            forward = {"z_mean": z_mean, "z_log_var": z_log_var}
-            forward.update(
-                self._training_forward(inputs, z_mean, z_log_var, training)
-            )
-            return forward
+            return self._forward(inputs, training)
+        z_mean, _ = self._encode(inputs, training=training)
         return self.likelihood.mean(self.decoder(z_mean, training=training))
 
     def compute_loss(
@@ -339,15 +332,10 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
                 "`validation_data=(x_val,)`). Received: targets `y` of "
                 f"shape {tuple(getattr(y, 'shape', ()))}"
             )
-        if isinstance(y_pred, dict):
-            forward = y_pred
-        else:
-            # Evaluation: `call` returned the reconstruction only.
-            z_mean, z_log_var = self._encode(x, training=training)
-            forward = {"z_mean": z_mean, "z_log_var": z_log_var}
-            forward.update(
-                self._training_forward(x, z_mean, z_log_var, training)
-            )
+        # In evaluation, `call` returned the reconstruction only.
+        forward = y_pred
+        if not isinstance(forward, dict):
+            forward = self._forward(x, training)
         if self.likelihood.support is not None:
             self._data_range.update_state(x)
         loss = self._loss(x, forward, sample_weight, training)
@@ -394,18 +382,14 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
         the train step, and a `ValueError` is raised after the first batch
         that falls outside it, or at the end of the epoch.
         """
-        if self.likelihood.support is not None:
-            args, kwargs = _with_callback(
-                keras.Model.fit, args, kwargs, _DataRangeCheck(self)
-            )
+        args, kwargs = _with_range_check(self, keras.Model.fit, args, kwargs)
         return super().fit(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
         """`keras.Model.evaluate`, with the data range check of `fit`."""
-        if self.likelihood.support is not None:
-            args, kwargs = _with_callback(
-                keras.Model.evaluate, args, kwargs, _DataRangeCheck(self)
-            )
+        args, kwargs = _with_range_check(
+            self, keras.Model.evaluate, args, kwargs
+        )
         return super().evaluate(*args, **kwargs)
 
     def _loss_terms_from_layers(self):
@@ -416,8 +400,6 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
         return ops.sum(
             ops.stack([ops.cast(loss, "float32") for loss in losses])
         )
-
-    # -- public methods -----------------------------------------------------
 
     @property
     def latent_shape(self):
@@ -489,12 +471,10 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
         t = ops.reshape(
             ops.cast(t, z1.dtype), (1, steps) + (1,) * (len(z1.shape) - 1)
         )
-        z = ops.expand_dims(z1, 1) * ops.cos(t) + ops.expand_dims(
-            z2, 1
-        ) * ops.sin(t)
+        z = ops.expand_dims(z1, 1) * ops.cos(t)
+        z += ops.expand_dims(z2, 1) * ops.sin(t)
         batch = ops.shape(z1)[0]
-        flat = ops.reshape(z, (-1,) + tuple(z1.shape[1:]))
-        decoded = self.decode(flat)
+        decoded = self.decode(ops.reshape(z, (-1,) + tuple(z1.shape[1:])))
         return ops.reshape(decoded, (batch, steps) + tuple(decoded.shape[1:]))
 
     def log_likelihood(
@@ -511,30 +491,18 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
         See `keras_vib.models.log_likelihood` for the arguments.
         """
         return log_likelihood(
-            self,
-            x,
-            num_samples=num_samples,
-            batch_size=batch_size,
-            chunk_size=chunk_size,
-            seed=seed,
-            verbose=verbose,
+            self, x, num_samples, batch_size, chunk_size, seed, verbose
         )
-
-    # -- serialization ------------------------------------------------------
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "encoder": keras.saving.serialize_keras_object(self.encoder),
-                "decoder": keras.saving.serialize_keras_object(self.decoder),
-                "likelihood": keras.saving.serialize_keras_object(
-                    self.likelihood
-                ),
-                "seed": self.seed,
-            }
-        )
-        return config
+        serialize = keras.saving.serialize_keras_object
+        return {
+            **super().get_config(),
+            "encoder": serialize(self.encoder),
+            "decoder": serialize(self.decoder),
+            "likelihood": serialize(self.likelihood),
+            "seed": self.seed,
+        }
 
     @classmethod
     def from_config(cls, config):

@@ -33,19 +33,9 @@ from keras_vib._validation import check_verbose
 
 #: Noise granularity in samples (independent of `chunk_size`).
 NOISE_BLOCK = 32
-#: Default decoder rows per chunk (`chunk_size * batch_size`). Measured on
-#: the 784-200-200-50 MNIST model, one CPU thread: about 1,000 rows was the
-#: fastest on all three backends (1.5x TensorFlow's and 2.2x eager torch's
-#: rate at 16,000 rows, whose 50 MB temporaries the allocator maps and
-#: page-faults in again on every operation).
+#: Default decoder rows per chunk (`chunk_size * batch_size`): the fastest
+#: on every backend (docs/BENCHMARKS.md).
 _ROWS_PER_CHUNK = 1024
-
-
-def _block_seed(seed, batch_index, block_index):
-    state = np.random.SeedSequence(
-        [seed, batch_index, block_index]
-    ).generate_state(1)
-    return int(state[0])
 
 
 #: One compiled chunk function per model, reused across calls (one trace
@@ -213,11 +203,8 @@ def log_likelihood(
 def _latent_shape(model, x):
     latent_shape = getattr(model, "latent_shape", None)
     if latent_shape is None:
-        latent_shape = tuple(
-            _encode_for_evaluation(
-                model, ops.convert_to_tensor(x[:1], "float32")
-            )[0].shape[1:]
-        )
+        x_first = ops.convert_to_tensor(x[:1], "float32")
+        latent_shape = _encode_for_evaluation(model, x_first)[0].shape[1:]
     return tuple(latent_shape)
 
 
@@ -238,10 +225,8 @@ def _noise_stream(seed, n, batch_size, num_samples, chunk_size, latent_shape):
             )
             mask = np.zeros(chunk_size, "float32")
             if stop - start < chunk_size:
-                pad = [(0, chunk_size - (stop - start))] + [(0, 0)] * (
-                    noise.ndim - 1
-                )
-                noise = np.pad(noise, pad)
+                pad = [(0, chunk_size - (stop - start))]
+                noise = np.pad(noise, pad + [(0, 0)] * (noise.ndim - 1))
                 mask[stop - start :] = -np.inf
             yield noise, mask
 
@@ -261,13 +246,13 @@ def _noise(
     `batch_size`) repeat the first row's noise; their results are discarded.
     """
     first, last = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
-    for index in list(blocks):
-        if index < first:
-            del blocks[index]
+    for index in [index for index in blocks if index < first]:
+        del blocks[index]
     shape = (NOISE_BLOCK, num_real) + tuple(latent_shape)
     for index in range(first, last + 1):
         if index not in blocks:
-            rng = np.random.default_rng(_block_seed(seed, batch_index, index))
+            block_seed = np.random.SeedSequence([seed, batch_index, index])
+            rng = np.random.default_rng(int(block_seed.generate_state(1)[0]))
             blocks[index] = rng.standard_normal(shape, dtype=np.float32)
     noise = np.concatenate([blocks[i] for i in range(first, last + 1)], axis=0)
     offset = start - first * NOISE_BLOCK

@@ -25,24 +25,15 @@ class VAE(LatentVariableModel):
     `val_` versions under `validation_data`. Losses added by the encoder or
     decoder (regularizers, `add_loss`) are included in `loss`.
 
-    `kl_weight` is a non-trainable float32 variable (`model.kl_weight`),
-    saved with the model; `keras_vib.callbacks` schedules assign it during
-    training. With `free_bits > 0` the KL term becomes thresholded exactly as
-    in `keras_vib.layers.VIB` (see `keras_vib.ops.free_bits_penalty`).
+    `kl_weight` and `free_bits` work as in `keras_vib.layers.VIB`.
 
     `predict(x)` and `model(x)` return reconstructions: the mean of p(x|z) at
-    z = z_mean (probabilities for `"bernoulli"`). In training mode,
-    `model(x, training=True)` returns the forward pass the loss needs, a dict
-    with `z_mean`, `z_log_var` and `decoder_outputs` (of one sample
-    z ~ q(z|x)); Keras passes it to `compute_loss` as `y_pred`.
+    z = z_mean (probabilities for `"bernoulli"`). With `training=True` they
+    return the loss's inputs (see `LatentVariableModel`).
 
-    `fit(x)` takes no targets: passing `y` raises a `ValueError`. The loss
-    is the model's own: `compile(optimizer=...)` refuses a `loss` argument
-    with a `ValueError` (the reconstruction term is set by `likelihood`;
-    `"gaussian"` is the squared error up to scale and a constant). Data
-    outside the likelihood's support (for `"bernoulli"`, values outside
-    [0, 1] such as 0-255 pixels) raises a `ValueError` in `fit`, `evaluate`
-    and `log_likelihood`.
+    `fit(x)` takes no targets, `compile` no `loss` (the reconstruction term
+    is set by `likelihood`), and data outside the likelihood's support
+    (for `"bernoulli"`, 0-255 pixels) raises a `ValueError` (see `fit`).
 
     Args:
         encoder: a `keras.Model` mapping x to `(z_mean, z_log_var)`, two
@@ -131,8 +122,6 @@ class VAE(LatentVariableModel):
 
     _objective_name = "the negative ELBO, reconstruction + kl_weight * KL"
 
-    # -- the bottleneck interface (see keras_vib.surgery.find_bottlenecks) --
-
     @property
     def log_name(self):
         """The key of the KL in `fit` logs and `History`: `"kl"`."""
@@ -141,8 +130,6 @@ class VAE(LatentVariableModel):
     def running_kl(self):
         """`(total, count)` variables of the running KL (see `VIB`)."""
         return self.kl_tracker.total, self.kl_tracker.count
-
-    # -- training -----------------------------------------------------------
 
     def _training_forward(self, x, z_mean, z_log_var, training):
         z = self._sample_z(z_mean, z_log_var)
@@ -172,13 +159,10 @@ class VAE(LatentVariableModel):
         )
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                # The constructor's value; the current one is in the weights.
-                "kl_weight": self._initial_kl_weight,
-                "free_bits": self.free_bits,
-                "free_bits_mode": self.free_bits_mode,
-            }
-        )
-        return config
+        return {
+            **super().get_config(),
+            # The constructor's value; the current one is in the weights.
+            "kl_weight": self._initial_kl_weight,
+            "free_bits": self.free_bits,
+            "free_bits_mode": self.free_bits_mode,
+        }
