@@ -19,6 +19,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from helpers import large_on_jax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(ROOT, "experiments")
@@ -272,6 +273,7 @@ def test_paper_learning_rate_stages():
     assert paper.paper_learning_rate(40) == pytest.approx(1e-3 * 10 ** (-4 / 7))
 
 
+@large_on_jax
 def test_build_networks_shapes_and_bias():
     bias = np.linspace(-2, 2, 784).astype("float32")
     encoder, decoder = paper.build_networks(output_bias=bias)

@@ -185,6 +185,7 @@ def test_fit_right_away_when_the_original_was_compiled():
 # -- saving and export -------------------------------------------------------
 
 
+@large_on_jax
 @pytest.mark.parametrize("builder", [functional_model, sequential_model])
 def test_keras_file_round_trip(builder, tmp_path):
     x, y = data()
@@ -264,6 +265,7 @@ def test_nested_model_consuming_the_layer():
     )
 
 
+@large_on_jax
 @pytest.mark.parametrize("inner_kind", ["functional", "sequential"])
 def test_layer_inside_a_nested_model(inner_kind):
     x, y = data()

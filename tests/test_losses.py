@@ -13,6 +13,7 @@ import pytest
 from helpers import LATENT
 from helpers import D
 from helpers import gradients
+from helpers import large_on_jax
 from helpers import linear_gaussian
 from keras import ops
 
@@ -134,6 +135,7 @@ def test_dreg_same_value_lower_encoder_gradient_variance():
     assert np.all(var["dreg"] < 0.5 * var["iwae"]), (var["dreg"], var["iwae"])
 
 
+@large_on_jax
 def test_custom_train_step_usage_and_errors():
     lg = linear_gaussian()
     x = lg.sample_x(8)

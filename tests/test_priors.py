@@ -87,6 +87,7 @@ def _data(n=64):
     return x, (x[:, 0] > 0).astype("int32")
 
 
+@large_on_jax
 def test_trains_and_saves(tmp_path):
     model = _model(kv.layers.MixturePrior(3, seed=1))
     prior = model.get_layer("gb").prior

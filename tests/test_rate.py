@@ -10,6 +10,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+from helpers import large_on_jax
 from helpers import make_vib_model
 from helpers import to_numpy
 
@@ -125,6 +126,7 @@ def test_batching_and_state_are_unchanged():
     np.testing.assert_array_equal(model.predict(x, verbose=0), before_predict)
 
 
+@large_on_jax
 def test_training_is_unchanged():
     """The same fit with and without predict_rate calls in between."""
     x = _data(n=32)

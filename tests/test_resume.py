@@ -10,6 +10,7 @@ epoch's noise.
 import keras
 import numpy as np
 import pytest
+from helpers import large_on_jax
 
 import keras_vib as kv
 
@@ -109,7 +110,20 @@ def _start(build):
     return model
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# The VIB and VAE cases stay in JAX's default tier; the other two are the
+# same save-and-resume path and run there with `-m large`.
+_JAX_LARGE = large_on_jax if keras.backend.backend() == "jax" else ()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, marks=_JAX_LARGE)
+        if case in ("gaussian_bottleneck", "iwae")
+        else case
+        for case in CASES
+    ],
+)
 def test_resume_from_keras_file_matches_uninterrupted(case, tmp_path):
     build, supervised = CASES[case]
     x, y = _data(supervised)
