@@ -108,7 +108,10 @@ def classifier_with_rate(
         model: a built, single-input `keras.Model` with at least one `VIB`
             or `GaussianBottleneck` layer (each run once per forward pass).
         filepath: str or `pathlib.Path`, the SavedModel or ONNX directory.
-        num_samples, input_signature, verbose, format: as in `classifier`.
+        num_samples: as in `classifier`.
+        input_signature: as in `classifier`.
+        verbose: as in `classifier`.
+        format: as in `classifier`.
         scorer: `None` (no score), or a `TypicalityScorer` fitted on
             held-out inputs of this `model` (its bottlenecks' layer
             names must be those of the model). With `use_entropy=True`,
