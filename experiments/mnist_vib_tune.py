@@ -169,9 +169,10 @@ def choose(args, wait=False):
     return chosen, results
 
 
-def mean_std(values):
+def mean_std(values, digits=2):
     values = np.asarray(values, dtype="float64")
-    return f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0:.2f}"
+    std = values.std(ddof=1) if len(values) > 1 else 0.0
+    return f"{values.mean():.{digits}f} ± {std:.{digits}f}"
 
 
 def report(args):
@@ -213,7 +214,7 @@ def report(args):
             + " | ".join(cells)
             + f" | {mean_std(errors)} | "
             + ("" if model == "vib" or not paired else f"{mean_std(paired)}")
-            + f" | {np.mean(ece):.4f} ± {np.std(ece, ddof=1) if len(ece) > 1 else 0:.4f}"
+            + f" | {mean_std(ece, digits=4)}"
             + f" | {' / '.join(f'{w:,.0f}' for w in wall)} |"
         )
     for s in SEEDS:
