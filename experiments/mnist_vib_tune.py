@@ -14,10 +14,11 @@ data split) and tunes each one's strength the same way:
    set.
 3. `report`: prints the tables of `docs/RESULTS.md` from the result files.
 
-Runs are subprocesses of `mnist_vib.py`, one JSON file each in `--out`;
-a finished file is not run again, so the script resumes after a stop.
-`--shard i/n` runs every n-th job, for n processes side by side (each
-waits for the whole grid before its final runs). Between runs, a file
+Runs are subprocesses of `mnist_vib.py` (in this process with `--smoke`),
+one JSON file each in `--out`; a finished file is not run again, so the
+script resumes after a stop. `--shard i/n` runs every n-th job, for n
+processes side by side (each waits for the whole grid before its final
+runs). Between runs, a file
 named `PAUSE` in `--out` holds the queue (to take a quiet benchmark).
 
     python experiments/mnist_vib_tune.py --data-dir ../shared/data --out runs
@@ -139,7 +140,14 @@ def run(args, job):
     command += ["--data-dir", args.data_dir] if args.data_dir else []
     command += ["--smoke"] if args.smoke else []
     print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
+    if args.smoke:
+        # Seconds, not minutes: no fresh interpreter per run. Imported here
+        # so that a real tuning driver never loads Keras itself.
+        import mnist_vib
+
+        mnist_vib.main(command[2:])
+    else:
+        subprocess.run(command, check=True)
 
 
 def selection_score(result):

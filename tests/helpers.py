@@ -36,7 +36,7 @@ Z_TOLERANCE = 5.0
 large_on_jax = (
     pytest.mark.large(backends=("jax",))
     if keras.backend.backend() == "jax"
-    else pytest.mark.usefixtures()
+    else lambda test: test
 )
 
 HALF_PRECISION_POLICIES = {
