@@ -3,11 +3,13 @@
 A training process is killed with SIGKILL (no clean-up can run) right after
 `BackupAndRestore` wrote its backup, then started again with the same code.
 
-- At an epoch boundary (`save_freq="epoch"`): the resumed run must end with
+- At an epoch boundary (`save_freq="epoch"`), for a `GaussianBottleneck`
+  classifier, a VAE and an IWAE: the resumed run must end with
   exactly the weights (and the sampling layers' seed state) of an
   uninterrupted run. The noise of the remaining epochs depends on the seed
   state restored from the backup, so a missing seed state would show.
-- In the middle of an epoch (`save_freq` in steps): Keras restores the state
+- In the middle of an epoch (`save_freq` in steps), for the classifier
+  (the replay is Keras's own logic): Keras restores the state
   saved after step k of the epoch, then replays that epoch from its first
   step (it records the step but does not skip the steps already done). The
   resumed run must equal exactly that replay, computed without any kill,
@@ -39,6 +41,10 @@ _SCRIPT = textwrap.dedent(
     import keras_vib as kv
 
     work = sys.argv[1]
+    # Every model resumes at an epoch boundary; the mid-epoch replay is
+    # Keras's own logic, shown once, on the layer.
+    SCENARIOS = {"vib": ("reference", "replay", "epoch", "mid_epoch"),
+                 "vae": ("reference", "epoch"), "iwae": ("reference", "epoch")}
     EPOCHS, BATCH, N = 3, 8, 64   # 8 steps per epoch
     SAVE_EVERY = 3  # mid-epoch: saves after global steps 3, 6, 9, 12
     KILL_EPOCH, KILL_BATCH = 1, 3  # killed right after the step-12 save
@@ -104,8 +110,8 @@ _SCRIPT = textwrap.dedent(
             out["log_" + key] = np.asarray(values[-1])
         return out
 
-    for name in ("vib", "vae", "iwae"):
-        for scenario in ("reference", "replay", "epoch", "mid_epoch"):
+    for name, scenarios in SCENARIOS.items():
+        for scenario in scenarios:
             path = os.path.join(work, f"{name}_{scenario}.npz")
             if os.path.exists(path):
                 continue
@@ -135,7 +141,7 @@ _SCRIPT = textwrap.dedent(
 )
 
 MODELS = ("vib", "vae", "iwae")
-KILLS = 2 * len(MODELS)
+KILLS = len(MODELS) + 1  # each model at an epoch boundary, the VIB mid-epoch
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +170,8 @@ def runs(tmp_path_factory):
         assert proc.returncode == -9, proc.stderr[-3000:]
     assert codes == [-9] * KILLS + [0], codes
     return {
-        (name, scenario): dict(np.load(work / f"{name}_{scenario}.npz"))
-        for name in MODELS
-        for scenario in ("reference", "replay", "epoch", "mid_epoch")
+        tuple(path.stem.split("_", 1)): dict(np.load(path))
+        for path in work.glob("*.npz")
     }
 
 
@@ -189,8 +194,8 @@ def test_resume_at_epoch_boundary_is_exact(runs, name):
     _assert_same(runs[name, "epoch"], runs[name, "reference"])
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_resume_mid_epoch_replays_the_epoch_exactly(runs, name):
+def test_resume_mid_epoch_replays_the_epoch_exactly(runs):
+    name = "vib"
     _assert_same(runs[name, "mid_epoch"], runs[name, "replay"])
     # ... which is not the uninterrupted run: the replayed steps count twice.
     difference = _max_weight_difference(
