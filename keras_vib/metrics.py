@@ -10,12 +10,9 @@ def _confidence_and_correct(y_true, y_pred):
     """Per-example confidence and 0/1 correctness, both float32 `(n,)`."""
     y_pred = ops.cast(y_pred, "float32")
     if y_pred.shape[-1] == 1:
-        # One sigmoid output: the predicted class is p > 0.5.
-        p = ops.reshape(y_pred, (-1,))
-        predicted = ops.cast(p > 0.5, "float32")
-        confidence = ops.maximum(p, 1.0 - p)
-        labels = ops.cast(ops.reshape(y_true, (-1,)), "float32")
-        return confidence, ops.cast(ops.equal(predicted, labels), "float32")
+        # One sigmoid output p: the probabilities of classes 0 and 1 (p = 0.5
+        # predicts class 0, as argmax picks the first of equal values).
+        y_pred = ops.concatenate([1.0 - y_pred, y_pred], axis=-1)
     num_classes = y_pred.shape[-1]
     y_pred = ops.reshape(y_pred, (-1, num_classes))
     confidence = ops.max(y_pred, axis=-1)
@@ -85,16 +82,14 @@ class ExpectedCalibrationError(keras.metrics.Metric):
     def __init__(self, num_bins=15, name="ece", dtype=None):
         super().__init__(name=name, dtype=dtype)
         self.num_bins = check_positive_int("num_bins", num_bins)
-        self.bin_counts = self._bin_variable("bin_counts")
-        self.bin_confidence = self._bin_variable("bin_confidence")
-        self.bin_correct = self._bin_variable("bin_correct")
-
-    def _bin_variable(self, name):
-        return self.add_variable(
-            shape=(self.num_bins,),
-            initializer="zeros",
-            dtype="float32",
-            name=name,
+        self.bin_counts, self.bin_confidence, self.bin_correct = (
+            self.add_variable(
+                shape=(self.num_bins,),
+                initializer="zeros",
+                dtype="float32",
+                name=name,
+            )
+            for name in ("bin_counts", "bin_confidence", "bin_correct")
         )
 
     def update_state(self, y_true, y_pred, sample_weight=None):
@@ -117,10 +112,6 @@ class ExpectedCalibrationError(keras.metrics.Metric):
         total = ops.maximum(ops.sum(self.bin_counts), 1e-12)
         gap = ops.abs(self.bin_correct - self.bin_confidence)
         return ops.cast(ops.sum(gap) / total, self.dtype)
-
-    def reset_state(self):
-        for variable in self.variables:
-            variable.assign(ops.zeros(variable.shape, variable.dtype))
 
     def get_config(self):
         return {**super().get_config(), "num_bins": self.num_bins}
