@@ -21,18 +21,15 @@ from keras_vib.layers import Sampling
 _STREAM_STRIDE = 1 << 20
 
 
-def _is_scalar(value):
-    return isinstance(value, (bool, int, float, complex, np.generic))
-
-
 def to_numpy(x):
     """`x` as NumPy arrays, keeping a list/dict of inputs as a structure.
 
     A nested list of numbers, e.g. `[[0.0, 1.0, 2.0, 3.0]]`, is one array
     (as `model.predict` reads it), not a structure of scalar inputs.
     """
+    scalars = (bool, int, float, complex, np.generic)
     if isinstance(x, (list, tuple)) and all(
-        _is_scalar(leaf) for leaf in keras.tree.flatten(x)
+        isinstance(leaf, scalars) for leaf in keras.tree.flatten(x)
     ):
         return np.asarray(x)
     return keras.tree.map_structure(ops.convert_to_numpy, x)
@@ -40,9 +37,10 @@ def to_numpy(x):
 
 def num_examples(x):
     """The number of examples of the NumPy inputs `x`, or raise."""
-    for leaf in keras.tree.flatten(x):
+    sizes = {
         check_num_examples("x", np.asarray(leaf))
-    sizes = {int(np.shape(leaf)[0]) for leaf in keras.tree.flatten(x)}
+        for leaf in keras.tree.flatten(x)
+    }
     if len(sizes) != 1:
         raise ValueError(
             "Invalid value received for argument `x`. Expected arrays with "
@@ -52,16 +50,16 @@ def num_examples(x):
     return sizes.pop()
 
 
-def batches(x, batch_size):
-    """The NumPy inputs `x` in slices of `batch_size` examples, in order."""
+def map_batches(fn, x, batch_size):
+    """`fn` on the inputs `x`, `batch_size` examples at a time, in order;
+    its output structures as NumPy arrays joined along the batch axis."""
+    x = to_numpy(x)
+    parts = []
     for start in range(0, num_examples(x), batch_size):
-        yield keras.tree.map_structure(
+        batch = keras.tree.map_structure(
             lambda a: a[start : start + batch_size], x
         )
-
-
-def concatenate(parts):
-    """Join a list of per-batch output structures along the batch axis."""
+        parts.append(keras.tree.map_structure(ops.convert_to_numpy, fn(batch)))
     return keras.tree.map_structure(
         lambda *arrays: np.concatenate(arrays, axis=0), *parts
     )

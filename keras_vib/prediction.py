@@ -104,7 +104,7 @@ def predict_mc(
     )
     samples_per_pass = min(samples_per_pass or num_samples, num_samples)
     check_bool("return_std", return_std)
-    seed = check_seed("seed", seed)
+    seeds = np.random.SeedSequence(check_seed("seed", seed))
     if not _monte_carlo.sampling_layers(model):
         raise ValueError(
             f"`predict_mc` needs a stochastic bottleneck, but model "
@@ -114,15 +114,14 @@ def predict_mc(
     x = _monte_carlo.to_numpy(x)
     _monte_carlo.num_examples(x)
     _check_input_shapes(model, x)
-    seeds = np.random.SeedSequence(seed)
-    moments = [
-        _batch_moments(model, x_batch, num_samples, samples_per_pass, seeds)
-        for x_batch in _monte_carlo.batches(x, batch_size)
-    ]
-    mean = _monte_carlo.concatenate([mean for mean, _ in moments])
-    if not return_std:
-        return mean
-    return mean, _monte_carlo.concatenate([std for _, std in moments])
+    mean, std = _monte_carlo.map_batches(
+        lambda batch: _batch_moments(
+            model, batch, num_samples, samples_per_pass, seeds
+        ),
+        x,
+        batch_size,
+    )
+    return (mean, std) if return_std else mean
 
 
 def _batch_moments(model, x_batch, num_samples, samples_per_pass, seeds):
@@ -198,7 +197,6 @@ def predict_rate(model, x, batch_size=32):
     """
     batch_size = check_positive_int("batch_size", batch_size)
     layers = _rate.rate_layers(model, "`predict_rate`")
-    x = _monte_carlo.to_numpy(x)
     _, rates = _rate.rates_in_batches(model, x, batch_size)
     rates = [rate.astype("float32") for rate in rates]
     if len(layers) == 1:
