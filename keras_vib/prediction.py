@@ -13,24 +13,16 @@ from keras_vib._validation import check_seed
 
 
 def _check_input_shapes(model, x):
-    """Raise if `x` cannot feed `model`'s inputs, naming the user's shapes.
-
-    The Monte Carlo pass runs on the batch tiled `num_samples` times, so a
-    shape error from inside it would show the tiled batch, not `x`.
-    """
-    inputs = getattr(model, "inputs", None)
-    if not inputs:
-        return
+    """Raise if `x` cannot feed `model`'s inputs, naming the user's shapes
+    (an error from the Monte Carlo pass would show the tiled batch)."""
+    inputs = getattr(model, "inputs", None) or []
     if isinstance(x, dict):
         pairs = [(spec, x[spec.name]) for spec in inputs if spec.name in x]
     else:
         leaves = keras.tree.flatten(x)
-        if len(inputs) != len(leaves):
-            return
-        pairs = list(zip(inputs, leaves))
+        pairs = zip(inputs, leaves) if len(inputs) == len(leaves) else []
     for spec, leaf in pairs:
-        expected = tuple(spec.shape)
-        received = tuple(np.shape(leaf))
+        expected, received = tuple(spec.shape), tuple(np.shape(leaf))
         if len(expected) != len(received) or any(
             e is not None and e != r for e, r in zip(expected[1:], received[1:])
         ):
@@ -53,16 +45,13 @@ def predict_mc(
 ):
     """Monte Carlo prediction: the mean (and std) of outputs over z samples.
 
-    Every bottleneck layer of `model` (`Sampling`, `VIB`,
-    `GaussianBottleneck`) samples `z ~ q(z|x)` instead of returning its mean,
-    and the outputs are averaged over `num_samples` draws per example, as in
-    the Deep VIB paper (12 samples). All other layers run in inference mode
-    (`training=False`): Dropout is off and BatchNormalization uses its moving
-    statistics. The batch of examples is tiled `samples_per_pass` times, so
-    each forward pass draws that many samples for each example at once. It
-    is the same computation as the `serve_mc` endpoint of
-    `keras_vib.export.classifier`, and it changes no state of the model
-    (seed generators, running KL).
+    Every bottleneck of `model` (`Sampling`, `VIB`, `GaussianBottleneck`)
+    samples `z ~ q(z|x)` instead of returning its mean, every other layer
+    runs with `training=False` (no Dropout; BatchNormalization's moving
+    statistics), and the outputs are averaged over `num_samples` draws per
+    example, as in the Deep VIB paper (12 samples). It is the computation of
+    the `serve_mc` endpoint of `keras_vib.export.classifier`, and it changes
+    no state of the model (seed generators, running KL).
 
     Args:
         model: a Keras model containing at least one keras_vib bottleneck.
@@ -72,8 +61,9 @@ def predict_mc(
             the outputs over the samples (`ddof=0`, like `numpy.std`).
         batch_size: int >= 1, examples per forward pass.
         samples_per_pass: int >= 1 or `None` (all `num_samples` in one pass).
-            A forward pass sees `batch_size * samples_per_pass` rows; lower
-            it to bound memory.
+            A forward pass tiles the batch `samples_per_pass` times, so it
+            sees `batch_size * samples_per_pass` rows; lower it to bound
+            memory.
         seed: int or `None`. The same int gives the same draws; `None` draws
             a fresh seed.
 
@@ -139,18 +129,17 @@ def _batch_moments(model, x_batch, num_samples, samples_per_pass, seeds):
         for y in keras.tree.flatten(draws):
             y = ops.convert_to_numpy(y).astype("float64")
             chunk.append((y.mean(axis=0), ((y - y.mean(axis=0)) ** 2).sum(0)))
-        if moments is None:
-            moments = chunk
-        else:
-            total = count + k
-            moments = [
-                (
-                    m + (cm - m) * (k / total),
-                    s + cs + (cm - m) ** 2 * (count * k / total),
-                )
-                for (m, s), (cm, cs) in zip(moments, chunk)
-            ]
-        count += k
+        # The first pass merges into zero moments with weight k / k = 1.
+        moments = moments or [(0.0, 0.0)] * len(chunk)
+        total = count + k
+        moments = [
+            (
+                m + (cm - m) * (k / total),
+                s + cs + (cm - m) ** 2 * (count * k / total),
+            )
+            for (m, s), (cm, cs) in zip(moments, chunk)
+        ]
+        count = total
     mean = [m.astype("float32") for m, _ in moments]
     std = [np.sqrt(s / num_samples).astype("float32") for _, s in moments]
     pack = keras.tree.pack_sequence_as
@@ -162,12 +151,9 @@ def predict_rate(model, x, batch_size=32):
 
     The rate is the information, in nats, that a bottleneck takes from an
     input: the KL term of `VIB` for that input alone, before `kl_weight`
-    and `free_bits` (r(z) is N(0, I) by default). Its batch mean is the KL
-    logged during training. It is computed in float32, with the same op as
-    the layer, in batches like `model.predict`, without changing any state
-    of the model (running KL, seed generators) and without sampling. Which
-    way it points for OOD inputs is an empirical question (see
-    `keras_vib.uncertainty`).
+    and `free_bits` (r(z) is N(0, I) by default); its batch mean is the KL
+    logged in training. It is computed in float32 by the layer's own op, in
+    batches, without sampling or changing any state of the model.
 
     Args:
         model: a Keras model with at least one `VIB` or
