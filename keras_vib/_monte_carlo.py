@@ -89,18 +89,13 @@ def sample_at_inference(model, enabled):
 
 
 def stateless_call(model, fn, overrides=()):
-    """Run `fn()` with the model's variables read-only.
+    """Run `fn()` with the variables of `model` read-only, reading `value`
+    for `variable` for each pair `(variable, value)` of `overrides`.
 
-    Serving and prediction must not change state: `VIB` accumulates its
-    running KL in variables and `Sampling` advances its seed. Inside a
-    `keras.StatelessScope` those assignments are discarded. Every variable
-    is mapped (not only the overridden ones) so that, under the JAX
-    exporter's own stateless scope, weights stay variables.
-
-    Args:
-        model: the model whose variables `fn` reads.
-        fn: a function of no arguments.
-        overrides: pairs `(variable, value)` to read instead.
+    Serving and prediction must not change state (`VIB`'s running KL,
+    `Sampling`'s seed): a `keras.StatelessScope` discards assignments.
+    Every variable is mapped, not only the overridden ones, so that under
+    the JAX exporter's own stateless scope the weights stay variables.
     """
     replaced = {id(variable): value for variable, value in overrides}
     mapping = [
@@ -134,15 +129,12 @@ def monte_carlo_call(model, x, num_samples, seed):
         `(num_samples, batch, ...)`.
     """
     with sample_at_inference(model, True) as layers:
+        seed = ops.cast(seed, "int32")
         overrides = []
         for index, layer in enumerate(layers):
             state = layer.seed_generator.state
-            stream = ops.stack(
-                [
-                    ops.cast(seed, "int32"),
-                    ops.convert_to_tensor(index * _STREAM_STRIDE, "int32"),
-                ]
-            )
+            offset = ops.convert_to_tensor(index * _STREAM_STRIDE, "int32")
+            stream = ops.stack([seed, offset])
             overrides.append((state, ops.cast(stream, state.dtype)))
         tiled = keras.tree.map_structure(
             lambda t: ops.tile(t, (num_samples,) + (1,) * (len(t.shape) - 1)), x
