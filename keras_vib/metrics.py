@@ -40,10 +40,9 @@ class ExpectedCalibrationError(keras.metrics.Metric):
 
     with `n_m` the (weighted) number of examples in bin `m` and
     `accuracy_m`, `confidence_m` their mean correctness and confidence
-    (Naeini et al. 2015; Guo et al. 2017). 0 is perfect calibration; the
-    value is a fraction, not a percentage. The state is three vectors of
-    bin sums, so the value over an epoch is exact, not a mean of batch
-    values.
+    (Naeini et al. 2015; Guo et al. 2017): a fraction, 0 when perfectly
+    calibrated. The state is bin sums, so the value over an epoch is
+    exact, not a mean of batch values.
 
     Args:
         num_bins: int >= 1, the number of equal-width bins (15 by default,
@@ -67,16 +66,8 @@ class ExpectedCalibrationError(keras.metrics.Metric):
     >>> round(float(ece.result()), 4)  # (|1 - 0.9| + |0 - 0.7|) / 2
     0.4
 
-    In `compile`:
-
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
-    ...     3, activation="softmax")])
-    >>> model.compile("adam", "sparse_categorical_crossentropy",
-    ...               metrics=[kv.metrics.ExpectedCalibrationError()])
-    >>> x = np.random.normal(size=(8, 4))
-    >>> y = np.random.randint(0, 3, size=(8,))
-    >>> sorted(model.evaluate(x, y, verbose=0, return_dict=True))
-    ['ece', 'loss']
+    In `compile`, it logs as `ece`:
+    `model.compile(..., metrics=[kv.metrics.ExpectedCalibrationError()])`.
     """
 
     def __init__(self, num_bins=15, name="ece", dtype=None):
