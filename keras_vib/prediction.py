@@ -74,11 +74,9 @@ def predict_mc(
 
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((4,)),
+    >>> model = keras.Sequential([keras.Input((4,)),
     ...     kv.layers.GaussianBottleneck(units=2, seed=0),
-    ...     keras.layers.Dense(3, activation="softmax"),
-    ... ])
+    ...     keras.layers.Dense(3, activation="softmax")])
     >>> x = np.random.normal(size=(5, 4)).astype("float32")
     >>> mean, std = kv.prediction.predict_mc(
     ...     model, x, num_samples=12, return_std=True, seed=0)
@@ -169,11 +167,9 @@ def predict_rate(model, x, batch_size=32):
 
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((4,)),
+    >>> model = keras.Sequential([keras.Input((4,)),
     ...     kv.layers.GaussianBottleneck(units=2, seed=0),
-    ...     keras.layers.Dense(3, activation="softmax"),
-    ... ])
+    ...     keras.layers.Dense(3, activation="softmax")])
     >>> x = np.random.normal(size=(5, 4)).astype("float32")
     >>> rate = kv.prediction.predict_rate(model, x)
     >>> rate.shape

@@ -22,6 +22,7 @@ from keras_vib import prediction
 from keras_vib._validation import check_bool
 from keras_vib._validation import check_choice
 from keras_vib._validation import check_fraction
+from keras_vib._validation import check_num_examples
 from keras_vib._validation import check_positive_int
 
 #: For each score of `ood_scores`, the values conventionally taken to mean
@@ -38,6 +39,18 @@ SCORE_DIRECTIONS = {
 }
 
 
+def _finite(name, values):
+    """`values` as a float64 array, or raise if any is not finite."""
+    values = np.asarray(values, dtype="float64")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected finite "
+            f"values. Received: {np.sum(~np.isfinite(values))} non-finite "
+            "values"
+        )
+    return values
+
+
 def _oriented(scores_in, scores_out, ood_when):
     """Both sets of scores as flat float64 arrays, negated if `ood_when` is
     `"low"`, so that high always means OOD."""
@@ -45,18 +58,8 @@ def _oriented(scores_in, scores_out, ood_when):
     sign = -1.0 if ood_when == "low" else 1.0
     oriented = []
     for name, values in (("scores_in", scores_in), ("scores_out", scores_out)):
-        values = np.asarray(values, dtype="float64").reshape(-1)
-        if values.size == 0:
-            raise ValueError(
-                f"Invalid value received for argument `{name}`. Expected at "
-                f"least one score. Received: {name} with shape {values.shape}"
-            )
-        if not np.all(np.isfinite(values)):
-            raise ValueError(
-                f"Invalid value received for argument `{name}`. Expected "
-                f"finite scores. Received: {np.sum(~np.isfinite(values))} "
-                "non-finite values"
-            )
+        values = _finite(name, values).reshape(-1)
+        check_num_examples(name, values)
         oriented.append(sign * values)
     return oriented
 
@@ -182,11 +185,9 @@ def ood_scores(model, x, num_samples=None, batch_size=32, seed=None):
 
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((4,)),
+    >>> model = keras.Sequential([keras.Input((4,)),
     ...     kv.layers.GaussianBottleneck(units=2, seed=0),
-    ...     keras.layers.Dense(3, activation="softmax"),
-    ... ])
+    ...     keras.layers.Dense(3, activation="softmax")])
     >>> x = np.random.normal(size=(6, 4)).astype("float32")
     >>> sorted(kv.uncertainty.ood_scores(model, x, num_samples=4, seed=0))
     ['entropy', 'max_softmax', 'mc_std', 'rate']
@@ -244,11 +245,9 @@ def ood_report(
 
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((4,)),
+    >>> model = keras.Sequential([keras.Input((4,)),
     ...     kv.layers.GaussianBottleneck(units=2, seed=0),
-    ...     keras.layers.Dense(3, activation="softmax"),
-    ... ])
+    ...     keras.layers.Dense(3, activation="softmax")])
     >>> x_in = np.random.normal(size=(20, 4)).astype("float32")
     >>> x_out = 5 + np.random.normal(size=(20, 4)).astype("float32")
     >>> report = kv.uncertainty.ood_report(model, x_in, x_out)
@@ -314,13 +313,11 @@ def calibration_bins(y_true, y_prob, num_bins=15):
     count = np.bincount(index, minlength=num_bins).astype("float64")
     conf_sum = np.bincount(index, confidence, minlength=num_bins)
     correct_sum = np.bincount(index, correct, minlength=num_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.where(count > 0, conf_sum / count, np.nan)
-        accuracy = np.where(count > 0, correct_sum / count, np.nan)
+    divisor = np.maximum(count, 1.0)  # empty bins are NaN, not 0 / 0
     return {
         "count": count,
-        "confidence": mean_conf,
-        "accuracy": accuracy,
+        "confidence": np.where(count > 0, conf_sum / divisor, np.nan),
+        "accuracy": np.where(count > 0, correct_sum / divisor, np.nan),
         "edges": np.linspace(0.0, 1.0, num_bins + 1),
         "ece": float(np.sum(np.abs(correct_sum - conf_sum)) / len(y_true)),
     }
@@ -432,11 +429,9 @@ def rates_and_probabilities(model, x, batch_size=256):
 
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((4,)),
+    >>> model = keras.Sequential([keras.Input((4,)),
     ...     kv.layers.GaussianBottleneck(units=2, seed=0, name="vib"),
-    ...     keras.layers.Dense(3, activation="softmax"),
-    ... ])
+    ...     keras.layers.Dense(3, activation="softmax")])
     >>> x = np.random.normal(size=(5, 4)).astype("float32")
     >>> rates, probs, names = kv.uncertainty.rates_and_probabilities(model, x)
     >>> rates[0].shape, probs.shape, names
@@ -483,11 +478,9 @@ class TypicalityScorer:
 
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((4,)),
+    >>> model = keras.Sequential([keras.Input((4,)),
     ...     kv.layers.GaussianBottleneck(units=2, seed=0),
-    ...     keras.layers.Dense(3, activation="softmax"),
-    ... ])
+    ...     keras.layers.Dense(3, activation="softmax")])
     >>> rng = np.random.default_rng(0)
     >>> x_held_out = rng.normal(size=(200, 4)).astype("float32")
     >>> scorer = kv.uncertainty.TypicalityScorer().fit(model, x_held_out)
@@ -746,7 +739,7 @@ class TypicalityScorer:
             )
         if not isinstance(rates, (list, tuple)):
             rates = [rates]
-        arrays = [np.asarray(r, dtype="float64") for r in rates]
+        arrays = [_finite("rates", r) for r in rates]
         if (
             not arrays
             or len({a.shape for a in arrays}) != 1
@@ -756,11 +749,6 @@ class TypicalityScorer:
                 "Invalid value received for argument `rates`. Expected one "
                 "rate array of shape `(n,)` per bottleneck, all of the same "
                 f"length. Received shapes {[a.shape for a in arrays]}"
-            )
-        if not all(np.all(np.isfinite(a)) for a in arrays):
-            raise ValueError(
-                "Invalid value received for argument `rates`. Expected "
-                "finite rates. Received non-finite values"
             )
         if not self.use_entropy:
             return arrays, None
