@@ -1,10 +1,5 @@
-"""The one Monte Carlo forward pass, shared by `predict_mc` and export.
-
-Both run the model with every `Sampling` layer (so every `VIB` and
-`GaussianBottleneck`) sampling and every other layer in inference mode,
-on the batch tiled `num_samples` times, with noise fixed by a seed and
-without changing any state of the model.
-"""
+"""The forward passes of prediction and export: Monte Carlo (every
+`Sampling` layer samples) and deterministic, both changing no state."""
 
 import contextlib
 
@@ -72,11 +67,8 @@ def sampling_layers(model):
 
 @contextlib.contextmanager
 def sample_at_inference(model, enabled):
-    """Temporarily set `sample_at_inference` on every `Sampling` layer.
-
-    Yields the layers. Export traces its endpoints inside this context, so
-    the choice is baked into the graph and the model is left as it was.
-    """
+    """Set `sample_at_inference` on every `Sampling` layer, and yield the
+    layers; on exit, restore it (export traces its endpoints inside)."""
     layers = sampling_layers(model)
     previous = [layer.sample_at_inference for layer in layers]
     for layer in layers:
@@ -116,13 +108,9 @@ def deterministic_call(model, x):
 def monte_carlo_call(model, x, num_samples, seed):
     """`num_samples` draws of the model's output, in one batched call.
 
-    Args:
-        model: a built `keras.Model` with `Sampling`-based bottlenecks.
-        x: the model's input (a tensor or a structure of tensors).
-        num_samples: int >= 1.
-        seed: int or int32 scalar tensor. The noise depends only on `seed`
-            (and `x`'s shape), not on the layers' seed state, which is left
-            untouched: the same `(x, seed)` always gives the same draws.
+    Every `Sampling` layer samples and every other layer runs in inference mode, on `x` tiled `num_samples`
+    times; the noise depends only on `seed` (an int or int32 scalar tensor)
+    and `x`'s shape, not on the layers' seed state, which is left untouched.
 
     Returns:
         The draws, each output with a new leading axis:

@@ -1,11 +1,8 @@
 """The per-example rate R(x) = KL(q(z|x) || r(z)) of every bottleneck.
 
-Shared by `keras_vib.prediction.predict_rate` and the `serve_rate` endpoint
-of `keras_vib.export.classifier_with_rate`. The rate is read in the same
-forward pass as the model's output: while `rate_call` runs, each `VIB`
-layer (so `GaussianBottleneck` too) appends `VIB.rate` of its inputs to its
-`rate_records`. Training, the logged KL and the model's outputs are
-unchanged.
+Shared by `predict_rate` and the exported `serve_rate`: read in the
+forward pass of the model's output, while each `VIB` layer appends
+`VIB.rate` of its inputs to its `rate_records` (set by `rate_call` only).
 """
 
 import keras

@@ -122,11 +122,9 @@ def tpr_at_fpr(scores_in, scores_out, ood_when="high", fpr=0.05):
     """
     fpr = check_fraction("fpr", fpr)
     scores_in, scores_out = _oriented(scores_in, scores_out, ood_when)
-    sorted_in = np.sort(scores_in)
-    n = sorted_in.size
     # At least ceil((1 - fpr) * n) in-distribution scores are <= t.
-    k = max(int(math.ceil((1.0 - fpr) * n - 1e-9)), 1)
-    threshold = sorted_in[k - 1]
+    k = max(int(math.ceil((1.0 - fpr) * scores_in.size - 1e-9)), 1)
+    threshold = np.sort(scores_in)[k - 1]
     return float(np.mean(scores_out > threshold))
 
 
@@ -449,27 +447,21 @@ class TypicalityScorer:
 
     Out-of-distribution (OOD) inputs can get a higher or a lower rate
     R(x) = KL(q(z|x) || r(z)) than in-distribution ones, depending on the
-    model (see `docs/RESULTS.md`). This scorer asks only whether the rate
-    is *typical*, in the spirit of the typicality test of Nalisnick et al.
-    (2019). `fit` measures, on held-out in-distribution inputs only (no
-    labels, no OOD data), the median `m` and a robust scale `s` (1.4826
-    times the median absolute deviation; the IQR / 1.349 if that is 0) of
-    `log R(x)`, per bottleneck. A new input scores
+    model (see `docs/RESULTS.md`), so this scorer asks only whether the
+    rate is *typical* (after Nalisnick et al.). `fit` measures, on held-out
+    in-distribution inputs only, the median `m` and a robust scale `s`
+    (1.4826 times the median absolute deviation; the IQR / 1.349 if that
+    is 0) of `log R(x)`, per bottleneck. A new input scores its two-sided
+    deviation in robust standard deviations (high means OOD):
 
-    `d(x) = max over bottlenecks of |log R(x) - m| / s`,
-
-    its two-sided deviation in robust standard deviations: high means OOD,
-    whichever side it falls on.
+    `d(x) = max over bottlenecks of |log R(x) - m| / s`.
 
     With `use_entropy=True` the score is `max(d(x), e(x))`, where
     `e(x) = (log H(x) - m_H) / s_H` is the one-sided deviation of the log
-    predictive entropy `H`, fitted the same way: both are in the same
-    units, so no OOD data is needed to weigh them.
-
-    The fitted parameters are plain floats (`get_config`, `save`, `load`);
-    `keras_vib.export.classifier_with_rate(..., scorer=scorer)` serves the
-    score. It depends on them and on the model's deterministic forward pass
-    only, not on what ran before.
+    predictive entropy `H`, fitted the same way (same units: no OOD data
+    is needed to weigh them). The fitted parameters are plain floats
+    (`get_config`, `save`, `load`), served by
+    `keras_vib.export.classifier_with_rate(..., scorer=scorer)`.
 
     Args:
         use_entropy: bool, also flag inputs whose predictive entropy is
@@ -515,10 +507,9 @@ class TypicalityScorer:
         Args:
             model: the trained model, with at least one `VIB` or
                 `GaussianBottleneck` layer.
-            x: held-out in-distribution inputs (not the training batch,
-                not the test set, never OOD data), at least
-                `MIN_FIT_EXAMPLES` of them. No labels: the fit sees the
-                inputs only.
+            x: held-out in-distribution inputs, no labels (not the
+                training or test set, never OOD data), at least
+                `MIN_FIT_EXAMPLES` of them.
             batch_size: int >= 1, examples per forward pass.
 
         Returns:
@@ -605,10 +596,9 @@ class TypicalityScorer:
     def score_tensor(self, rates, probs=None):
         """The score as `keras.ops` on tensors, the fitted numbers constant.
 
-        The same computation as `score`, so it can run inside a model or an
-        exported serving function: `keras_vib.export.classifier_with_rate(
-        model, path, scorer=scorer)` serves it as the `ood_score` output of
-        `serve_rate`.
+        The computation of `score`, so that it runs inside a model or an
+        exported function: the `ood_score` of `serve_rate` (see
+        `keras_vib.export.classifier_with_rate`).
 
         Args:
             rates: a list of float tensors `(batch,)`, one per bottleneck in
