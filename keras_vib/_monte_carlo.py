@@ -108,9 +108,10 @@ def deterministic_call(model, x):
 def monte_carlo_call(model, x, num_samples, seed):
     """`num_samples` draws of the model's output, in one batched call.
 
-    Every `Sampling` layer samples and every other layer runs in inference mode, on `x` tiled `num_samples`
-    times; the noise depends only on `seed` (an int or int32 scalar tensor)
-    and `x`'s shape, not on the layers' seed state, which is left untouched.
+    Every `Sampling` layer samples, every other layer runs in inference
+    mode, on `x` tiled `num_samples` times. The noise depends only on `seed`
+    (an int or int32 scalar tensor) and `x`'s shape, not on the layers'
+    seed state, which is left untouched.
 
     Returns:
         The draws, each output with a new leading axis:

@@ -180,7 +180,5 @@ def predict_rate(model, x, batch_size=32):
     batch_size = check_positive_int("batch_size", batch_size)
     layers = _rate.rate_layers(model, "`predict_rate`")
     _, rates = _rate.rates_in_batches(model, x, batch_size)
-    rates = [rate.astype("float32") for rate in rates]
-    if len(layers) == 1:
-        return rates[0]
-    return {layer.name: rate for layer, rate in zip(layers, rates)}
+    rates = {layer.name: r.astype("float32") for layer, r in zip(layers, rates)}
+    return rates if len(layers) > 1 else rates[layers[0].name]

@@ -673,30 +673,25 @@ class TypicalityScorer:
                 f"keys {sorted(expected | {'use_entropy'})}. Received: "
                 f"{sorted(config) + ['use_entropy']}"
             )
-        names = [str(v) for v in config["layer_names"]]
-        locations = [float(v) for v in config["rate_location"]]
-        scales = [float(v) for v in config["rate_scale"]]
-        # (location, scale) pairs: each bottleneck's, then the entropy's.
-        pairs = list(zip(locations, scales))
+        # Set on the new scorer first: it is dropped if a check fails.
+        scorer.layer_names = [str(v) for v in config["layer_names"]]
+        scorer.rate_location = [float(v) for v in config["rate_location"]]
+        scorer.rate_scale = [float(v) for v in config["rate_scale"]]
+        scorer.num_fit_examples = int(config["num_fit_examples"])
+        pairs = list(zip(scorer.rate_location, scorer.rate_scale))
         if scorer.use_entropy:
-            keys = ("entropy_location", "entropy_scale")
-            pairs.append(tuple(float(config[key]) for key in keys))
-        if (
-            not locations
-            or not len(locations) == len(scales) == len(names)
-            or not all(math.isfinite(m) and 0 < s < math.inf for m, s in pairs)
+            scorer.entropy_location = float(config["entropy_location"])
+            scorer.entropy_scale = float(config["entropy_scale"])
+            pairs.append((scorer.entropy_location, scorer.entropy_scale))
+        n = len(scorer.rate_location)
+        if not 0 < n == len(scorer.rate_scale) == len(scorer.layer_names) or (
+            not all(math.isfinite(m) and 0 < s < math.inf for m, s in pairs)
         ):
             raise ValueError(
                 "Invalid value received for argument `config`. Expected "
                 "finite locations and positive scales, one per layer name "
                 f"(and for the entropy). Received: config={config!r}"
             )
-        scorer.layer_names = names
-        scorer.rate_location = locations
-        scorer.rate_scale = scales
-        if scorer.use_entropy:
-            scorer.entropy_location, scorer.entropy_scale = pairs[-1]
-        scorer.num_fit_examples = int(config["num_fit_examples"])
         return scorer
 
     def save(self, path):
