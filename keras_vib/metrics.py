@@ -17,10 +17,8 @@ def _confidence_and_correct(y_true, y_pred):
     y_pred = ops.reshape(y_pred, (-1, num_classes))
     confidence = ops.max(y_pred, axis=-1)
     predicted = ops.argmax(y_pred, axis=-1)
-    if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == (
-        num_classes
-    ):
-        labels = ops.argmax(ops.reshape(y_true, (-1, num_classes)), axis=-1)
+    if tuple(y_true.shape[1:]) == (num_classes,):  # one-hot labels
+        labels = ops.argmax(y_true, axis=-1)
     else:
         labels = ops.reshape(y_true, (-1,))
     correct = ops.equal(ops.cast(predicted, "int32"), ops.cast(labels, "int32"))
