@@ -168,8 +168,7 @@ def ood_scores(model, x, num_samples=None, batch_size=32, seed=None):
             `(batch, num_classes)` (a softmax), with or without keras_vib
             bottlenecks.
         x: the inputs.
-        num_samples: `None` (probabilities from `model.predict`, i.e. the
-            mean of z for bottlenecks that do not sample at inference) or an
+        num_samples: `None` (the probabilities of `model.predict`) or an
             int >= 1 (the Monte Carlo mean of
             `keras_vib.prediction.predict_mc`, and the `mc_std` score).
         batch_size: int >= 1, examples per forward pass.
