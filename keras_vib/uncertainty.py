@@ -1,13 +1,11 @@
 """Uncertainty from a trained model: OOD scores, detection metrics and
 reliability diagrams, in NumPy (no scikit-learn).
 
-`SCORE_DIRECTIONS` gives the direction that is *conventionally* taken to
-mean "out of distribution" (OOD) for each score. It is a convention, not a
-guarantee: a VIB trained on MNIST can give Fashion-MNIST and noise images a
-*lower* rate than digits. The detection metrics take the direction as an
-argument, so an AUROC below 0.5 shows a score that points the other way;
-`ood_report` reports both. `TypicalityScorer` needs no direction: it flags
-an atypical rate.
+The direction of a score that means "out of distribution" (OOD),
+`SCORE_DIRECTIONS`, is a convention, not a guarantee: a VIB trained on
+MNIST can give Fashion-MNIST and noise images a *lower* rate than digits.
+Hence the detection metrics' `ood_when`, both directions in `ood_report`,
+and `TypicalityScorer`, which needs no direction.
 """
 
 import json
