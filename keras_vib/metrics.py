@@ -83,13 +83,12 @@ class ExpectedCalibrationError(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_true = ops.convert_to_tensor(y_true)
-        y_pred = ops.convert_to_tensor(y_pred)
         confidence, correct = _confidence_and_correct(y_true, y_pred)
         index = ops.floor(confidence * self.num_bins)
         index = ops.clip(ops.cast(index, "int32"), 0, self.num_bins - 1)
         one_hot = ops.one_hot(index, self.num_bins, dtype="float32")
         if sample_weight is not None:
-            weight = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+            weight = ops.cast(sample_weight, "float32")
             one_hot = one_hot * ops.reshape(weight, (-1, 1))
         self.bin_counts.assign_add(ops.sum(one_hot, axis=0))
         self.bin_confidence.assign_add(
