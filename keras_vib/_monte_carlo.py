@@ -1,10 +1,5 @@
-"""The one Monte Carlo forward pass, shared by `predict_mc` and export.
-
-Both run the model with every `Sampling` layer (so every `VIB` and
-`GaussianBottleneck`) sampling and every other layer in inference mode,
-on the batch tiled `num_samples` times, with noise fixed by a seed and
-without changing any state of the model.
-"""
+"""The forward passes of prediction and export: Monte Carlo (every
+`Sampling` layer samples) and deterministic, both changing no state."""
 
 import contextlib
 
@@ -21,18 +16,15 @@ from keras_vib.layers import Sampling
 _STREAM_STRIDE = 1 << 20
 
 
-def _is_scalar(value):
-    return isinstance(value, (bool, int, float, complex, np.generic))
-
-
 def to_numpy(x):
     """`x` as NumPy arrays, keeping a list/dict of inputs as a structure.
 
     A nested list of numbers, e.g. `[[0.0, 1.0, 2.0, 3.0]]`, is one array
     (as `model.predict` reads it), not a structure of scalar inputs.
     """
+    scalars = (bool, int, float, complex, np.generic)
     if isinstance(x, (list, tuple)) and all(
-        _is_scalar(leaf) for leaf in keras.tree.flatten(x)
+        isinstance(leaf, scalars) for leaf in keras.tree.flatten(x)
     ):
         return np.asarray(x)
     return keras.tree.map_structure(ops.convert_to_numpy, x)
@@ -40,9 +32,10 @@ def to_numpy(x):
 
 def num_examples(x):
     """The number of examples of the NumPy inputs `x`, or raise."""
-    for leaf in keras.tree.flatten(x):
+    sizes = {
         check_num_examples("x", np.asarray(leaf))
-    sizes = {int(np.shape(leaf)[0]) for leaf in keras.tree.flatten(x)}
+        for leaf in keras.tree.flatten(x)
+    }
     if len(sizes) != 1:
         raise ValueError(
             "Invalid value received for argument `x`. Expected arrays with "
@@ -52,16 +45,16 @@ def num_examples(x):
     return sizes.pop()
 
 
-def batches(x, batch_size):
-    """The NumPy inputs `x` in slices of `batch_size` examples, in order."""
+def map_batches(fn, x, batch_size):
+    """`fn` on the inputs `x`, `batch_size` examples at a time, in order;
+    its output structures as NumPy arrays joined along the batch axis."""
+    x = to_numpy(x)
+    parts = []
     for start in range(0, num_examples(x), batch_size):
-        yield keras.tree.map_structure(
+        batch = keras.tree.map_structure(
             lambda a: a[start : start + batch_size], x
         )
-
-
-def concatenate(parts):
-    """Join a list of per-batch output structures along the batch axis."""
+        parts.append(keras.tree.map_structure(ops.convert_to_numpy, fn(batch)))
     return keras.tree.map_structure(
         lambda *arrays: np.concatenate(arrays, axis=0), *parts
     )
@@ -74,11 +67,8 @@ def sampling_layers(model):
 
 @contextlib.contextmanager
 def sample_at_inference(model, enabled):
-    """Temporarily set `sample_at_inference` on every `Sampling` layer.
-
-    Yields the layers. Export traces its endpoints inside this context, so
-    the choice is baked into the graph and the model is left as it was.
-    """
+    """Set `sample_at_inference` on every `Sampling` layer, and yield the
+    layers; on exit, restore it (export traces its endpoints inside)."""
     layers = sampling_layers(model)
     previous = [layer.sample_at_inference for layer in layers]
     for layer in layers:
@@ -91,18 +81,13 @@ def sample_at_inference(model, enabled):
 
 
 def stateless_call(model, fn, overrides=()):
-    """Run `fn()` with the model's variables read-only.
+    """Run `fn()` with the variables of `model` read-only, reading `value`
+    for `variable` for each pair `(variable, value)` of `overrides`.
 
-    Serving and prediction must not change state: `VIB` accumulates its
-    running KL in variables and `Sampling` advances its seed. Inside a
-    `keras.StatelessScope` those assignments are discarded. Every variable
-    is mapped (not only the overridden ones) so that, under the JAX
-    exporter's own stateless scope, weights stay variables.
-
-    Args:
-        model: the model whose variables `fn` reads.
-        fn: a function of no arguments.
-        overrides: pairs `(variable, value)` to read instead.
+    Serving and prediction must not change state (`VIB`'s running KL,
+    `Sampling`'s seed): a `keras.StatelessScope` discards assignments.
+    Every variable is mapped, not only the overridden ones, so that under
+    the JAX exporter's own stateless scope the weights stay variables.
     """
     replaced = {id(variable): value for variable, value in overrides}
     mapping = [
@@ -123,28 +108,22 @@ def deterministic_call(model, x):
 def monte_carlo_call(model, x, num_samples, seed):
     """`num_samples` draws of the model's output, in one batched call.
 
-    Args:
-        model: a built `keras.Model` with `Sampling`-based bottlenecks.
-        x: the model's input (a tensor or a structure of tensors).
-        num_samples: int >= 1.
-        seed: int or int32 scalar tensor. The noise depends only on `seed`
-            (and `x`'s shape), not on the layers' seed state, which is left
-            untouched: the same `(x, seed)` always gives the same draws.
+    Every `Sampling` layer samples, every other layer runs in inference
+    mode, on `x` tiled `num_samples` times. The noise depends only on `seed`
+    (an int or int32 scalar tensor) and `x`'s shape, not on the layers'
+    seed state, which is left untouched.
 
     Returns:
         The draws, each output with a new leading axis:
         `(num_samples, batch, ...)`.
     """
     with sample_at_inference(model, True) as layers:
+        seed = ops.cast(seed, "int32")
         overrides = []
         for index, layer in enumerate(layers):
             state = layer.seed_generator.state
-            stream = ops.stack(
-                [
-                    ops.cast(seed, "int32"),
-                    ops.convert_to_tensor(index * _STREAM_STRIDE, "int32"),
-                ]
-            )
+            offset = ops.convert_to_tensor(index * _STREAM_STRIDE, "int32")
+            stream = ops.stack([seed, offset])
             overrides.append((state, ops.cast(stream, state.dtype)))
         tiled = keras.tree.map_structure(
             lambda t: ops.tile(t, (num_samples,) + (1,) * (len(t.shape) - 1)), x

@@ -1,16 +1,13 @@
 """The per-example rate R(x) = KL(q(z|x) || r(z)) of every bottleneck.
 
-Shared by `keras_vib.prediction.predict_rate` and the `serve_rate` endpoint
-of `keras_vib.export.classifier_with_rate`. The rate is read in the same
-forward pass as the model's output: while `rate_call` runs, each `VIB`
-layer (so `GaussianBottleneck` too) appends `VIB.rate` of its inputs to its
-`rate_records`. Training, the logged KL and the model's outputs are
-unchanged.
+Shared by `predict_rate` and the exported `serve_rate`: read in the
+forward pass of the model's output, while each `VIB` layer appends
+`VIB.rate` of its inputs to its `rate_records` (set by `rate_call` only).
 """
 
 import keras
-from keras import ops
 
+from keras_vib import _graph
 from keras_vib import _monte_carlo
 from keras_vib.layers import VIB
 
@@ -18,11 +15,7 @@ from keras_vib.layers import VIB
 def rate_layers(model, required_by=None):
     """The `VIB`-based layers (so `GaussianBottleneck` too) of `model`;
     with `required_by` (what needs them, for the message), raise if none."""
-    layers = [
-        layer
-        for layer in _monte_carlo.sampling_layers(model)
-        if isinstance(layer, VIB)
-    ]
+    layers = _graph.layers_of_type(model, VIB)
     if required_by and not layers:
         raise ValueError(
             f"{required_by} needs a KL bottleneck, but model `{model.name}` "
@@ -55,20 +48,9 @@ def rate_call(model, x):
 
 
 def rates_in_batches(model, x, batch_size):
-    """`rate_call` over the NumPy inputs `x`, `batch_size` examples at a
-    time: `(outputs, rates)` as float64 NumPy arrays."""
-    output_parts, rate_parts = [], []
-    for x_batch in _monte_carlo.batches(x, batch_size):
-        outputs, rates = rate_call(model, x_batch)
-        output_parts.append(
-            keras.tree.map_structure(
-                lambda y: ops.convert_to_numpy(y).astype("float64"), outputs
-            )
-        )
-        rate_parts.append(
-            [ops.convert_to_numpy(r).astype("float64") for r in rates]
-        )
-    return (
-        _monte_carlo.concatenate(output_parts),
-        _monte_carlo.concatenate(rate_parts),
+    """`rate_call` over the inputs `x`, `batch_size` examples at a time:
+    `(outputs, rates)` as float64 NumPy arrays."""
+    results = _monte_carlo.map_batches(
+        lambda batch: rate_call(model, batch), x, batch_size
     )
+    return keras.tree.map_structure(lambda a: a.astype("float64"), results)

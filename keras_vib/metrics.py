@@ -10,20 +10,15 @@ def _confidence_and_correct(y_true, y_pred):
     """Per-example confidence and 0/1 correctness, both float32 `(n,)`."""
     y_pred = ops.cast(y_pred, "float32")
     if y_pred.shape[-1] == 1:
-        # One sigmoid output: the predicted class is p > 0.5.
-        p = ops.reshape(y_pred, (-1,))
-        predicted = ops.cast(p > 0.5, "float32")
-        confidence = ops.maximum(p, 1.0 - p)
-        labels = ops.cast(ops.reshape(y_true, (-1,)), "float32")
-        return confidence, ops.cast(ops.equal(predicted, labels), "float32")
+        # One sigmoid output p: the probabilities of classes 0 and 1 (p = 0.5
+        # predicts class 0, as argmax picks the first of equal values).
+        y_pred = ops.concatenate([1.0 - y_pred, y_pred], axis=-1)
     num_classes = y_pred.shape[-1]
     y_pred = ops.reshape(y_pred, (-1, num_classes))
     confidence = ops.max(y_pred, axis=-1)
     predicted = ops.argmax(y_pred, axis=-1)
-    if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == (
-        num_classes
-    ):
-        labels = ops.argmax(ops.reshape(y_true, (-1, num_classes)), axis=-1)
+    if tuple(y_true.shape[1:]) == (num_classes,):  # one-hot labels
+        labels = ops.argmax(y_true, axis=-1)
     else:
         labels = ops.reshape(y_true, (-1,))
     correct = ops.equal(ops.cast(predicted, "int32"), ops.cast(labels, "int32"))
@@ -43,10 +38,9 @@ class ExpectedCalibrationError(keras.metrics.Metric):
 
     with `n_m` the (weighted) number of examples in bin `m` and
     `accuracy_m`, `confidence_m` their mean correctness and confidence
-    (Naeini et al. 2015; Guo et al. 2017). 0 is perfect calibration; the
-    value is a fraction, not a percentage. The state is three vectors of
-    bin sums, so the value over an epoch is exact, not a mean of batch
-    values.
+    (Naeini et al. 2015; Guo et al. 2017): a fraction, 0 when perfectly
+    calibrated. The state is bin sums, so the value over an epoch is
+    exact, not a mean of batch values.
 
     Args:
         num_bins: int >= 1, the number of equal-width bins (15 by default,
@@ -70,42 +64,31 @@ class ExpectedCalibrationError(keras.metrics.Metric):
     >>> round(float(ece.result()), 4)  # (|1 - 0.9| + |0 - 0.7|) / 2
     0.4
 
-    In `compile`:
-
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
-    ...     3, activation="softmax")])
-    >>> model.compile("adam", "sparse_categorical_crossentropy",
-    ...               metrics=[kv.metrics.ExpectedCalibrationError()])
-    >>> x = np.random.normal(size=(8, 4))
-    >>> y = np.random.randint(0, 3, size=(8,))
-    >>> sorted(model.evaluate(x, y, verbose=0, return_dict=True))
-    ['ece', 'loss']
+    In `compile`, it logs as `ece`:
+    `model.compile(..., metrics=[kv.metrics.ExpectedCalibrationError()])`.
     """
 
     def __init__(self, num_bins=15, name="ece", dtype=None):
         super().__init__(name=name, dtype=dtype)
         self.num_bins = check_positive_int("num_bins", num_bins)
-        self.bin_counts = self._bin_variable("bin_counts")
-        self.bin_confidence = self._bin_variable("bin_confidence")
-        self.bin_correct = self._bin_variable("bin_correct")
-
-    def _bin_variable(self, name):
-        return self.add_variable(
-            shape=(self.num_bins,),
-            initializer="zeros",
-            dtype="float32",
-            name=name,
+        self.bin_counts, self.bin_confidence, self.bin_correct = (
+            self.add_variable(
+                shape=(self.num_bins,),
+                initializer="zeros",
+                dtype="float32",
+                name=name,
+            )
+            for name in ("bin_counts", "bin_confidence", "bin_correct")
         )
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_true = ops.convert_to_tensor(y_true)
-        y_pred = ops.convert_to_tensor(y_pred)
         confidence, correct = _confidence_and_correct(y_true, y_pred)
         index = ops.floor(confidence * self.num_bins)
         index = ops.clip(ops.cast(index, "int32"), 0, self.num_bins - 1)
         one_hot = ops.one_hot(index, self.num_bins, dtype="float32")
         if sample_weight is not None:
-            weight = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+            weight = ops.cast(sample_weight, "float32")
             one_hot = one_hot * ops.reshape(weight, (-1, 1))
         self.bin_counts.assign_add(ops.sum(one_hot, axis=0))
         self.bin_confidence.assign_add(
@@ -117,10 +100,6 @@ class ExpectedCalibrationError(keras.metrics.Metric):
         total = ops.maximum(ops.sum(self.bin_counts), 1e-12)
         gap = ops.abs(self.bin_correct - self.bin_confidence)
         return ops.cast(ops.sum(gap) / total, self.dtype)
-
-    def reset_state(self):
-        for variable in self.variables:
-            variable.assign(ops.zeros(variable.shape, variable.dtype))
 
     def get_config(self):
         return {**super().get_config(), "num_bins": self.num_bins}

@@ -13,24 +13,16 @@ from keras_vib._validation import check_seed
 
 
 def _check_input_shapes(model, x):
-    """Raise if `x` cannot feed `model`'s inputs, naming the user's shapes.
-
-    The Monte Carlo pass runs on the batch tiled `num_samples` times, so a
-    shape error from inside it would show the tiled batch, not `x`.
-    """
-    inputs = getattr(model, "inputs", None)
-    if not inputs:
-        return
+    """Raise if `x` cannot feed `model`'s inputs, naming the user's shapes
+    (an error from the Monte Carlo pass would show the tiled batch)."""
+    inputs = getattr(model, "inputs", None) or []
     if isinstance(x, dict):
         pairs = [(spec, x[spec.name]) for spec in inputs if spec.name in x]
     else:
         leaves = keras.tree.flatten(x)
-        if len(inputs) != len(leaves):
-            return
-        pairs = list(zip(inputs, leaves))
+        pairs = zip(inputs, leaves) if len(inputs) == len(leaves) else []
     for spec, leaf in pairs:
-        expected = tuple(spec.shape)
-        received = tuple(np.shape(leaf))
+        expected, received = tuple(spec.shape), tuple(np.shape(leaf))
         if len(expected) != len(received) or any(
             e is not None and e != r for e, r in zip(expected[1:], received[1:])
         ):
@@ -53,16 +45,13 @@ def predict_mc(
 ):
     """Monte Carlo prediction: the mean (and std) of outputs over z samples.
 
-    Every bottleneck layer of `model` (`Sampling`, `VIB`,
-    `GaussianBottleneck`) samples `z ~ q(z|x)` instead of returning its mean,
-    and the outputs are averaged over `num_samples` draws per example, as in
-    the Deep VIB paper (12 samples). All other layers run in inference mode
-    (`training=False`): Dropout is off and BatchNormalization uses its moving
-    statistics. The batch of examples is tiled `samples_per_pass` times, so
-    each forward pass draws that many samples for each example at once. It
-    is the same computation as the `serve_mc` endpoint of
-    `keras_vib.export.classifier`, and it changes no state of the model
-    (seed generators, running KL).
+    Every bottleneck of `model` (`Sampling`, `VIB`, `GaussianBottleneck`)
+    samples `z ~ q(z|x)` instead of returning its mean, every other layer
+    runs with `training=False` (no Dropout; BatchNormalization's moving
+    statistics), and the outputs are averaged over `num_samples` draws per
+    example, as in the Deep VIB paper (12 samples). It is the computation of
+    the `serve_mc` endpoint of `keras_vib.export.classifier`, and it changes
+    no state of the model (seed generators, running KL).
 
     Args:
         model: a Keras model containing at least one keras_vib bottleneck.
@@ -72,8 +61,9 @@ def predict_mc(
             the outputs over the samples (`ddof=0`, like `numpy.std`).
         batch_size: int >= 1, examples per forward pass.
         samples_per_pass: int >= 1 or `None` (all `num_samples` in one pass).
-            A forward pass sees `batch_size * samples_per_pass` rows; lower
-            it to bound memory.
+            A forward pass tiles the batch `samples_per_pass` times, so it
+            sees `batch_size * samples_per_pass` rows; lower it to bound
+            memory.
         seed: int or `None`. The same int gives the same draws; `None` draws
             a fresh seed.
 
@@ -84,11 +74,9 @@ def predict_mc(
 
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((4,)),
+    >>> model = keras.Sequential([keras.Input((4,)),
     ...     kv.layers.GaussianBottleneck(units=2, seed=0),
-    ...     keras.layers.Dense(3, activation="softmax"),
-    ... ])
+    ...     keras.layers.Dense(3, activation="softmax")])
     >>> x = np.random.normal(size=(5, 4)).astype("float32")
     >>> mean, std = kv.prediction.predict_mc(
     ...     model, x, num_samples=12, return_std=True, seed=0)
@@ -104,7 +92,7 @@ def predict_mc(
     )
     samples_per_pass = min(samples_per_pass or num_samples, num_samples)
     check_bool("return_std", return_std)
-    seed = check_seed("seed", seed)
+    seeds = np.random.SeedSequence(check_seed("seed", seed))
     if not _monte_carlo.sampling_layers(model):
         raise ValueError(
             f"`predict_mc` needs a stochastic bottleneck, but model "
@@ -114,15 +102,14 @@ def predict_mc(
     x = _monte_carlo.to_numpy(x)
     _monte_carlo.num_examples(x)
     _check_input_shapes(model, x)
-    seeds = np.random.SeedSequence(seed)
-    moments = [
-        _batch_moments(model, x_batch, num_samples, samples_per_pass, seeds)
-        for x_batch in _monte_carlo.batches(x, batch_size)
-    ]
-    mean = _monte_carlo.concatenate([mean for mean, _ in moments])
-    if not return_std:
-        return mean
-    return mean, _monte_carlo.concatenate([std for _, std in moments])
+    mean, std = _monte_carlo.map_batches(
+        lambda batch: _batch_moments(
+            model, batch, num_samples, samples_per_pass, seeds
+        ),
+        x,
+        batch_size,
+    )
+    return (mean, std) if return_std else mean
 
 
 def _batch_moments(model, x_batch, num_samples, samples_per_pass, seeds):
@@ -140,18 +127,17 @@ def _batch_moments(model, x_batch, num_samples, samples_per_pass, seeds):
         for y in keras.tree.flatten(draws):
             y = ops.convert_to_numpy(y).astype("float64")
             chunk.append((y.mean(axis=0), ((y - y.mean(axis=0)) ** 2).sum(0)))
-        if moments is None:
-            moments = chunk
-        else:
-            total = count + k
-            moments = [
-                (
-                    m + (cm - m) * (k / total),
-                    s + cs + (cm - m) ** 2 * (count * k / total),
-                )
-                for (m, s), (cm, cs) in zip(moments, chunk)
-            ]
-        count += k
+        # The first pass merges into zero moments with weight k / k = 1.
+        moments = moments or [(0.0, 0.0)] * len(chunk)
+        total = count + k
+        moments = [
+            (
+                m + (cm - m) * (k / total),
+                s + cs + (cm - m) ** 2 * (count * k / total),
+            )
+            for (m, s), (cm, cs) in zip(moments, chunk)
+        ]
+        count = total
     mean = [m.astype("float32") for m, _ in moments]
     std = [np.sqrt(s / num_samples).astype("float32") for _, s in moments]
     pack = keras.tree.pack_sequence_as
@@ -163,12 +149,9 @@ def predict_rate(model, x, batch_size=32):
 
     The rate is the information, in nats, that a bottleneck takes from an
     input: the KL term of `VIB` for that input alone, before `kl_weight`
-    and `free_bits` (r(z) is N(0, I) by default). Its batch mean is the KL
-    logged during training. It is computed in float32, with the same op as
-    the layer, in batches like `model.predict`, without changing any state
-    of the model (running KL, seed generators) and without sampling. Which
-    way it points for OOD inputs is an empirical question (see
-    `keras_vib.uncertainty`).
+    and `free_bits` (r(z) is N(0, I) by default); its batch mean is the KL
+    logged in training. It is computed in float32 by the layer's own op, in
+    batches, without sampling or changing any state of the model.
 
     Args:
         model: a Keras model with at least one `VIB` or
@@ -184,11 +167,9 @@ def predict_rate(model, x, batch_size=32):
 
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((4,)),
+    >>> model = keras.Sequential([keras.Input((4,)),
     ...     kv.layers.GaussianBottleneck(units=2, seed=0),
-    ...     keras.layers.Dense(3, activation="softmax"),
-    ... ])
+    ...     keras.layers.Dense(3, activation="softmax")])
     >>> x = np.random.normal(size=(5, 4)).astype("float32")
     >>> rate = kv.prediction.predict_rate(model, x)
     >>> rate.shape
@@ -198,9 +179,6 @@ def predict_rate(model, x, batch_size=32):
     """
     batch_size = check_positive_int("batch_size", batch_size)
     layers = _rate.rate_layers(model, "`predict_rate`")
-    x = _monte_carlo.to_numpy(x)
     _, rates = _rate.rates_in_batches(model, x, batch_size)
-    rates = [rate.astype("float32") for rate in rates]
-    if len(layers) == 1:
-        return rates[0]
-    return {layer.name: rate for layer, rate in zip(layers, rates)}
+    rates = {layer.name: r.astype("float32") for layer, r in zip(layers, rates)}
+    return rates if len(layers) > 1 else rates[layers[0].name]

@@ -1,23 +1,11 @@
 """Uncertainty from a trained model: OOD scores, detection metrics and
 reliability diagrams, in NumPy (no scikit-learn).
 
-Every score is returned in its natural units, with the direction that is
-*conventionally* taken to mean "out of distribution" (OOD) in
-`SCORE_DIRECTIONS`:
-
-- `max_softmax`: the largest class probability; OOD when `"low"`
-  (Hendrycks & Gimpel 2017).
-- `entropy`: the entropy of the predicted probabilities, nats; `"high"`.
-- `rate`: R(x) = KL(q(z|x) || r(z)), nats, per bottleneck; `"high"`
-  (Alemi et al. 2018).
-- `mc_std`: the mean over classes of the standard deviation of the
-  probabilities over z samples; `"high"`.
-
-The direction is a convention, not a guarantee: a VIB trained on MNIST can
-give Fashion-MNIST and noise images a *lower* rate than digits. The
-detection metrics take the direction as an argument, so an AUROC below 0.5
-shows a score that points the other way; `ood_report` reports both.
-`TypicalityScorer` needs no direction: it flags an atypical rate.
+The direction of a score that means "out of distribution" (OOD),
+`SCORE_DIRECTIONS`, is a convention, not a guarantee: a VIB trained on
+MNIST can give Fashion-MNIST and noise images a *lower* rate than digits.
+Hence the detection metrics' `ood_when`, both directions in `ood_report`,
+and `TypicalityScorer`, which needs no direction.
 """
 
 import json
@@ -27,49 +15,51 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_vib import _monte_carlo
 from keras_vib import _rate
 from keras_vib import prediction
 from keras_vib._validation import check_bool
 from keras_vib._validation import check_choice
 from keras_vib._validation import check_fraction
+from keras_vib._validation import check_num_examples
 from keras_vib._validation import check_positive_int
 
 #: For each score of `ood_scores`, the values conventionally taken to mean
 #: out of distribution ("high" or "low").
 SCORE_DIRECTIONS = {
+    # The largest class probability (Hendrycks & Gimpel 2017).
     "max_softmax": "low",
+    # The entropy of the predicted probabilities, nats.
     "entropy": "high",
+    # R(x) = KL(q(z|x) || r(z)), nats, per bottleneck (Alemi et al. 2018).
     "rate": "high",
+    # The mean over classes of the std of the probabilities over z samples.
     "mc_std": "high",
 }
 
-_DIRECTIONS = ("high", "low")
 
-
-def _scores(name, values):
-    values = np.asarray(values, dtype="float64").reshape(-1)
-    if values.size == 0:
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected at "
-            f"least one score. Received: {name} with shape {values.shape}"
-        )
+def _finite(name, values):
+    """`values` as a float64 array, or raise if any is not finite."""
+    values = np.asarray(values, dtype="float64")
     if not np.all(np.isfinite(values)):
         raise ValueError(
             f"Invalid value received for argument `{name}`. Expected finite "
-            f"scores. Received: {np.sum(~np.isfinite(values))} non-finite "
+            f"values. Received: {np.sum(~np.isfinite(values))} non-finite "
             "values"
         )
     return values
 
 
 def _oriented(scores_in, scores_out, ood_when):
-    check_choice("ood_when", ood_when, _DIRECTIONS)
-    scores_in = _scores("scores_in", scores_in)
-    scores_out = _scores("scores_out", scores_out)
-    if ood_when == "low":
-        return -scores_in, -scores_out
-    return scores_in, scores_out
+    """Both sets of scores as flat float64 arrays, negated if `ood_when` is
+    `"low"`, so that high always means OOD."""
+    check_choice("ood_when", ood_when, ("high", "low"))
+    sign = -1.0 if ood_when == "low" else 1.0
+    oriented = []
+    for name, values in (("scores_in", scores_in), ("scores_out", scores_out)):
+        values = _finite(name, values).reshape(-1)
+        check_num_examples(name, values)
+        oriented.append(sign * values)
+    return oriented
 
 
 def auroc(scores_in, scores_out, ood_when="high"):
@@ -130,11 +120,9 @@ def tpr_at_fpr(scores_in, scores_out, ood_when="high", fpr=0.05):
     """
     fpr = check_fraction("fpr", fpr)
     scores_in, scores_out = _oriented(scores_in, scores_out, ood_when)
-    sorted_in = np.sort(scores_in)
-    n = sorted_in.size
     # At least ceil((1 - fpr) * n) in-distribution scores are <= t.
-    k = max(int(math.ceil((1.0 - fpr) * n - 1e-9)), 1)
-    threshold = sorted_in[k - 1]
+    k = max(int(math.ceil((1.0 - fpr) * scores_in.size - 1e-9)), 1)
+    threshold = np.sort(scores_in)[k - 1]
     return float(np.mean(scores_out > threshold))
 
 
@@ -178,8 +166,7 @@ def ood_scores(model, x, num_samples=None, batch_size=32, seed=None):
             `(batch, num_classes)` (a softmax), with or without keras_vib
             bottlenecks.
         x: the inputs.
-        num_samples: `None` (probabilities from `model.predict`, i.e. the
-            mean of z for bottlenecks that do not sample at inference) or an
+        num_samples: `None` (the probabilities of `model.predict`) or an
             int >= 1 (the Monte Carlo mean of
             `keras_vib.prediction.predict_mc`, and the `mc_std` score).
         batch_size: int >= 1, examples per forward pass.
@@ -193,11 +180,9 @@ def ood_scores(model, x, num_samples=None, batch_size=32, seed=None):
 
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((4,)),
+    >>> model = keras.Sequential([keras.Input((4,)),
     ...     kv.layers.GaussianBottleneck(units=2, seed=0),
-    ...     keras.layers.Dense(3, activation="softmax"),
-    ... ])
+    ...     keras.layers.Dense(3, activation="softmax")])
     >>> x = np.random.normal(size=(6, 4)).astype("float32")
     >>> sorted(kv.uncertainty.ood_scores(model, x, num_samples=4, seed=0))
     ['entropy', 'max_softmax', 'mc_std', 'rate']
@@ -219,12 +204,11 @@ def ood_scores(model, x, num_samples=None, batch_size=32, seed=None):
     scores = {"max_softmax": probs.max(axis=-1), "entropy": entropy(probs)}
     if std is not None:
         scores["mc_std"] = np.asarray(std, "float64").mean(axis=-1)
-    if _rate.rate_layers(model):
-        rates = prediction.predict_rate(model, x, batch_size=batch_size)
-        if not isinstance(rates, dict):
-            return {**scores, "rate": np.asarray(rates, "float64")}
-        for name, rate in rates.items():
-            scores[f"rate/{name}"] = np.asarray(rate, "float64")
+    layers = _rate.rate_layers(model)
+    if layers:
+        _, rates = _rate.rates_in_batches(model, x, batch_size)
+        keys = [f"rate/{layer.name}" for layer in layers]
+        scores.update(zip(["rate"] if len(keys) == 1 else keys, rates))
     return scores
 
 
@@ -256,11 +240,9 @@ def ood_report(
 
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((4,)),
+    >>> model = keras.Sequential([keras.Input((4,)),
     ...     kv.layers.GaussianBottleneck(units=2, seed=0),
-    ...     keras.layers.Dense(3, activation="softmax"),
-    ... ])
+    ...     keras.layers.Dense(3, activation="softmax")])
     >>> x_in = np.random.normal(size=(20, 4)).astype("float32")
     >>> x_out = 5 + np.random.normal(size=(20, 4)).astype("float32")
     >>> report = kv.uncertainty.ood_report(model, x_in, x_out)
@@ -326,13 +308,11 @@ def calibration_bins(y_true, y_prob, num_bins=15):
     count = np.bincount(index, minlength=num_bins).astype("float64")
     conf_sum = np.bincount(index, confidence, minlength=num_bins)
     correct_sum = np.bincount(index, correct, minlength=num_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.where(count > 0, conf_sum / count, np.nan)
-        accuracy = np.where(count > 0, correct_sum / count, np.nan)
+    divisor = np.maximum(count, 1.0)  # empty bins are NaN, not 0 / 0
     return {
         "count": count,
-        "confidence": mean_conf,
-        "accuracy": accuracy,
+        "confidence": np.where(count > 0, conf_sum / divisor, np.nan),
+        "accuracy": np.where(count > 0, correct_sum / divisor, np.nan),
         "edges": np.linspace(0.0, 1.0, num_bins + 1),
         "ece": float(np.sum(np.abs(correct_sum - conf_sum)) / len(y_true)),
     }
@@ -372,26 +352,14 @@ def reliability_diagram(
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
     filled = bins["count"] > 0
+    confidence, accuracy = bins["confidence"][filled], bins["accuracy"][filled]
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1)
     text = f"ECE {100 * bins['ece']:.2f}%"
-    ax.plot(
-        bins["confidence"][filled],
-        bins["accuracy"][filled],
-        marker="o",
-        markersize=3,
-        label=text if label is None else f"{label} ({text})",
-    )
+    label = text if label is None else f"{label} ({text})"
+    ax.plot(confidence, accuracy, marker="o", markersize=3, label=label)
     if show_gap:
-        ax.fill_between(
-            bins["confidence"][filled],
-            bins["confidence"][filled],
-            bins["accuracy"][filled],
-            alpha=0.2,
-        )
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
+        ax.fill_between(confidence, confidence, accuracy, alpha=0.2)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
     ax.legend(loc="upper left", fontsize="small")
     return ax
 
@@ -409,8 +377,10 @@ _MAD_TO_STD = 1.482602218505602
 _IQR_TO_STD = 0.7413011092528009
 
 
-def _robust_location_scale(name, values):
-    """Median and a robust scale (MAD, else IQR) of a 1-D float64 array."""
+def _log_location_scale(name, values, floor):
+    """Median and a robust scale (MAD, else IQR) of the log of a 1-D
+    float64 array, floored at `floor`; `name` (the log) for the message."""
+    values = np.log(np.maximum(values, floor))
     location = float(np.median(values))
     scale = _MAD_TO_STD * float(np.median(np.abs(values - location)))
     if not scale > 0.0:
@@ -454,11 +424,9 @@ def rates_and_probabilities(model, x, batch_size=256):
 
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((4,)),
+    >>> model = keras.Sequential([keras.Input((4,)),
     ...     kv.layers.GaussianBottleneck(units=2, seed=0, name="vib"),
-    ...     keras.layers.Dense(3, activation="softmax"),
-    ... ])
+    ...     keras.layers.Dense(3, activation="softmax")])
     >>> x = np.random.normal(size=(5, 4)).astype("float32")
     >>> rates, probs, names = kv.uncertainty.rates_and_probabilities(model, x)
     >>> rates[0].shape, probs.shape, names
@@ -466,7 +434,6 @@ def rates_and_probabilities(model, x, batch_size=256):
     """
     batch_size = check_positive_int("batch_size", batch_size)
     layers = _rate.rate_layers(model, "The typicality score")
-    x = _monte_carlo.to_numpy(x)
     outputs, rates = _rate.rates_in_batches(model, x, batch_size)
     return rates, outputs, [layer.name for layer in layers]
 
@@ -475,31 +442,23 @@ def rates_and_probabilities(model, x, batch_size=256):
 class TypicalityScorer:
     """A direction-free OOD score from the rate, fitted on held-out data.
 
-    The rate R(x) = KL(q(z|x) || r(z)) of a bottleneck tells
-    out-of-distribution (OOD) inputs from in-distribution ones, but which
-    way depends on the model: OOD inputs can get a higher or a lower rate
-    (see `docs/RESULTS.md`). This scorer asks only whether the rate is
-    *typical*, in the spirit of the typicality test of Nalisnick et al.
-    (2019). `fit` measures, on held-out in-distribution inputs only (no
-    labels, no OOD data), the median `m` and a robust scale `s` (1.4826
-    times the median absolute deviation; the IQR / 1.349 if that is 0) of
-    `log R(x)`, per bottleneck. A new input scores
+    Out-of-distribution (OOD) inputs can get a higher or a lower rate
+    R(x) = KL(q(z|x) || r(z)) than in-distribution ones, depending on the
+    model (see `docs/RESULTS.md`), so this scorer asks only whether the
+    rate is *typical* (after Nalisnick et al.). `fit` measures, on held-out
+    in-distribution inputs only, the median `m` and a robust scale `s`
+    (1.4826 times the median absolute deviation; the IQR / 1.349 if that
+    is 0) of `log R(x)`, per bottleneck. A new input scores its two-sided
+    deviation in robust standard deviations (high means OOD):
 
-    `d(x) = max over bottlenecks of |log R(x) - m| / s`,
-
-    its two-sided deviation in robust standard deviations: high means OOD,
-    whichever side it falls on.
+    `d(x) = max over bottlenecks of |log R(x) - m| / s`.
 
     With `use_entropy=True` the score is `max(d(x), e(x))`, where
     `e(x) = (log H(x) - m_H) / s_H` is the one-sided deviation of the log
-    predictive entropy `H` (high entropy means OOD), with `m_H` and `s_H`
-    fitted the same way. Both are in the same units, so no OOD data is
-    needed to weigh them.
-
-    The fitted parameters are plain floats (`get_config`, `save`, `load`);
-    `keras_vib.export.classifier_with_rate(..., scorer=scorer)` serves the
-    score. It depends on them and on the model's deterministic forward pass
-    only, not on what ran before.
+    predictive entropy `H`, fitted the same way (same units: no OOD data
+    is needed to weigh them). The fitted parameters are plain floats
+    (`get_config`, `save`, `load`), served by
+    `keras_vib.export.classifier_with_rate(..., scorer=scorer)`.
 
     Args:
         use_entropy: bool, also flag inputs whose predictive entropy is
@@ -508,11 +467,9 @@ class TypicalityScorer:
 
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((4,)),
+    >>> model = keras.Sequential([keras.Input((4,)),
     ...     kv.layers.GaussianBottleneck(units=2, seed=0),
-    ...     keras.layers.Dense(3, activation="softmax"),
-    ... ])
+    ...     keras.layers.Dense(3, activation="softmax")])
     >>> rng = np.random.default_rng(0)
     >>> x_held_out = rng.normal(size=(200, 4)).astype("float32")
     >>> scorer = kv.uncertainty.TypicalityScorer().fit(model, x_held_out)
@@ -531,11 +488,9 @@ class TypicalityScorer:
 
     def __init__(self, use_entropy=False):
         self.use_entropy = check_bool("use_entropy", use_entropy)
-        self.layer_names = None
-        self.rate_location = None
-        self.rate_scale = None
-        self.entropy_location = None
-        self.entropy_scale = None
+        # The fitted parameters, set by `fit`, `from_config` or `load`.
+        self.layer_names = self.rate_location = self.rate_scale = None
+        self.entropy_location = self.entropy_scale = None
         self.num_fit_examples = None
 
     @property
@@ -549,19 +504,15 @@ class TypicalityScorer:
         Args:
             model: the trained model, with at least one `VIB` or
                 `GaussianBottleneck` layer.
-            x: held-out in-distribution inputs (not the training batch,
-                not the test set, never OOD data), at least
-                `MIN_FIT_EXAMPLES` of them. No labels: the fit sees the
-                inputs only.
+            x: held-out in-distribution inputs, no labels (not the
+                training or test set, never OOD data), at least
+                `MIN_FIT_EXAMPLES` of them.
             batch_size: int >= 1, examples per forward pass.
 
         Returns:
             The scorer itself.
         """
-        rates, probs, names = rates_and_probabilities(model, x, batch_size)
-        return self.fit_arrays(
-            rates, probs if self.use_entropy else None, names
-        )
+        return self.fit_arrays(*rates_and_probabilities(model, x, batch_size))
 
     def fit_arrays(self, rates, probs=None, layer_names=None):
         """Fit from precomputed rates (and probabilities).
@@ -577,7 +528,7 @@ class TypicalityScorer:
         Returns:
             The scorer itself.
         """
-        rates = self._rate_arrays(rates)
+        rates, entropies = self._checked_arrays(rates, probs)
         n = rates[0].shape[0]
         if n < MIN_FIT_EXAMPLES:
             raise ValueError(
@@ -595,17 +546,13 @@ class TypicalityScorer:
                 f"layer_names={layer_names!r}"
             )
         fitted = [
-            _robust_location_scale(
-                f"log R of `{name}`", np.log(np.maximum(rate, _RATE_FLOOR))
-            )
+            _log_location_scale(f"log R of `{name}`", rate, _RATE_FLOOR)
             for name, rate in zip(layer_names, rates)
         ]
         entropy_fit = (None, None)
         if self.use_entropy:
-            entropies = self._entropy_array(probs, n)
-            entropy_fit = _robust_location_scale(
-                "log H (predictive entropy)",
-                np.log(np.maximum(entropies, _ENTROPY_FLOOR)),
+            entropy_fit = _log_location_scale(
+                "log H (predictive entropy)", entropies, _ENTROPY_FLOOR
             )
         self.layer_names = layer_names
         self.rate_location = [location for location, _ in fitted]
@@ -634,27 +581,21 @@ class TypicalityScorer:
                 f"{self.layer_names}, but model `{model.name}` has "
                 f"{names}. Fit it on this model."
             )
-        return self.score_arrays(rates, probs if self.use_entropy else None)
+        return self.score_arrays(rates, probs)
 
     def score_arrays(self, rates, probs=None):
         """The score from precomputed rates (and probabilities), through
         `score_tensor`; a float64 NumPy array `(n,)`."""
-        self._check_fitted()
-        rates = self._rate_arrays(rates)
-        tensors = [ops.convert_to_tensor(r, "float32") for r in rates]
-        if self.use_entropy:
-            self._entropy_array(probs, rates[0].shape[0])
-            probs = ops.convert_to_tensor(probs, "float32")
-        scores = self.score_tensor(tensors, probs)
+        rates, _ = self._checked_arrays(rates, probs)
+        scores = self.score_tensor(rates, probs)
         return ops.convert_to_numpy(scores).astype("float64")
 
     def score_tensor(self, rates, probs=None):
         """The score as `keras.ops` on tensors, the fitted numbers constant.
 
-        The same computation as `score`, written with `keras.ops` only, so
-        it can run inside a model or an exported serving function:
-        `keras_vib.export.classifier_with_rate(model, path, scorer=scorer)`
-        serves it as the `ood_score` output of `serve_rate`.
+        The computation of `score`, so that it runs inside a model or an
+        exported function: the `ood_score` of `serve_rate` (see
+        `keras_vib.export.classifier_with_rate`).
 
         Args:
             rates: a list of float tensors `(batch,)`, one per bottleneck in
@@ -686,17 +627,14 @@ class TypicalityScorer:
                 f"rate tensor per fitted bottleneck ({self.layer_names}). "
                 f"Received: {len(rates)} tensors"
             )
-        score = None
-        for rate, location, scale in zip(
-            rates, self.rate_location, self.rate_scale
-        ):
-            log_rate = ops.log(
-                ops.maximum(ops.cast(rate, "float32"), _RATE_FLOOR)
-            )
-            deviation = ops.abs(log_rate - location) / scale
-            score = (
-                deviation if score is None else ops.maximum(score, deviation)
-            )
+        # One column per bottleneck, the largest deviation wins.
+        rates = ops.stack([ops.cast(r, "float32") for r in rates], axis=-1)
+        location, scale = (
+            ops.convert_to_tensor(values, "float32")
+            for values in (self.rate_location, self.rate_scale)
+        )
+        log_rates = ops.log(ops.maximum(rates, _RATE_FLOOR))
+        score = ops.max(ops.abs(log_rates - location) / scale, axis=-1)
         if self.use_entropy:
             probs = ops.cast(_require_probs(probs), "float32")
             probs = ops.clip(probs, 1e-12, 1.0)
@@ -732,34 +670,25 @@ class TypicalityScorer:
                 f"keys {sorted(expected | {'use_entropy'})}. Received: "
                 f"{sorted(config) + ['use_entropy']}"
             )
-        locations = [float(v) for v in config["rate_location"]]
-        scales = [float(v) for v in config["rate_scale"]]
-        names = [str(v) for v in config["layer_names"]]
-        values = locations + scales
+        # Set on the new scorer first: it is dropped if a check fails.
+        scorer.layer_names = [str(v) for v in config["layer_names"]]
+        scorer.rate_location = [float(v) for v in config["rate_location"]]
+        scorer.rate_scale = [float(v) for v in config["rate_scale"]]
+        scorer.num_fit_examples = int(config["num_fit_examples"])
+        pairs = list(zip(scorer.rate_location, scorer.rate_scale))
         if scorer.use_entropy:
-            values += [
-                float(config["entropy_location"]),
-                float(config["entropy_scale"]),
-            ]
-        if (
-            not locations
-            or not len(locations) == len(scales) == len(names)
-            or not all(math.isfinite(v) for v in values)
-            or not all(s > 0 for s in scales)
-            or (scorer.use_entropy and not values[-1] > 0)
+            scorer.entropy_location = float(config["entropy_location"])
+            scorer.entropy_scale = float(config["entropy_scale"])
+            pairs.append((scorer.entropy_location, scorer.entropy_scale))
+        n = len(scorer.rate_location)
+        if not 0 < n == len(scorer.rate_scale) == len(scorer.layer_names) or (
+            not all(math.isfinite(m) and 0 < s < math.inf for m, s in pairs)
         ):
             raise ValueError(
                 "Invalid value received for argument `config`. Expected "
                 "finite locations and positive scales, one per layer name "
                 f"(and for the entropy). Received: config={config!r}"
             )
-        scorer.layer_names = names
-        scorer.rate_location = locations
-        scorer.rate_scale = scales
-        if scorer.use_entropy:
-            scorer.entropy_location = float(config["entropy_location"])
-            scorer.entropy_scale = float(config["entropy_scale"])
-        scorer.num_fit_examples = int(config["num_fit_examples"])
         return scorer
 
     def save(self, path):
@@ -782,8 +711,9 @@ class TypicalityScorer:
                 "`fit(model, x_held_out)` (or `load`) first."
             )
 
-    @staticmethod
-    def _rate_arrays(rates):
+    def _checked_arrays(self, rates, probs):
+        """`rates` as a list of float64 arrays `(n,)`, one per bottleneck,
+        and the entropies of `probs` (`None` without `use_entropy`)."""
         if isinstance(rates, dict):
             raise TypeError(
                 "Invalid value received for argument `rates`. Expected a "
@@ -791,27 +721,24 @@ class TypicalityScorer:
             )
         if not isinstance(rates, (list, tuple)):
             rates = [rates]
-        arrays = [np.asarray(r, dtype="float64") for r in rates]
-        sizes = {a.shape for a in arrays}
-        if not arrays or len(sizes) != 1 or arrays[0].ndim != 1:
+        arrays = [_finite("rates", r) for r in rates]
+        if (
+            not arrays
+            or len({a.shape for a in arrays}) != 1
+            or arrays[0].ndim != 1
+        ):
             raise ValueError(
                 "Invalid value received for argument `rates`. Expected one "
                 "rate array of shape `(n,)` per bottleneck, all of the same "
                 f"length. Received shapes {[a.shape for a in arrays]}"
             )
-        if not all(np.all(np.isfinite(a)) for a in arrays):
-            raise ValueError(
-                "Invalid value received for argument `rates`. Expected "
-                "finite rates. Received non-finite values"
-            )
-        return arrays
-
-    @staticmethod
-    def _entropy_array(probs, n):
-        values = entropy(_require_probs(probs))
-        if values.shape[0] != n:
+        if not self.use_entropy:
+            return arrays, None
+        entropies = entropy(_require_probs(probs))
+        if entropies.shape[0] != arrays[0].shape[0]:
             raise ValueError(
                 "Invalid value received for argument `probs`. Expected one "
-                f"row per rate ({n}). Received: {values.shape[0]} rows"
+                f"row per rate ({arrays[0].shape[0]}). Received: "
+                f"{entropies.shape[0]} rows"
             )
-        return values
+        return arrays, entropies
