@@ -106,10 +106,7 @@ class IWAE(LatentVariableModel):
             ops.stop_gradient(bound), sample_weight=sample_weight
         )
         self.kl_tracker.update_state(kl, sample_weight=sample_weight)
-        return (
-            -weighted_mean(bound, sample_weight)
-            + self._loss_terms_from_layers()
-        )
+        return -weighted_mean(bound, sample_weight)
 
     def get_config(self):
         return {

@@ -131,9 +131,13 @@ class VAE(LatentVariableModel):
         """`(total, count)` variables of the running KL (see `VIB`)."""
         return self.kl_tracker.total, self.kl_tracker.count
 
-    def _training_forward(self, x, z_mean, z_log_var, training):
-        z = self._sample_z(z_mean, z_log_var)
-        return {"decoder_outputs": self.decoder(z, training=training)}
+    def _forward(self, x, training):
+        forward = super()._forward(x, training)
+        z = vib_ops.reparameterize(
+            forward["z_mean"], forward["z_log_var"], seed=self.seed_generator
+        )
+        forward["decoder_outputs"] = self.decoder(z, training=training)
+        return forward
 
     def _loss(self, x, forward, sample_weight, training):
         z_mean, z_log_var = forward["z_mean"], forward["z_log_var"]
@@ -155,7 +159,6 @@ class VAE(LatentVariableModel):
         return (
             weighted_mean(reconstruction, sample_weight)
             + self.kl_weight * penalty
-            + self._loss_terms_from_layers()
         )
 
     def get_config(self):
