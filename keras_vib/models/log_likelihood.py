@@ -16,6 +16,7 @@ backend. They depend on `seed` and `batch_size`.
 """
 
 import concurrent.futures
+import functools
 import math
 import weakref
 
@@ -157,16 +158,19 @@ def log_likelihood(
     batch_size = min(batch_size, n)
     num_batches = math.ceil(n / batch_size)
     num_chunks = math.ceil(num_samples / chunk_size)
-    progbar = None
-    if verbose:
-        progbar = keras.utils.Progbar(
-            num_batches * num_chunks, verbose=verbose, unit_name="chunk"
-        )
+    progbar = keras.utils.Progbar(
+        num_batches * num_chunks, verbose=verbose, unit_name="chunk"
+    )
     chunk_fn = _cached_chunk_function(model)
+    encode = _backend.without_gradients(model.encode)
+    latent_shape = getattr(model, "latent_shape", None)
+    if latent_shape is None:
+        x_first = ops.convert_to_tensor(x[:1], "float32")
+        latent_shape = encode(x_first)[0].shape[1:]
     log_k = math.log(num_samples)
     results = []
     noise_stream = _noise_stream(
-        seed, n, batch_size, num_samples, chunk_size, _latent_shape(model, x)
+        seed, n, batch_size, num_samples, chunk_size, tuple(latent_shape)
     )
     # The next chunk's noise is drawn on a second thread (NumPy releases
     # the GIL while it draws) while the backend evaluates this chunk.
@@ -181,7 +185,7 @@ def log_likelihood(
                 pad = [(0, batch_size - num_real)] + [(0, 0)] * (x.ndim - 1)
                 x_batch = np.pad(x_batch, pad, mode="edge")
             x_batch = ops.convert_to_tensor(x_batch, "float32")
-            z_mean, z_log_var = _encode_for_evaluation(model, x_batch)
+            z_mean, z_log_var = encode(x_batch)
             total = None
             for _ in range(num_chunks):
                 noise, mask = pending.result()
@@ -194,72 +198,43 @@ def log_likelihood(
                     ops.convert_to_tensor(mask),
                 )
                 total = chunk if total is None else ops.logaddexp(total, chunk)
-                if progbar is not None:
-                    progbar.add(1)
+                progbar.add(1)
             results.append(ops.convert_to_numpy(total - log_k)[:num_real])
     return np.concatenate(results).astype("float32")
-
-
-def _latent_shape(model, x):
-    latent_shape = getattr(model, "latent_shape", None)
-    if latent_shape is None:
-        x_first = ops.convert_to_tensor(x[:1], "float32")
-        latent_shape = _encode_for_evaluation(model, x_first)[0].shape[1:]
-    return tuple(latent_shape)
 
 
 def _noise_stream(seed, n, batch_size, num_samples, chunk_size, latent_shape):
     """Yield `(noise, mask)` for every chunk of every batch, in order.
 
-    `noise` is `(chunk_size, batch_size) + latent_shape`; the last chunk is
-    padded with zeros and `mask` (`(chunk_size,)`) is 0 for real samples
-    and -inf for padding.
+    `noise` is `(chunk_size, batch_size) + latent_shape`, cut out of blocks
+    of `NOISE_BLOCK` samples, each drawn with NumPy on the host from its own
+    seed: no per-shape compilation on JAX, and the same noise on every
+    backend. Padding rows (beyond the batch's real examples) repeat the
+    first row's noise, and the last chunk is padded with zeros; `mask`
+    (`(chunk_size,)`) is 0 for real samples and -inf for padding.
     """
+
+    @functools.lru_cache(maxsize=1)  # consecutive chunks share a block
+    def block(batch_index, index, num_real):
+        block_seed = np.random.SeedSequence([seed, batch_index, index])
+        rng = np.random.default_rng(int(block_seed.generate_state(1)[0]))
+        shape = (NOISE_BLOCK, num_real) + latent_shape
+        return rng.standard_normal(shape, dtype=np.float32)
+
     for b in range(math.ceil(n / batch_size)):
         num_real = min(batch_size, n - b * batch_size)
-        blocks = {}
         for start in range(0, num_samples, chunk_size):
             stop = min(start + chunk_size, num_samples)
-            noise = _noise(
-                blocks, seed, b, num_real, start, stop, batch_size, latent_shape
+            first, last = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
+            noise = np.concatenate(
+                [block(b, i, num_real) for i in range(first, last + 1)]
             )
+            offset = start - first * NOISE_BLOCK
+            noise = noise[offset : offset + stop - start]
+            padding_rows = np.repeat(noise[:, :1], batch_size - num_real, 1)
+            noise = np.concatenate([noise, padding_rows], axis=1)
+            pad = [(0, chunk_size - (stop - start))]
+            noise = np.pad(noise, pad + [(0, 0)] * (noise.ndim - 1))
             mask = np.zeros(chunk_size, "float32")
-            if stop - start < chunk_size:
-                pad = [(0, chunk_size - (stop - start))]
-                noise = np.pad(noise, pad + [(0, 0)] * (noise.ndim - 1))
-                mask[stop - start :] = -np.inf
+            mask[stop - start :] = -np.inf
             yield noise, mask
-
-
-def _encode_for_evaluation(model, x_batch):
-    return _backend.without_gradients(model.encode)(x_batch)
-
-
-def _noise(
-    blocks, seed, batch_index, num_real, start, stop, batch_size, latent_shape
-):
-    """Standard normal noise for samples [start, stop) of one batch.
-
-    Slices of per-block draws, each block from its own seed. The draws are
-    made with NumPy on the host: no per-shape compilation on JAX, and the
-    same noise on every backend. Padding rows (beyond `num_real`, up to
-    `batch_size`) repeat the first row's noise; their results are discarded.
-    """
-    first, last = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
-    for index in [index for index in blocks if index < first]:
-        del blocks[index]
-    shape = (NOISE_BLOCK, num_real) + tuple(latent_shape)
-    for index in range(first, last + 1):
-        if index not in blocks:
-            block_seed = np.random.SeedSequence([seed, batch_index, index])
-            rng = np.random.default_rng(int(block_seed.generate_state(1)[0]))
-            blocks[index] = rng.standard_normal(shape, dtype=np.float32)
-    noise = np.concatenate([blocks[i] for i in range(first, last + 1)], axis=0)
-    offset = start - first * NOISE_BLOCK
-    noise = noise[offset : offset + (stop - start)]
-    num_pad = batch_size - num_real
-    if num_pad:
-        noise = np.concatenate(
-            [noise, np.repeat(noise[:, :1], num_pad, axis=1)], axis=1
-        )
-    return noise
