@@ -21,12 +21,6 @@ from keras_vib._validation import check_positive_int
 GRADIENT_ESTIMATORS = ("iwae", "dreg")
 
 
-def _call_decoder(decoder, z, training):
-    if training is not None and isinstance(decoder, keras.layers.Layer):
-        return decoder(z, training=training)
-    return decoder(z)
-
-
 def iwae_log_weights(
     x,
     z_mean,
@@ -81,9 +75,10 @@ def iwae_log_weights(
         z_const = ops.stop_gradient(z)
         z = z_const + scale * (z - z_const)
     num_samples, batch = ops.shape(noise)[0], ops.shape(noise)[1]
-    outputs = _call_decoder(
-        decoder, ops.reshape(z, (-1,) + latent_shape), training
-    )
+    decoder_kwargs = {}
+    if training is not None and isinstance(decoder, keras.layers.Layer):
+        decoder_kwargs["training"] = training
+    outputs = decoder(ops.reshape(z, (-1,) + latent_shape), **decoder_kwargs)
     outputs = ops.reshape(
         outputs, (num_samples, batch) + tuple(outputs.shape[1:])
     )
@@ -120,14 +115,12 @@ def iwae_bound(
     - `gradient_estimator="iwae"`: the plain reparameterized gradient of the
       bound (Burda et al. 2015).
     - `gradient_estimator="dreg"`: doubly reparameterized gradients (Tucker
-      et al. 2018). The decoder still gets the IWAE gradient
-      `sum_i w~_i d log w_i`; the encoder gets `sum_i w~_i^2 d log w_i / dz_i
-      dz_i`, with log q(z|x) evaluated at stopped variational parameters and
-      `w~` the normalized weights. This has lower variance at large k. The
-      returned value is the IWAE value for the same noise (bit-for-bit when run
-      eagerly; a compiler may round differently). It
-      costs one extra forward pass of the decoder (without gradient), used
-      to get the weights that scale each sample's gradient.
+      et al. 2018), lower-variance at large k. The decoder still gets the
+      IWAE gradient `sum_i w~_i d log w_i`; the encoder gets
+      `sum_i w~_i^2 d log w_i / dz_i dz_i` (`w~`: the normalized weights,
+      log q(z|x) at stopped variational parameters). The value is the IWAE
+      value for the same noise; one extra decoder pass (without gradient)
+      gives the weights.
 
     With `num_samples=1` and `"iwae"` it is a single-sample ELBO estimate.
 
@@ -179,7 +172,13 @@ def iwae_bound(
     check_choice("gradient_estimator", gradient_estimator, GRADIENT_ESTIMATORS)
     z_mean = ops.convert_to_tensor(z_mean)
     z_log_var = ops.convert_to_tensor(z_log_var)
-    _check_posterior(z_mean, z_log_var)
+    if tuple(z_mean.shape) != tuple(z_log_var.shape):
+        raise ValueError(
+            "Invalid value received for arguments `z_mean` and `z_log_var`. "
+            "Expected two tensors of the same shape. Received: "
+            f"z_mean.shape={tuple(z_mean.shape)}, "
+            f"z_log_var.shape={tuple(z_log_var.shape)}"
+        )
     if noise is None:
         noise = keras.random.normal(
             (num_samples,) + tuple(ops.shape(z_mean)),
@@ -225,13 +224,3 @@ def iwae_bound(
     bound = ops.logsumexp(log_w_value, axis=0) - log_k
     # Value: exactly `bound`; gradient: that of `surrogate`.
     return ops.stop_gradient(bound) + (surrogate - ops.stop_gradient(surrogate))
-
-
-def _check_posterior(z_mean, z_log_var):
-    if tuple(z_mean.shape) != tuple(z_log_var.shape):
-        raise ValueError(
-            "Invalid value received for arguments `z_mean` and `z_log_var`. "
-            "Expected two tensors of the same shape. Received: "
-            f"z_mean.shape={tuple(z_mean.shape)}, "
-            f"z_log_var.shape={tuple(z_log_var.shape)}"
-        )
