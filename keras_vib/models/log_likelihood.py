@@ -206,12 +206,10 @@ def log_likelihood(
 def _noise_stream(seed, n, batch_size, num_samples, chunk_size, latent_shape):
     """Yield `(noise, mask)` for every chunk of every batch, in order.
 
-    `noise` is `(chunk_size, batch_size) + latent_shape`, cut out of blocks
-    of `NOISE_BLOCK` samples, each drawn with NumPy on the host from its own
-    seed: no per-shape compilation on JAX, and the same noise on every
-    backend. Padding rows (beyond the batch's real examples) repeat the
-    first row's noise, and the last chunk is padded with zeros; `mask`
-    (`(chunk_size,)`) is 0 for real samples and -inf for padding.
+    `noise` is `(chunk_size, batch_size) + latent_shape`, cut out of the
+    blocks of the module docstring (drawn on the host: no per-shape
+    compilation on JAX). Padding rows repeat the first row's noise; the last
+    chunk is padded with zeros, and `mask` is -inf there (0 elsewhere).
     """
 
     @functools.lru_cache(maxsize=1)  # consecutive chunks share a block

@@ -14,22 +14,14 @@ from keras_vib.models.latent_variable_model import weighted_mean
 class VAE(LatentVariableModel):
     """Variational autoencoder, trained with `fit` on every Keras backend.
 
-    The loss per batch is the negative ELBO with a weighted KL,
-
-    `mean_batch(-log p(x|z)) + kl_weight * KL`,   `z ~ q(z|x)` (one sample),
-
-    with `KL = mean_batch(KL(q(z|x) || N(0, I)))` in closed form, summed over
-    latent dimensions. `fit`/`evaluate` log `loss`, `reconstruction_loss`
-    (the negative log-likelihood term, nats per example) and `kl` (the true
+    The loss is the negative ELBO `mean_batch(-log p(x|z)) + kl_weight * KL`
+    (one sample `z ~ q(z|x)`), with `KL = mean_batch(KL(q(z|x) || N(0, I)))`
+    in closed form, summed over latent dimensions, plus the encoder's and
+    decoder's own losses (regularizers, `add_loss`). `fit`/`evaluate` log
+    `loss`, `reconstruction_loss` (nats per example) and `kl` (the true
     batch-mean KL in nats, whatever `kl_weight` and `free_bits` are), with
-    `val_` versions under `validation_data`. Losses added by the encoder or
-    decoder (regularizers, `add_loss`) are included in `loss`.
-
-    `kl_weight` and `free_bits` work as in `keras_vib.layers.VIB`.
-
-    `predict(x)` and `model(x)` return reconstructions: the mean of p(x|z) at
-    z = z_mean (probabilities for `"bernoulli"`). With `training=True` they
-    return the loss's inputs (see `LatentVariableModel`).
+    `val_` versions. `kl_weight` and `free_bits` work as in
+    `keras_vib.layers.VIB`.
 
     `fit(x)` takes no targets, `compile` no `loss` (the reconstruction term
     is set by `likelihood`), and data outside the likelihood's support
@@ -55,10 +47,12 @@ class VAE(LatentVariableModel):
 
     Call arguments:
         inputs: a batch of data `(batch,) + data_shape`.
-        training: bool; sample z (`True`) or use z_mean.
+        training: bool; `True` returns the loss's inputs instead (a dict,
+            see `LatentVariableModel`).
 
     Returns:
-        The reconstruction, `(batch,) + data_shape`.
+        The reconstruction, `(batch,) + data_shape`: the mean of p(x|z) at
+        z = z_mean (probabilities for `"bernoulli"`), as `predict` returns.
 
     Example:
 
