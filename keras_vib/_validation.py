@@ -127,12 +127,8 @@ def check_num_examples(name, array):
 
 
 def _static_dim(dim):
-    """`dim` as an int, or `None` if it is not known while tracing.
-
-    Tracers hand out dims as 0-d tensors (`torch.jit.trace`, which would
-    compare by identity) or symbolic expressions (JAX shape polymorphism,
-    which refuse comparisons with ints).
-    """
+    """`dim` as an int, or `None` where a tracer gives a 0-d tensor
+    (`torch.jit.trace`) or a symbolic dim (JAX shape polymorphism)."""
     if dim is None or isinstance(dim, int):
         return dim
     try:
@@ -151,11 +147,8 @@ def check_broadcastable(names, tensors):
         tuple(_static_dim(d) for d in getattr(t, "shape", ())) for t in tensors
     ]
     rank = max(len(s) for s in shapes)
-    padded = [(1,) * (rank - len(s)) + s for s in shapes]
-    for axis in range(rank):
-        sizes = {d for d in (s[axis] for s in padded) if d is not None}
-        sizes.discard(1)
-        if len(sizes) > 1:
+    for sizes in zip(*[(1,) * (rank - len(s)) + s for s in shapes]):
+        if len(set(sizes) - {None, 1}) > 1:
             received = ", ".join(
                 f"{n}.shape={s}" for n, s in zip(names, shapes)
             )

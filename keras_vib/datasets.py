@@ -237,16 +237,13 @@ def _load_images(name, data_dir, flatten, normalize):
             x_layout="of shape (n, 28, 28)",
             is_x=lambda x: x.shape[1:] == (28, 28) and x.ndim == 3,
         )
-    if flatten:
-        x_train = x_train.reshape(len(x_train), -1)
-        x_test = x_test.reshape(len(x_test), -1)
-    if normalize:
-        x_train = x_train.astype("float32") / 255.0
-        x_test = x_test.astype("float32") / 255.0
-    return (
-        (x_train, np.asarray(y_train, dtype="int64")),
-        (x_test, np.asarray(y_test, dtype="int64")),
-    )
+
+    def prepare(x, y):
+        x = x.reshape(len(x), -1) if flatten else x
+        x = x.astype("float32") / 255.0 if normalize else x
+        return x, np.asarray(y, dtype="int64")
+
+    return prepare(x_train, y_train), prepare(x_test, y_test)
 
 
 def load_mnist(data_dir=None, flatten=True, normalize=True):
