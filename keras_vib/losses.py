@@ -197,17 +197,11 @@ def iwae_bound(
         log_w = iwae_log_weights(x, z_mean, z_log_var, decoder, noise, **kwargs)
         return ops.logsumexp(log_w, axis=0) - log_k
     # DReG. A forward pass without gradient gives the normalized weights.
+    stopped = ops.stop_gradient(z_mean), ops.stop_gradient(z_log_var)
     log_w_value = ops.stop_gradient(
-        iwae_log_weights(
-            x,
-            ops.stop_gradient(z_mean),
-            ops.stop_gradient(z_log_var),
-            decoder,
-            noise,
-            **kwargs,
-        )
+        iwae_log_weights(x, *stopped, decoder, noise, **kwargs)
     )
-    weights = ops.stop_gradient(ops.softmax(log_w_value, axis=0))
+    weights = ops.softmax(log_w_value, axis=0)
     # The gradient through each z_i is scaled by w~_i, so the encoder gets
     # sum_i w~_i^2 dlog w_i while the decoder gets sum_i w~_i dlog w_i.
     log_w = iwae_log_weights(

@@ -16,6 +16,7 @@ backend. They depend on `seed` and `batch_size`.
 """
 
 import concurrent.futures
+import contextlib
 import functools
 import math
 import weakref
@@ -44,22 +45,15 @@ _ROWS_PER_CHUNK = 1024
 _CHUNK_FUNCTIONS = weakref.WeakKeyDictionary()
 
 
-def _cached_chunk_function(model):
+def _chunk_function(model):
+    """`(x, z_mean, z_log_var, noise, sample_mask) -> logsumexp_j log w_j`,
+    compiled for inference (`_backend.inference_function`) once per model.
+    It holds the decoder and the likelihood, not the model."""
     try:
-        function = _CHUNK_FUNCTIONS.get(model)
-    except TypeError:  # not weak-referenceable
-        return _chunk_function(model.decoder, model.likelihood)
-    if function is None:
-        function = _chunk_function(model.decoder, model.likelihood)
-        _CHUNK_FUNCTIONS[model] = function
-    return function
-
-
-def _chunk_function(decoder, likelihood):
-    """`(x, z_mean, z_log_var, noise) -> logsumexp_j log w_j`, compiled
-    for inference (`_backend.inference_function`). It holds the decoder and
-    the likelihood, not the model.
-    """
+        return _CHUNK_FUNCTIONS[model]
+    except (KeyError, TypeError):  # not compiled yet, or not weak-referable
+        pass
+    decoder, likelihood = model.decoder, model.likelihood
 
     def chunk_logsumexp(x, z_mean, z_log_var, noise, sample_mask):
         log_w = vib_losses.iwae_log_weights(
@@ -75,7 +69,10 @@ def _chunk_function(decoder, likelihood):
         return ops.logsumexp(log_w + sample_mask[:, None], axis=0)
 
     variables = list(decoder.variables) + list(likelihood.variables)
-    return _backend.inference_function(chunk_logsumexp, variables)
+    function = _backend.inference_function(chunk_logsumexp, variables)
+    with contextlib.suppress(TypeError):
+        _CHUNK_FUNCTIONS[model] = function
+    return function
 
 
 def log_likelihood(
@@ -161,7 +158,7 @@ def log_likelihood(
     progbar = keras.utils.Progbar(
         num_batches * num_chunks, verbose=verbose, unit_name="chunk"
     )
-    chunk_fn = _cached_chunk_function(model)
+    chunk_fn = _chunk_function(model)
     encode = _backend.without_gradients(model.encode)
     latent_shape = getattr(model, "latent_shape", None)
     if latent_shape is None:
