@@ -147,26 +147,16 @@ def iwae_bound(
 
     Example:
 
-    A custom model that trains on the k=5 bound (works on every backend):
+    In a custom model's `compute_loss`, pass the encoder's outputs and
+    `seed=self.seed_generator` (works on every backend):
 
-    ```python
-    class MyIWAE(keras.Model):
-        def __init__(self, encoder, decoder):
-            super().__init__()
-            self.encoder, self.decoder = encoder, decoder
-            self.seed_generator = keras.random.SeedGenerator(0)
-
-        def call(self, x):
-            return self.encoder(x)
-
-        def compute_loss(self, x=None, y=None, y_pred=None,
-                         sample_weight=None, training=True):
-            z_mean, z_log_var = y_pred
-            bound = keras_vib.losses.iwae_bound(
-                x, z_mean, z_log_var, self.decoder, num_samples=5,
-                gradient_estimator="dreg", seed=self.seed_generator)
-            return -keras.ops.mean(bound)
-    ```
+    >>> decoder = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    >>> x, z = keras.ops.ones((4, 3)), keras.ops.zeros((4, 2))
+    >>> bound = kv.losses.iwae_bound(
+    ...     x, z, z, decoder, num_samples=5, gradient_estimator="dreg")
+    >>> loss = -keras.ops.mean(bound)
+    >>> tuple(bound.shape)
+    (4,)
     """
     num_samples = check_positive_int("num_samples", num_samples)
     check_choice("gradient_estimator", gradient_estimator, GRADIENT_ESTIMATORS)
