@@ -103,13 +103,9 @@ def load_imdb(
 ):
     """IMDB reviews as lists of word indices, as `keras.datasets.imdb`.
 
-    The transforms and their order follow `keras.datasets.imdb.load_data`:
-    the training and test sets are shuffled with one
-    `np.random.RandomState(seed)` (train first), every rank is offset by
-    `index_from` and prefixed with `start_char`, and indices outside
-    `[skip_top, num_words)` become `oov_char` (or are dropped when
-    `oov_char=None`). `maxlen` filtering is left out: the examples truncate
-    with `keras.utils.pad_sequences` instead.
+    The transforms of `keras.datasets.imdb.load_data`, in its order (one
+    shuffle, train first; offset; `start_char`; `oov_char`), without its
+    `maxlen` filter: truncate with `keras.utils.pad_sequences` instead.
 
     Args:
         data_dir: folder holding `imdb.npz`; `None` uses `$KERAS_VIB_DATA`,

@@ -284,10 +284,8 @@ def log_mean_exp(x, axis=0, keepdims=False):
     0.6931471824645996
     """
     x = _float32(x)
-    n = ops.shape(x)[axis]
-    return ops.logsumexp(x, axis=axis, keepdims=keepdims) - ops.log(
-        ops.cast(n, "float32")
-    )
+    log_n = ops.log(ops.cast(ops.shape(x)[axis], "float32"))
+    return ops.logsumexp(x, axis=axis, keepdims=keepdims) - log_n
 
 
 @_renamed_arguments(mean="z_mean", log_var="z_log_var")

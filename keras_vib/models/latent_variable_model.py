@@ -401,10 +401,8 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
                 f"x1.shape={tuple(x1.shape)}, "
                 f"x2.shape={tuple(x2.shape)}"
             )
-        t = ops.linspace(0.0, math.pi / 2, steps)
-        t = ops.reshape(
-            ops.cast(t, z1.dtype), (1, steps) + (1,) * (len(z1.shape) - 1)
-        )
+        t = ops.cast(ops.linspace(0.0, math.pi / 2, steps), z1.dtype)
+        t = ops.reshape(t, (1, steps) + (1,) * (len(z1.shape) - 1))
         z = ops.expand_dims(z1, 1) * ops.cos(t)
         z += ops.expand_dims(z2, 1) * ops.sin(t)
         batch = ops.shape(z1)[0]
