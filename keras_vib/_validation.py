@@ -138,11 +138,8 @@ def _static_dim(dim):
 
 
 def check_broadcastable(names, tensors):
-    """Raise a `ValueError` naming the arguments if static shapes clash.
-
-    Only dimensions known on both sides are compared (broadcasting rules:
-    equal, or one of them 1).
-    """
+    """Raise a `ValueError` naming the arguments if static shapes clash
+    (dims known on both sides must be equal, or one of them 1)."""
     shapes = [
         tuple(_static_dim(d) for d in getattr(t, "shape", ())) for t in tensors
     ]

@@ -43,11 +43,8 @@ def resolve_data_dir(data_dir=None):
 
 
 def _read_npz(path, allow_pickle, x_layout, is_x):
-    """The arrays of a Keras data file, or raise a `DataFileError`.
-
-    `is_x(array)` tells whether `x_train` and `x_test` have the layout that
-    `x_layout` describes; each must have one label per example.
-    """
+    """`[x_train, y_train, x_test, y_test]` of a Keras data file, or raise a
+    `DataFileError`; `is_x(x)` tells if `x` has the layout `x_layout` says."""
     keys = list(IMDB_KEYS)
     if not os.path.isfile(path):
         raise DataFileError(
@@ -195,16 +192,13 @@ def split_validation(x, y, val_size, train_size=None):
             f"in [0, {n}). Received: val_size={val_size}"
         )
     cut = n - val_size
-    x_train, y_train = x[:cut], y[:cut]
-    x_val, y_val = x[cut:], y[cut:]
-    if train_size is not None:
-        if not 1 <= train_size <= cut:
-            raise ValueError(
-                "Invalid value received for argument `train_size`. Expected "
-                f"an int in [1, {cut}]. Received: train_size={train_size}"
-            )
-        x_train, y_train = x_train[:train_size], y_train[:train_size]
-    return (x_train, y_train), (x_val, y_val)
+    if train_size is not None and not 1 <= train_size <= cut:
+        raise ValueError(
+            "Invalid value received for argument `train_size`. Expected "
+            f"an int in [1, {cut}]. Received: train_size={train_size}"
+        )
+    end = cut if train_size is None else train_size
+    return (x[:end], y[:end]), (x[cut:], y[cut:])
 
 
 def _download(name, load_data):
@@ -307,10 +301,9 @@ def binarize(x, rng):
 class DynamicBinarization(keras.utils.PyDataset):
     """Batches of `x` binarized afresh every epoch, for `VAE.fit`.
 
-    As in the IWAE paper: each epoch draws new binary images from the
-    pixel intensities (and, with `shuffle`, a new order). Each item is a
-    one-element tuple `(batch,)`: an input and no target, which is what
-    `keras_vib.models.VAE` and `IWAE` take.
+    As in the IWAE paper, each epoch draws new binary images (and, with
+    `shuffle`, a new order). Each item is a one-element tuple `(batch,)`:
+    an input and no target, as `VAE` and `IWAE` take.
 
     Args:
         x: float array in [0, 1], shape `(n, ...)`.

@@ -32,8 +32,6 @@ _LOGIT_REACH = 20.0
 def output_range(activation):
     """The range of values `activation` takes on inputs from -1e4 to 1e4.
 
-    Used to check that a decoder's final activation fits a likelihood.
-
     Args:
         activation: a callable on tensors (a function, or a layer without
             weights such as `keras.layers.Softmax()`).
@@ -171,10 +169,8 @@ class Likelihood(keras.layers.Layer):
     def check_output_activation(self, activation, layer):
         """Raise if a decoder ending in `activation` cannot feed this model.
 
-        `VAE` and `IWAE` call it when they are built, with the activation
-        that a functional or `Sequential` decoder applies last. The base
-        class accepts anything; subclasses raise a `ValueError` that says
-        what to change.
+        `VAE` and `IWAE` call it with the activation that a functional or
+        `Sequential` decoder applies last. The base class accepts anything.
 
         Args:
             activation: a callable on tensors, e.g.
@@ -320,13 +316,9 @@ class Bernoulli(Likelihood):
 class Gaussian(Likelihood):
     """Gaussian likelihood `N(x; outputs, variance * I)`, fixed or learned.
 
-    The decoder outputs the mean. The variance is one scalar shared by all
-    data dimensions, kept as its log in a variable `log_var`, trainable
-    (fitted and saved with the model) when `learn_variance=True`.
-
-    Any final activation is accepted: a decoder ending in `sigmoid` gives a
-    valid Gaussian whose mean is confined to (0, 1), so scale the data into
-    the range of the activation.
+    The decoder outputs the mean, with any final activation (scale the data
+    into its range). The variance is one scalar, kept as its log in a
+    variable `log_var`, trainable when `learn_variance=True`.
 
     Args:
         variance: finite float > 0, the (initial) variance.

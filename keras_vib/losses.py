@@ -46,14 +46,14 @@ def iwae_log_weights(
             `(n,) + latent_shape` to `(n,) + data_shape` (logits or means).
         noise: standard normal draws, `(k, batch) + latent_shape`.
         likelihood: `"bernoulli"`, `"gaussian"`, a
-            `keras_vib.likelihoods.Likelihood` or a callable (see `VAE`).
+            `keras_vib.likelihoods.Likelihood` or a callable `fn(x, outputs)`.
         stop_posterior_gradient: evaluate log q(z|x) with the variational
             parameters behind `stop_gradient` (z itself keeps its
             gradient), as DReG requires.
         z_gradient_scale: optional `(k, batch)` tensor; scales the gradient
             that flows back through each sample z_i without changing its
             value.
-        training: passed to a Keras `decoder`.
+        training: passed to a Keras `decoder` (e.g. for dropout).
 
     Returns:
         float32 tensor `(k, batch)`.
@@ -115,24 +115,20 @@ def iwae_bound(
     - `gradient_estimator="iwae"`: the plain reparameterized gradient of the
       bound (Burda et al. 2015).
     - `gradient_estimator="dreg"`: doubly reparameterized gradients (Tucker
-      et al. 2018), lower-variance at large k. The decoder still gets the
-      IWAE gradient `sum_i w~_i d log w_i`; the encoder gets
+      et al. 2018), lower-variance at large k: the encoder gets
       `sum_i w~_i^2 d log w_i / dz_i dz_i` (`w~`: the normalized weights,
-      log q(z|x) at stopped variational parameters). The value is the IWAE
-      value for the same noise; one extra decoder pass (without gradient)
-      gives the weights.
+      from one extra decoder pass), the decoder the IWAE gradient, and the
+      value is the IWAE value for the same noise.
 
     With `num_samples=1` and `"iwae"` it is a single-sample ELBO estimate.
 
     Args:
-        x: data, `(batch,) + data_shape`.
-        z_mean: `(batch,) + latent_shape`, mean of q(z|x) (encoder output).
-        z_log_var: log-variance of q(z|x), the same shape.
-        decoder: callable (usually the decoder `keras.Model`) mapping z to
-            logits (`"bernoulli"`) or means (`"gaussian"`).
+        x: data, as in `iwae_log_weights`.
+        z_mean: the mean of q(z|x), as in `iwae_log_weights`.
+        z_log_var: the log-variance of q(z|x), as in `iwae_log_weights`.
+        decoder: as in `iwae_log_weights`.
         num_samples: int >= 1, k.
-        likelihood: `"bernoulli"`, `"gaussian"`, a
-            `keras_vib.likelihoods.Likelihood` or a callable `fn(x, outputs)`.
+        likelihood: as in `iwae_log_weights`.
         gradient_estimator: `"iwae"` or `"dreg"`.
         seed: a `keras.random.SeedGenerator`, an int or `None`: how the
             noise is drawn. Inside a jitted train step on JAX pass a

@@ -92,8 +92,7 @@ def gaussian_kl(
         z_log_var: tensor of the same shape, posterior log-variances.
             Clamped to `[LOG_VAR_MIN, LOG_VAR_MAX]`.
         prior_mean: optional tensor broadcastable to `z_mean`.
-        prior_log_var: optional tensor broadcastable to `z_mean` (clamped
-            too).
+        prior_log_var: optional, the same (clamped too).
         axis: axis or tuple of axes to sum over (the latent dimensions).
             `None` returns the per-dimension KL without summing.
 
@@ -196,8 +195,7 @@ def bernoulli_log_prob(x, logits, axis=-1):
     array([-2.7726, -2.7726], dtype=float32)
     """
     check_broadcastable(("x", "logits"), (x, logits))
-    x = _float32(x)
-    logits = _float32(logits)
+    x, logits = _float32(x), _float32(logits)
     rank = max(len(x.shape), len(logits.shape))
     axes = _normalize_axes(axis, rank)
     # On torch, skip the gradient for x when x does not need one (TF and

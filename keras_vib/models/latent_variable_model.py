@@ -54,11 +54,9 @@ _ACTIVATION_LAYERS = (
 
 
 class _DataRange(keras.metrics.Metric):
-    """The smallest and largest data value seen since the last reset.
-
-    A metric, so that compiled train and test steps update it on every
-    backend; `result` is empty, so nothing is logged.
-    """
+    """The smallest and largest data value seen since the last reset: a
+    metric, so that compiled steps update it on every backend; `result` is
+    empty, so nothing is logged."""
 
     def __init__(self):
         super().__init__(name="data_range")
@@ -284,12 +282,8 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
         return _compat.scale_loss_for_distribution(loss)
 
     def compile(self, *args, **kwargs):
-        """`keras.Model.compile` without `loss`: the model has its own.
-
-        The loss is the model's objective (the negative ELBO for `VAE`, the
-        negative k-sample bound for `IWAE`). A `loss` passed here would be
-        ignored, so it is refused with a `ValueError`.
-        """
+        """`keras.Model.compile`, refusing a `loss` (a `ValueError`): the
+        model trains on its own objective."""
         loss = _bind(keras.Model.compile, args, kwargs).arguments.get("loss")
         if loss is not None:
             raise ValueError(
@@ -316,10 +310,9 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`, refusing data outside the likelihood's support.
 
-        With a likelihood that has a `support` (`"bernoulli"`: data in
-        [0, 1]), the range of `x` (and of `validation_data`) is tracked in
-        the train step, and a `ValueError` is raised after the first batch
-        that falls outside it, or at the end of the epoch.
+        With a `support` (`"bernoulli"`: [0, 1]), the range of `x` and
+        `validation_data` is read after the first batch and at the end of
+        each epoch; data outside it raises a `ValueError`.
         """
         args, kwargs = _with_range_check(self, keras.Model.fit, args, kwargs)
         return super().fit(*args, **kwargs)
@@ -392,8 +385,7 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
             Tensor `(batch, steps) + data_shape`.
         """
         steps = check_int("steps", steps, minimum=2)
-        z1 = self.encode(x1)[0]
-        z2 = self.encode(x2)[0]
+        z1, z2 = self.encode(x1)[0], self.encode(x2)[0]
         if tuple(z1.shape) != tuple(z2.shape):
             raise ValueError(
                 "Invalid value received for arguments `x1` and `x2`. Expected "

@@ -1,18 +1,15 @@
 """Importance-sampled log p(x), evaluated in chunks of samples.
 
 `log p(x) ~= log (1/K) sum_{j<K} p(x|z_j) p(z_j) / q(z_j|x)`, `z_j ~ q(z|x)`:
-the K-sample IWAE bound with a large K (5000 in Burda et al. 2015). The K
-samples are processed `chunk_size` at a time; each chunk's `logsumexp` is
-folded into a running `logaddexp`, so peak memory depends on `chunk_size`
-and `batch_size`, never on K.
+the K-sample IWAE bound with a large K (5000 in Burda et al. 2015). Each
+chunk of `chunk_size` samples is folded into a running `logaddexp`, so
+memory does not grow with K.
 
-Reproducibility. The noise is drawn in fixed blocks of `NOISE_BLOCK` samples,
-each from its own seed derived from `(seed, batch index, block index)`, and
-chunks are cut out of those blocks. So sample j of an example gets the same
-noise whatever `chunk_size` is: results with any `chunk_size` are the same
-estimate and agree to float32 round-off (the logsumexp is only re-associated).
-The draws come from NumPy's generator, so they are also the same on every
-backend. They depend on `seed` and `batch_size`.
+The noise comes in fixed blocks of `NOISE_BLOCK` samples, each drawn by
+NumPy from a seed derived from `(seed, batch index, block index)`, and
+chunks are cut out of the blocks. So the draws depend on `seed` and
+`batch_size` only: any `chunk_size`, on any backend, gives the same
+estimate up to float32 round-off (the logsumexp is only re-associated).
 """
 
 import concurrent.futures
@@ -96,13 +93,10 @@ def log_likelihood(
         x: array `(n,) + data_shape`.
         num_samples: int >= 1, K.
         batch_size: int >= 1, examples per encoder call.
-        chunk_size: int >= 1 or `None`, samples per decoder call (the decoder
-            sees `chunk_size * batch_size` rows). `None` picks about 1024
-            rows. It changes memory and speed, not the result (see the
-            module docstring).
-        seed: int or `None`. The same int (with the same `batch_size`) gives
-            the same draws, on every backend, and so the same result; `None`
-            draws a fresh seed.
+        chunk_size: int >= 1 or `None` (about 1024 decoder rows), samples
+            per decoder call. It changes memory and speed, not the result.
+        seed: int or `None` (a fresh seed). The same int and `batch_size`
+            give the same result on every backend.
         verbose: 0 (silent), 1 (progress bar) or 2 (one line at the end).
 
     Returns:
