@@ -88,9 +88,8 @@ class _DataRangeCheck(keras.callbacks.Callback):
     """Raises in `fit`/`evaluate` once data outside the support is seen.
 
     It reads the model's `_DataRange` after the first batch of each epoch
-    and of each evaluation, and at their ends: a few reads per epoch,
-    nothing per step. Before any data the range is empty (inf, -inf), which
-    every support accepts.
+    and evaluation, and at their ends: a few reads per epoch, none per step.
+    An empty range (inf, -inf) passes every support.
     """
 
     def __init__(self, model, in_fit):
@@ -174,8 +173,7 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
                     "a keras.Model (or keras.layers.Layer). Received: "
                     f"{arg}={value!r}"
                 )
-        self.encoder = encoder
-        self.decoder = decoder
+        self.encoder, self.decoder = encoder, decoder
         self.likelihood = likelihoods.get(likelihood)
         self.seed = check_seed("seed", seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
