@@ -1,8 +1,7 @@
 """Backend-agnostic math for Gaussian bottlenecks, written on `keras.ops`.
 
-Every function here runs on TensorFlow, JAX and PyTorch. Densities and
-divergences are computed in float32 whatever the inputs' dtype, so that they
-stay finite under a `mixed_float16` or `mixed_bfloat16` policy.
+Densities and divergences are computed in float32 whatever the inputs'
+dtype, so that they stay finite under a mixed-precision policy.
 
 Reductions, stated once for the whole module:
 

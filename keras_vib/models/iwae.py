@@ -26,9 +26,8 @@ class IWAE(LatentVariableModel):
         decoder: a `keras.Model` mapping z to logits or means (see `VAE`).
         num_samples: int >= 1, k. With k=1 the loss is the VAE's negative
             ELBO estimated with a sampled (not closed-form) KL.
-        gradient_estimator: `"iwae"` or `"dreg"` (doubly reparameterized
-            encoder gradients, Tucker et al. 2018: the same bound value,
-            lower-variance encoder gradients, one more decoder forward pass).
+        gradient_estimator: `"iwae"` or `"dreg"` (Tucker et al. 2018: the
+            same value, lower-variance encoder gradients; see `iwae_bound`).
         likelihood: as in `VAE`.
         seed: int or `None`, seeds the model's `SeedGenerator`.
         **kwargs: `keras.Model` keyword arguments.

@@ -37,8 +37,7 @@ class VAE(LatentVariableModel):
             (unit variance), a `keras_vib.likelihoods.Gaussian(variance=...,
             learn_variance=...)` or another `keras_vib.likelihoods.Likelihood`,
             or a callable `fn(x, outputs) -> (n,)` log-probabilities.
-        kl_weight: finite float >= 0, the initial weight (beta) of the KL
-            term.
+        kl_weight: finite float >= 0, the initial KL weight (beta).
         free_bits: finite float >= 0, KL threshold in nats (0 disables).
         free_bits_mode: `"total"` or `"per_dim"`.
         seed: int or `None`, seeds the model's `SeedGenerator` (sampling in
