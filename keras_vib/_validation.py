@@ -28,23 +28,42 @@ def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def check_non_negative_float(name, value):
-    """Return `value` as a float, or raise if it is not a finite float >= 0."""
+def _check_float(name, value, expected, valid):
+    """`value` as a float if it is a real number that passes `valid`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise _wrong_type(name, "a finite float >= 0", value)
+        raise _wrong_type(name, expected, value)
     value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise _invalid(name, "a finite float >= 0", value)
+    if not valid(value):  # NaN fails every comparison
+        raise _invalid(name, expected, value)
     return value
 
 
-def check_positive_int(name, value):
-    """Return `value` as an int, or raise if it is not an int >= 1."""
-    if not _is_int(value):
-        raise _wrong_type(name, "an int >= 1", value)
-    if value < 1:
-        raise _invalid(name, "an int >= 1", value)
-    return int(value)
+def check_non_negative_float(name, value):
+    """Return `value` as a float, or raise if it is not a finite float >= 0."""
+    expected = "a finite float >= 0"
+    return _check_float(name, value, expected, lambda v: 0 <= v < math.inf)
+
+
+def check_positive_float(name, value):
+    """Return `value` as a float, or raise if it is not a finite float > 0."""
+    expected = "a finite float > 0"
+    return _check_float(name, value, expected, lambda v: 0 < v < math.inf)
+
+
+def check_finite_float(name, value):
+    """Return `value` as a float, or raise if it is not a finite float."""
+    return _check_float(name, value, "a finite float", math.isfinite)
+
+
+def check_fraction(name, value, include_one=False):
+    """Return `value` as a float in (0, 1) (or (0, 1]), or raise."""
+    interval = "(0, 1]" if include_one else "(0, 1)"
+    return _check_float(
+        name,
+        value,
+        f"a float in {interval}",
+        lambda v: 0 < v < 1 or (include_one and v == 1),
+    )
 
 
 def check_int(name, value, minimum=0):
@@ -54,6 +73,11 @@ def check_int(name, value, minimum=0):
     if value < minimum:
         raise _invalid(name, f"an int >= {minimum}", value)
     return int(value)
+
+
+def check_positive_int(name, value):
+    """Return `value` as an int, or raise if it is not an int >= 1."""
+    return check_int(name, value, minimum=1)
 
 
 def check_optional_positive_int(name, value):
@@ -68,34 +92,6 @@ def check_seed(name, value):
     if not _is_int(value):
         raise _wrong_type(name, "an int or None", value)
     return int(value)
-
-
-def check_finite_float(name, value):
-    """Return `value` as a float, or raise if it is not a finite float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise _wrong_type(name, "a finite float", value)
-    value = float(value)
-    if not math.isfinite(value):
-        raise _invalid(name, "a finite float", value)
-    return value
-
-
-def check_fraction(name, value, include_one=False):
-    """Return `value` as a float in (0, 1) (or (0, 1]), or raise."""
-    interval = "(0, 1]" if include_one else "(0, 1)"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise _wrong_type(name, f"a float in {interval}", value)
-    if not (0.0 < value < 1.0 or (include_one and value == 1.0)):
-        raise _invalid(name, f"a float in {interval}", value)
-    return float(value)
-
-
-def check_positive_float(name, value):
-    """Return `value` as a float, or raise if it is not a finite float > 0."""
-    value = check_non_negative_float(name, value)
-    if value == 0.0:
-        raise _invalid(name, "a finite float > 0", value)
-    return value
 
 
 def check_log_name(name, value, allow_none=True):
@@ -131,12 +127,8 @@ def check_num_examples(name, array):
 
 
 def _static_dim(dim):
-    """`dim` as an int, or `None` if it is not known while tracing.
-
-    Tracers hand out dims as 0-d tensors (`torch.jit.trace`, which would
-    compare by identity) or symbolic expressions (JAX shape polymorphism,
-    which refuse comparisons with ints).
-    """
+    """`dim` as an int, or `None` where a tracer gives a 0-d tensor
+    (`torch.jit.trace`) or a symbolic dim (JAX shape polymorphism)."""
     if dim is None or isinstance(dim, int):
         return dim
     try:
@@ -146,20 +138,14 @@ def _static_dim(dim):
 
 
 def check_broadcastable(names, tensors):
-    """Raise a `ValueError` naming the arguments if static shapes clash.
-
-    Only dimensions known on both sides are compared (broadcasting rules:
-    equal, or one of them 1).
-    """
+    """Raise a `ValueError` naming the arguments if static shapes clash
+    (dims known on both sides must be equal, or one of them 1)."""
     shapes = [
         tuple(_static_dim(d) for d in getattr(t, "shape", ())) for t in tensors
     ]
     rank = max(len(s) for s in shapes)
-    padded = [(1,) * (rank - len(s)) + s for s in shapes]
-    for axis in range(rank):
-        sizes = {d for d in (s[axis] for s in padded) if d is not None}
-        sizes.discard(1)
-        if len(sizes) > 1:
+    for sizes in zip(*[(1,) * (rank - len(s)) + s for s in shapes]):
+        if len(set(sizes) - {None, 1}) > 1:
             received = ", ".join(
                 f"{n}.shape={s}" for n, s in zip(names, shapes)
             )

@@ -1,18 +1,12 @@
 """Data loaders that also work offline: IMDB, MNIST and Fashion-MNIST.
 
-Each loader reads the standard Keras `.npz` file from a data directory, taken
-from (in order) the `data_dir` argument (the examples' `--data-dir` flag) or
-the `KERAS_VIB_DATA` environment variable. With neither set, it falls back to
-`keras.datasets.*.load_data()`, which downloads the file once into
-`~/.keras/datasets`, so users with internet need no flag; if that download
-fails, the error says how to pass a local copy.
-
-A missing or malformed file raises an error that names the path and says what
-was expected, rather than failing deep inside numpy or pickle.
-
-The IMDB loader reproduces `keras.datasets.imdb.load_data` exactly (shuffle
-with seed 113, then `start_char`, `index_from`, `num_words`, `oov_char`), so
-results with a local copy and with the download are comparable.
+Each loader reads the standard Keras `.npz` file from the `data_dir`
+argument (the examples' `--data-dir` flag) or else `$KERAS_VIB_DATA`. With
+neither set, it falls back to `keras.datasets.*.load_data()`, which
+downloads the file once; a failed download says how to pass a local copy. A
+missing or malformed file raises a `DataFileError` that names the path and
+says what was expected. The IMDB loader reproduces
+`keras.datasets.imdb.load_data` exactly, with a local copy or a download.
 """
 
 import os
@@ -26,8 +20,7 @@ ENV_VAR = "KERAS_VIB_DATA"
 IMDB_FILE = "imdb.npz"
 MNIST_FILE = "mnist.npz"
 FASHION_MNIST_FILE = "fashion_mnist.npz"
-IMDB_KEYS = ("x_train", "y_train", "x_test", "y_test")
-MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
+IMDB_KEYS = MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 class DataFileError(ValueError):
@@ -49,26 +42,21 @@ def resolve_data_dir(data_dir=None):
     return os.environ.get(ENV_VAR) or None
 
 
-def _read_npz(path, keys, allow_pickle):
-    """The arrays `keys` of a data file, one label per example, or raise."""
+def _read_npz(path, allow_pickle, x_layout, is_x):
+    """`[x_train, y_train, x_test, y_test]` of a Keras data file, or raise a
+    `DataFileError`; `is_x(x)` tells if `x` has the layout `x_layout` says."""
+    keys = list(IMDB_KEYS)
     if not os.path.isfile(path):
         raise DataFileError(
             f"Data file not found: {path}. Expected the Keras "
-            f"`{os.path.basename(path)}` file with arrays {list(keys)}. Pass "
+            f"`{os.path.basename(path)}` file with arrays {keys}. Pass "
             f"--data-dir (or set ${ENV_VAR}) to the folder that holds it, or "
             "unset both to download it with keras.datasets."
         )
     try:
         with np.load(path, allow_pickle=allow_pickle) as f:
-            missing = [k for k in keys if k not in f.files]
-            if missing:
-                raise DataFileError(
-                    f"Malformed data file {path}: missing arrays {missing}. "
-                    f"Expected arrays {list(keys)}; found {sorted(f.files)}."
-                )
-            arrays = {k: f[k] for k in keys}
-    except DataFileError:
-        raise
+            files = sorted(f.files)
+            arrays = {k: f[k] for k in keys if k in files}
     except (
         OSError,
         ValueError,
@@ -78,47 +66,27 @@ def _read_npz(path, keys, allow_pickle):
     ) as e:
         raise DataFileError(
             f"Malformed data file {path}: could not read it as a numpy .npz "
-            f"archive with arrays {list(keys)} ({type(e).__name__}: {e})."
+            f"archive with arrays {keys} ({type(e).__name__}: {e})."
         ) from e
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise DataFileError(
+            f"Malformed data file {path}: missing arrays {missing}. "
+            f"Expected arrays {keys}; found {files}."
+        )
     for x_name, y_name in (("x_train", "y_train"), ("x_test", "y_test")):
         x, y = arrays[x_name], arrays[y_name]
+        if not is_x(x):
+            raise DataFileError(
+                f"Malformed data file {path}: `{x_name}` must be {x_layout}. "
+                f"Received: an array of shape {x.shape} and dtype {x.dtype}."
+            )
         if len(x) != len(y):
             raise DataFileError(
                 f"Malformed data file {path}: `{x_name}` has {len(x)} entries "
                 f"but `{y_name}` has {len(y)}. Expected one label per example."
             )
-    return arrays
-
-
-def _imdb_arrays(data_dir, seed):
-    """Raw IMDB arrays (word ranks, no offset), from a file or a download."""
-    if data_dir is None:
-        # Ask keras.datasets for the shuffled raw ranks (no start char, no
-        # offset, no vocabulary cut) so that one code path below does the
-        # rest. num_words must be set: with None, Keras's `w < max(w)` test
-        # would drop the rarest word.
-        (x_train, y_train), (x_test, y_test) = _download(
-            "imdb",
-            lambda: keras.datasets.imdb.load_data(
-                start_char=None,
-                oov_char=None,
-                index_from=0,
-                num_words=2**62,
-                seed=seed,
-            ),
-        )
-        return x_train, y_train, x_test, y_test, True
-    path = os.path.join(data_dir, IMDB_FILE)
-    arrays = _read_npz(path, IMDB_KEYS, allow_pickle=True)
-    for name in ("x_train", "x_test"):
-        x = arrays[name]
-        if x.ndim != 1 or (len(x) and not hasattr(x[0], "__len__")):
-            raise DataFileError(
-                f"Malformed data file {path}: `{name}` must be a 1-D object "
-                "array of integer sequences (word ranks). Received an array "
-                f"of shape {x.shape} and dtype {x.dtype}."
-            )
-    return (*(arrays[key] for key in IMDB_KEYS), False)
+    return [arrays[key] for key in keys]
 
 
 def load_imdb(
@@ -132,13 +100,9 @@ def load_imdb(
 ):
     """IMDB reviews as lists of word indices, as `keras.datasets.imdb`.
 
-    The transforms and their order follow `keras.datasets.imdb.load_data`:
-    the training and test sets are shuffled with one
-    `np.random.RandomState(seed)` (train first), every rank is offset by
-    `index_from` and prefixed with `start_char`, and indices outside
-    `[skip_top, num_words)` become `oov_char` (or are dropped when
-    `oov_char=None`). `maxlen` filtering is left out: the examples truncate
-    with `keras.utils.pad_sequences` instead.
+    The transforms of `keras.datasets.imdb.load_data`, in its order (one
+    shuffle, train first; offset; `start_char`; `oov_char`), without its
+    `maxlen` filter: truncate with `keras.utils.pad_sequences` instead.
 
     Args:
         data_dir: folder holding `imdb.npz`; `None` uses `$KERAS_VIB_DATA`,
@@ -155,8 +119,30 @@ def load_imdb(
         and int64 label arrays.
     """
     data_dir = resolve_data_dir(data_dir)
-    x_train, y_train, x_test, y_test, shuffled = _imdb_arrays(data_dir, seed)
-    if not shuffled:
+    if data_dir is None:
+        # Ask keras.datasets for the shuffled raw ranks (no start char, no
+        # offset, no vocabulary cut) so that one code path below does the
+        # rest. num_words must be set: with None, Keras's `w < max(w)` test
+        # would drop the rarest word.
+        (x_train, y_train), (x_test, y_test) = _download(
+            "imdb",
+            lambda: keras.datasets.imdb.load_data(
+                start_char=None,
+                oov_char=None,
+                index_from=0,
+                num_words=2**62,
+                seed=seed,
+            ),
+        )
+    else:
+        x_train, y_train, x_test, y_test = _read_npz(
+            os.path.join(data_dir, IMDB_FILE),
+            allow_pickle=True,
+            x_layout="a 1-D object array of integer sequences (word ranks)",
+            is_x=lambda x: (
+                x.ndim == 1 and (len(x) == 0 or hasattr(x[0], "__len__"))
+            ),
+        )
         # One generator, train first, as keras.datasets.imdb shuffles.
         rng = np.random.RandomState(seed)
         train = rng.permutation(len(x_train))
@@ -206,16 +192,13 @@ def split_validation(x, y, val_size, train_size=None):
             f"in [0, {n}). Received: val_size={val_size}"
         )
     cut = n - val_size
-    x_train, y_train = x[:cut], y[:cut]
-    x_val, y_val = x[cut:], y[cut:]
-    if train_size is not None:
-        if not 1 <= train_size <= cut:
-            raise ValueError(
-                "Invalid value received for argument `train_size`. Expected "
-                f"an int in [1, {cut}]. Received: train_size={train_size}"
-            )
-        x_train, y_train = x_train[:train_size], y_train[:train_size]
-    return (x_train, y_train), (x_val, y_val)
+    if train_size is not None and not 1 <= train_size <= cut:
+        raise ValueError(
+            "Invalid value received for argument `train_size`. Expected "
+            f"an int in [1, {cut}]. Received: train_size={train_size}"
+        )
+    end = cut if train_size is None else train_size
+    return (x[:end], y[:end]), (x[cut:], y[cut:])
 
 
 def _download(name, load_data):
@@ -238,27 +221,19 @@ def _load_images(name, data_dir, flatten, normalize):
         load_data = getattr(keras.datasets, name).load_data
         (x_train, y_train), (x_test, y_test) = _download(name, load_data)
     else:
-        path = os.path.join(data_dir, f"{name}.npz")
-        arrays = _read_npz(path, MNIST_KEYS, allow_pickle=False)
-        for key in ("x_train", "x_test"):
-            x = arrays[key]
-            if x.ndim != 3 or x.shape[1:] != (28, 28):
-                raise DataFileError(
-                    f"Malformed data file {path}: `{key}` must have shape "
-                    f"(n, 28, 28). Received: shape {x.shape}."
-                )
-        x_train, y_train = arrays["x_train"], arrays["y_train"]
-        x_test, y_test = arrays["x_test"], arrays["y_test"]
-    if flatten:
-        x_train = x_train.reshape(len(x_train), -1)
-        x_test = x_test.reshape(len(x_test), -1)
-    if normalize:
-        x_train = x_train.astype("float32") / 255.0
-        x_test = x_test.astype("float32") / 255.0
-    return (
-        (x_train, np.asarray(y_train, dtype="int64")),
-        (x_test, np.asarray(y_test, dtype="int64")),
-    )
+        x_train, y_train, x_test, y_test = _read_npz(
+            os.path.join(data_dir, f"{name}.npz"),
+            allow_pickle=False,
+            x_layout="of shape (n, 28, 28)",
+            is_x=lambda x: x.shape[1:] == (28, 28) and x.ndim == 3,
+        )
+
+    def prepare(x, y):
+        x = x.reshape(len(x), -1) if flatten else x
+        x = x.astype("float32") / 255.0 if normalize else x
+        return x, np.asarray(y, dtype="int64")
+
+    return prepare(x_train, y_train), prepare(x_test, y_test)
 
 
 def load_mnist(data_dir=None, flatten=True, normalize=True):
@@ -294,16 +269,12 @@ def load_fashion_mnist(data_dir=None, flatten=True, normalize=True):
     """Fashion-MNIST, in the layout of `load_mnist` (`fashion_mnist.npz`).
 
     Args:
-        data_dir: folder holding `fashion_mnist.npz`; `None` uses
-            `$KERAS_VIB_DATA`, then downloads with `keras.datasets`.
-        flatten: bool. `True` reshapes the images to `(n, 784)`; `False`
-            keeps them `(n, 28, 28)`, with no channel axis.
-        normalize: bool. `True` returns float32 pixels in [0, 1]; `False`
-            the uint8 values 0-255.
+        data_dir: folder holding `fashion_mnist.npz` (see `load_mnist`).
+        flatten: bool, as in `load_mnist`.
+        normalize: bool, as in `load_mnist`.
 
     Returns:
-        `(x_train, y_train), (x_test, y_test)`: 60,000 and 10,000 images,
-        `(n, 784)` or `(n, 28, 28)`, and their labels 0-9 as int64 `(n,)`.
+        `(x_train, y_train), (x_test, y_test)`, as `load_mnist`.
     """
     return _load_images("fashion_mnist", data_dir, flatten, normalize)
 
@@ -330,10 +301,9 @@ def binarize(x, rng):
 class DynamicBinarization(keras.utils.PyDataset):
     """Batches of `x` binarized afresh every epoch, for `VAE.fit`.
 
-    As in the IWAE paper: each epoch draws new binary images from the
-    pixel intensities (and, with `shuffle`, a new order). Each item is a
-    one-element tuple `(batch,)`: an input and no target, which is what
-    `keras_vib.models.VAE` and `IWAE` take.
+    As in the IWAE paper, each epoch draws new binary images (and, with
+    `shuffle`, a new order). Each item is a one-element tuple `(batch,)`:
+    an input and no target, as `VAE` and `IWAE` take.
 
     Args:
         x: float array in [0, 1], shape `(n, ...)`.

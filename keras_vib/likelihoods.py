@@ -1,14 +1,8 @@
 """Observation models p(x | decoder output) for `VAE`, `IWAE` and the losses.
 
-A likelihood turns the decoder's output into a per-example log-probability
-of the data, summed over every data axis. The models accept a name
-(`"bernoulli"`, `"bernoulli_probs"`, `"gaussian"`), a `Likelihood` instance
-(e.g. `Gaussian(learn_variance=True)`), or a plain callable.
-
-What the decoder must output depends on the likelihood: logits for
-`"bernoulli"`, probabilities for `"bernoulli_probs"`, means for
-`"gaussian"`. `VAE` and `IWAE` check it when they are built (see
-`Likelihood.check_output_activation`).
+A likelihood turns the decoder's output (logits for `"bernoulli"`,
+probabilities for `"bernoulli_probs"`, means for `"gaussian"`) into a
+per-example log-probability of the data, summed over every data axis.
 
 Shapes: `x` is `(batch,) + data_shape`; `outputs` is `(batch,) + data_shape`
 or `(k, batch) + data_shape` (k importance samples). `log_prob` returns
@@ -37,8 +31,6 @@ _LOGIT_REACH = 20.0
 
 def output_range(activation):
     """The range of values `activation` takes on inputs from -1e4 to 1e4.
-
-    Used to check that a decoder's final activation fits a likelihood.
 
     Args:
         activation: a callable on tensors (a function, or a layer without
@@ -69,39 +61,20 @@ def output_range(activation):
 
 
 def _describe_range(low, high):
-    def fmt(v):
-        if v >= 1e3:
-            return "inf"
-        if v <= -1e3:
-            return "-inf"
-        return f"{v:.3g}"
-
-    left = "(" if low <= -1e3 else "["
-    right = ")" if high >= 1e3 else "]"
-    return f"{left}{fmt(low)}, {fmt(high)}{right}"
+    """`[low, high]`, with an open `(-inf` / `inf)` end beyond 1e3."""
+    left = "(-inf" if low <= -1e3 else f"[{low:.3g}"
+    right = "inf)" if high >= 1e3 else f"{high:.3g}]"
+    return f"{left}, {right}"
 
 
-def _activation_name(activation):
-    if isinstance(activation, keras.Operation):  # a layer or keras.ops op
-        return activation.name
-    return getattr(activation, "__name__", None) or repr(activation)
-
-
-def _removal_hint(activation, layer):
-    """How to drop `activation` from the decoder, for error messages."""
-    if getattr(layer, "activation", None) is activation and not isinstance(
-        layer, keras.layers.Activation
-    ):
-        return f"`activation=None` in `{layer.name}`"
-    return f"drop the final `{layer.name}`"
-
-
-def _check_event_shape(x, outputs):
+def _event_axes(x, outputs):
+    """The data axes of `outputs` (`None` for scalar data), or raise if its
+    trailing shape is not the data's."""
     data_shape = tuple(x.shape[1:])
-    out_shape = tuple(outputs.shape[len(outputs.shape) - len(data_shape) :])
-    if len(outputs.shape) < len(x.shape) or any(
+    ndim = len(outputs.shape)
+    if ndim < len(x.shape) or any(
         a is not None and b is not None and a != b
-        for a, b in zip(data_shape, out_shape)
+        for a, b in zip(data_shape, outputs.shape[ndim - len(data_shape) :])
     ):
         raise ValueError(
             "Invalid value received for argument `decoder`. Expected a decoder "
@@ -109,12 +82,7 @@ def _check_event_shape(x, outputs):
             f"axis). Received: decoder output shape {tuple(outputs.shape)} for "
             f"data of shape {tuple(x.shape)}"
         )
-    return len(data_shape)
-
-
-def _event_axes(outputs, event_ndim):
-    ndim = len(outputs.shape)
-    return tuple(range(ndim - event_ndim, ndim))
+    return tuple(range(ndim - len(data_shape), ndim)) or None
 
 
 class Likelihood(keras.layers.Layer):
@@ -131,6 +99,8 @@ class Likelihood(keras.layers.Layer):
 
     #: `(low, high)`, the closed interval the data must lie in, or `None`.
     support = None
+    #: How to bring data into `support`, for the error message.
+    _range_hint = "Scale the data into the expected range."
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -168,14 +138,11 @@ class Likelihood(keras.layers.Layer):
             f"Invalid value received for argument `{argument}`. The "
             f'"{self._display_name()}" likelihood expects data in '
             f"[{lower:g}, {upper:g}]. Received: data with values in "
-            f"[{low:g}, {high:g}]. {self._range_hint()}"
+            f"[{low:g}, {high:g}]. {self._range_hint}"
         )
 
     def _display_name(self):
         return type(self).__name__
-
-    def _range_hint(self):
-        return "Scale the data into the expected range."
 
     def log_prob(self, x, outputs):
         """log p(x | outputs) per example (and per sample), in nats, float32.
@@ -188,15 +155,9 @@ class Likelihood(keras.layers.Layer):
         Returns:
             float32 tensor `(batch,)` or `(k, batch)`.
         """
-        event_ndim = _check_event_shape(x, outputs)
-        return self._log_prob_summed(x, outputs, event_ndim)
-
-    def _log_prob_summed(self, x, outputs, event_ndim):
-        # Subclasses with a fused form of the sum override this.
+        axes = _event_axes(x, outputs)
         per_element = self._log_prob_elementwise(x, outputs)
-        if event_ndim == 0:
-            return per_element
-        return ops.sum(per_element, axis=_event_axes(per_element, event_ndim))
+        return per_element if axes is None else ops.sum(per_element, axes)
 
     def _log_prob_elementwise(self, x, outputs):
         raise NotImplementedError
@@ -208,12 +169,8 @@ class Likelihood(keras.layers.Layer):
     def check_output_activation(self, activation, layer):
         """Raise if a decoder ending in `activation` cannot feed this model.
 
-        `VAE` and `IWAE` call it when they are built, with the activation
-        that a functional or `Sequential` decoder applies last (the
-        `activation` of its output layer, an `Activation`/`Softmax`/`ReLU`
-        layer, or a `keras.ops` function; shape-only layers such as
-        `Reshape` are looked through). The base class accepts anything;
-        subclasses raise a `ValueError` that says what to change.
+        `VAE` and `IWAE` call it with the activation that a functional or
+        `Sequential` decoder applies last. The base class accepts anything.
 
         Args:
             activation: a callable on tensors, e.g.
@@ -233,34 +190,24 @@ class Bernoulli(Likelihood):
 
     For binary data or data in [0, 1] (for non-binary data, the
     cross-entropy form `x * log p + (1 - x) * log(1 - p)`, not a normalized
-    density). Data outside [0, 1] (e.g. 8-bit pixels from 0 to 255) gives
-    a meaningless loss, so `VAE` and `IWAE` refuse it in `fit`, `evaluate`
-    and `log_likelihood` with a `ValueError` (see
-    `Likelihood.check_data_range`).
+    density). `VAE` and `IWAE` refuse data outside [0, 1] (e.g. 8-bit
+    pixels), see `Likelihood.check_data_range`.
 
-    With `from_logits=True` (`likelihood="bernoulli"`), the decoder outputs
-    logits: it has no final activation, and `mean` (what `decode` and
-    `predict` return) is `sigmoid(logits)`. The log-density is
-    `keras_vib.ops.bernoulli_log_prob`, exact to float32 round-off for any
-    logits. This is the recommended form.
+    With `from_logits=True` (`likelihood="bernoulli"`, recommended), the
+    decoder outputs logits (no final activation), `mean` is
+    `sigmoid(logits)`, and the log-density is
+    `keras_vib.ops.bernoulli_log_prob`, exact to float32 round-off.
 
     With `from_logits=False` (`likelihood="bernoulli_probs"`), the decoder
-    outputs probabilities, e.g. it ends in `activation="sigmoid"` as in the
-    keras.io VAE example, and `mean` returns them unchanged. The
-    probabilities are clipped to `[epsilon, 1 - epsilon]`
-    (`keras.config.epsilon()`, 1e-7 by default), and the log-density is
-    exact for the clipped probabilities it is given: the same as
-    `keras.losses.binary_crossentropy(x, p)` on JAX and PyTorch. Precision
-    is lost before it, in the sigmoid: a float32 probability near 1 keeps
-    few digits of `1 - p` (past a logit of about 17 it is exactly 1), and
-    the clip caps each element's loss at `-log(epsilon)` = 16.1 nats with
-    no gradient beyond. Prefer logits when the decoder can be changed.
+    outputs probabilities (e.g. it ends in a sigmoid, as in the keras.io VAE
+    example), clipped to `[epsilon, 1 - epsilon]` (`keras.config.epsilon()`),
+    as in `keras.losses.binary_crossentropy(x, p)`. Precision is lost in the
+    sigmoid: past a logit of about 17 a float32 `p` is exactly 1, and the
+    clip caps each element's loss at `-log(epsilon)` with no gradient.
 
     `VAE` and `IWAE` check the final activation of a functional or
-    `Sequential` decoder against `from_logits` (a sigmoid, `tanh` or `relu`
-    cannot give logits; an unbounded output is not probabilities). For a
-    subclassed decoder nothing can be checked: make sure it outputs what
-    you declare.
+    `Sequential` decoder against `from_logits`; a subclassed decoder cannot
+    be checked.
 
     Args:
         from_logits: bool, whether the decoder outputs logits (`True`) or
@@ -280,6 +227,12 @@ class Bernoulli(Likelihood):
     """
 
     support = (0.0, 1.0)
+    _range_hint = (
+        "Scale the data into [0, 1]: divide 8-bit pixels by 255 (e.g. "
+        "`x.astype('float32') / 255`, or "
+        "`kv.datasets.load_mnist(normalize=True)`), or binarize it. For "
+        'unbounded data use `likelihood="gaussian"`.'
+    )
 
     def __init__(self, from_logits=True, **kwargs):
         super().__init__(**kwargs)
@@ -288,21 +241,12 @@ class Bernoulli(Likelihood):
     def _display_name(self):
         return "bernoulli" if self.from_logits else "bernoulli_probs"
 
-    def _range_hint(self):
-        return (
-            "Scale the data into [0, 1]: divide 8-bit pixels by 255 (e.g. "
-            "`x.astype('float32') / 255`, or "
-            "`kv.datasets.load_mnist(normalize=True)`), or binarize it. For "
-            'unbounded data use `likelihood="gaussian"`.'
-        )
-
-    def _log_prob_summed(self, x, outputs, event_ndim):
-        if self.from_logits and event_ndim:
-            # The sum inside the op's custom gradient: one backward pass.
-            return vib_ops.bernoulli_log_prob(
-                x, outputs, axis=_event_axes(outputs, event_ndim)
-            )
-        return super()._log_prob_summed(x, outputs, event_ndim)
+    def log_prob(self, x, outputs):
+        if not self.from_logits:
+            return super().log_prob(x, outputs)
+        # The sum inside the op's custom gradient: one backward pass.
+        axes = _event_axes(x, outputs)
+        return vib_ops.bernoulli_log_prob(x, outputs, axis=axes)
 
     def _log_prob_elementwise(self, x, outputs):
         if self.from_logits:
@@ -313,17 +257,19 @@ class Bernoulli(Likelihood):
         return x * ops.log(p) + (1.0 - x) * ops.log1p(-p)
 
     def mean(self, outputs):
-        if self.from_logits:
-            return ops.sigmoid(outputs)
-        return outputs
+        return ops.sigmoid(outputs) if self.from_logits else outputs
 
     def check_output_activation(self, activation, layer):
         bounds = output_range(activation)
         if bounds is None:
             return
         low, high = bounds
-        name = _activation_name(activation)
-        hint = _removal_hint(activation, layer)
+        if isinstance(layer, keras.layers.Activation) or (
+            getattr(layer, "activation", None) is not activation
+        ):
+            hint = f"drop the final `{layer.name}`"
+        else:
+            hint = f"`activation=None` in `{layer.name}`"
         if self.from_logits and 0.0 <= low and high <= 1.0:
             problem = (
                 "logits, but this one outputs probabilities: they would be "
@@ -350,6 +296,10 @@ class Bernoulli(Likelihood):
             )
         else:
             return
+        if isinstance(activation, keras.Operation):  # a layer or keras.ops op
+            name = activation.name
+        else:
+            name = getattr(activation, "__name__", None) or repr(activation)
         raise ValueError(
             "Invalid value received for argument `decoder`. The "
             f'"{self._display_name()}" likelihood expects a decoder that '
@@ -366,18 +316,9 @@ class Bernoulli(Likelihood):
 class Gaussian(Likelihood):
     """Gaussian likelihood `N(x; outputs, variance * I)`, fixed or learned.
 
-    The decoder outputs the mean. The variance is one scalar shared by all
-    data dimensions, kept as its log in a variable `log_var`: trainable when
-    `learn_variance=True` (then it is fitted with the rest of the model and
-    saved with it), constant otherwise.
-
-    Any final activation is accepted, bounded ones included: a decoder
-    ending in `sigmoid` or `tanh` gives a valid Gaussian whose mean is
-    confined to (0, 1) or (-1, 1), and `log_prob` is exactly
-    `N(x; outputs, variance)` for it (nothing is read as something else,
-    unlike logits given to a probability). The model then cannot put its
-    mean outside that range, so scale the data into it (e.g. MNIST pixels
-    to [0, 1] for a sigmoid).
+    The decoder outputs the mean, with any final activation (scale the data
+    into its range). The variance is one scalar, kept as its log in a
+    variable `log_var`, trainable when `learn_variance=True`.
 
     Args:
         variance: finite float > 0, the (initial) variance.
@@ -441,15 +382,16 @@ class CallableLikelihood(Likelihood):
         self.fn = fn
 
     def log_prob(self, x, outputs):
-        event_ndim = _check_event_shape(x, outputs)
-        data_shape = tuple(outputs.shape[len(outputs.shape) - event_ndim :])
-        lead_shape = ops.shape(outputs)[: len(outputs.shape) - event_ndim]
-        flat_outputs = ops.reshape(outputs, (-1,) + data_shape)
-        flat_x = ops.reshape(
-            ops.broadcast_to(x, ops.shape(outputs)), (-1,) + data_shape
+        lead = len(outputs.shape) - len(_event_axes(x, outputs) or ())
+        data_shape = tuple(outputs.shape[lead:])
+        flat_x = ops.broadcast_to(x, ops.shape(outputs))
+        values = self.fn(
+            ops.reshape(flat_x, (-1,) + data_shape),
+            ops.reshape(outputs, (-1,) + data_shape),
         )
-        values = ops.cast(self.fn(flat_x, flat_outputs), "float32")
-        return ops.reshape(values, lead_shape)
+        return ops.reshape(
+            ops.cast(values, "float32"), ops.shape(outputs)[:lead]
+        )
 
     def mean(self, outputs):
         return outputs

@@ -21,12 +21,6 @@ from keras_vib._validation import check_positive_int
 GRADIENT_ESTIMATORS = ("iwae", "dreg")
 
 
-def _call_decoder(decoder, z, training):
-    if training is not None and isinstance(decoder, keras.layers.Layer):
-        return decoder(z, training=training)
-    return decoder(z)
-
-
 def iwae_log_weights(
     x,
     z_mean,
@@ -52,14 +46,14 @@ def iwae_log_weights(
             `(n,) + latent_shape` to `(n,) + data_shape` (logits or means).
         noise: standard normal draws, `(k, batch) + latent_shape`.
         likelihood: `"bernoulli"`, `"gaussian"`, a
-            `keras_vib.likelihoods.Likelihood` or a callable (see `VAE`).
+            `keras_vib.likelihoods.Likelihood` or a callable `fn(x, outputs)`.
         stop_posterior_gradient: evaluate log q(z|x) with the variational
             parameters behind `stop_gradient` (z itself keeps its
             gradient), as DReG requires.
         z_gradient_scale: optional `(k, batch)` tensor; scales the gradient
             that flows back through each sample z_i without changing its
             value.
-        training: passed to a Keras `decoder`.
+        training: passed to a Keras `decoder` (e.g. for dropout).
 
     Returns:
         float32 tensor `(k, batch)`.
@@ -81,9 +75,10 @@ def iwae_log_weights(
         z_const = ops.stop_gradient(z)
         z = z_const + scale * (z - z_const)
     num_samples, batch = ops.shape(noise)[0], ops.shape(noise)[1]
-    outputs = _call_decoder(
-        decoder, ops.reshape(z, (-1,) + latent_shape), training
-    )
+    decoder_kwargs = {}
+    if training is not None and isinstance(decoder, keras.layers.Layer):
+        decoder_kwargs["training"] = training
+    outputs = decoder(ops.reshape(z, (-1,) + latent_shape), **decoder_kwargs)
     outputs = ops.reshape(
         outputs, (num_samples, batch) + tuple(outputs.shape[1:])
     )
@@ -120,26 +115,20 @@ def iwae_bound(
     - `gradient_estimator="iwae"`: the plain reparameterized gradient of the
       bound (Burda et al. 2015).
     - `gradient_estimator="dreg"`: doubly reparameterized gradients (Tucker
-      et al. 2018). The decoder still gets the IWAE gradient
-      `sum_i w~_i d log w_i`; the encoder gets `sum_i w~_i^2 d log w_i / dz_i
-      dz_i`, with log q(z|x) evaluated at stopped variational parameters and
-      `w~` the normalized weights. This has lower variance at large k. The
-      returned value is the IWAE value for the same noise (bit-for-bit when run
-      eagerly; a compiler may round differently). It
-      costs one extra forward pass of the decoder (without gradient), used
-      to get the weights that scale each sample's gradient.
+      et al. 2018), lower-variance at large k: the encoder gets
+      `sum_i w~_i^2 d log w_i / dz_i dz_i` (`w~`: the normalized weights,
+      from one extra decoder pass), the decoder the IWAE gradient, and the
+      value is the IWAE value for the same noise.
 
     With `num_samples=1` and `"iwae"` it is a single-sample ELBO estimate.
 
     Args:
-        x: data, `(batch,) + data_shape`.
-        z_mean: `(batch,) + latent_shape`, mean of q(z|x) (encoder output).
-        z_log_var: log-variance of q(z|x), the same shape.
-        decoder: callable (usually the decoder `keras.Model`) mapping z to
-            logits (`"bernoulli"`) or means (`"gaussian"`).
+        x: data, as in `iwae_log_weights`.
+        z_mean: the mean of q(z|x), as in `iwae_log_weights`.
+        z_log_var: the log-variance of q(z|x), as in `iwae_log_weights`.
+        decoder: as in `iwae_log_weights`.
         num_samples: int >= 1, k.
-        likelihood: `"bernoulli"`, `"gaussian"`, a
-            `keras_vib.likelihoods.Likelihood` or a callable `fn(x, outputs)`.
+        likelihood: as in `iwae_log_weights`.
         gradient_estimator: `"iwae"` or `"dreg"`.
         seed: a `keras.random.SeedGenerator`, an int or `None`: how the
             noise is drawn. Inside a jitted train step on JAX pass a
@@ -154,32 +143,28 @@ def iwae_bound(
 
     Example:
 
-    A custom model that trains on the k=5 bound (works on every backend):
+    In a custom model's `compute_loss`, pass the encoder's outputs and
+    `seed=self.seed_generator` (works on every backend):
 
-    ```python
-    class MyIWAE(keras.Model):
-        def __init__(self, encoder, decoder):
-            super().__init__()
-            self.encoder, self.decoder = encoder, decoder
-            self.seed_generator = keras.random.SeedGenerator(0)
-
-        def call(self, x):
-            return self.encoder(x)
-
-        def compute_loss(self, x=None, y=None, y_pred=None,
-                         sample_weight=None, training=True):
-            z_mean, z_log_var = y_pred
-            bound = keras_vib.losses.iwae_bound(
-                x, z_mean, z_log_var, self.decoder, num_samples=5,
-                gradient_estimator="dreg", seed=self.seed_generator)
-            return -keras.ops.mean(bound)
-    ```
+    >>> decoder = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    >>> x, z = keras.ops.ones((4, 3)), keras.ops.zeros((4, 2))
+    >>> bound = kv.losses.iwae_bound(
+    ...     x, z, z, decoder, num_samples=5, gradient_estimator="dreg")
+    >>> loss = -keras.ops.mean(bound)
+    >>> tuple(bound.shape)
+    (4,)
     """
     num_samples = check_positive_int("num_samples", num_samples)
     check_choice("gradient_estimator", gradient_estimator, GRADIENT_ESTIMATORS)
     z_mean = ops.convert_to_tensor(z_mean)
     z_log_var = ops.convert_to_tensor(z_log_var)
-    _check_posterior(z_mean, z_log_var)
+    if tuple(z_mean.shape) != tuple(z_log_var.shape):
+        raise ValueError(
+            "Invalid value received for arguments `z_mean` and `z_log_var`. "
+            "Expected two tensors of the same shape. Received: "
+            f"z_mean.shape={tuple(z_mean.shape)}, "
+            f"z_log_var.shape={tuple(z_log_var.shape)}"
+        )
     if noise is None:
         noise = keras.random.normal(
             (num_samples,) + tuple(ops.shape(z_mean)),
@@ -198,17 +183,11 @@ def iwae_bound(
         log_w = iwae_log_weights(x, z_mean, z_log_var, decoder, noise, **kwargs)
         return ops.logsumexp(log_w, axis=0) - log_k
     # DReG. A forward pass without gradient gives the normalized weights.
+    stopped = ops.stop_gradient(z_mean), ops.stop_gradient(z_log_var)
     log_w_value = ops.stop_gradient(
-        iwae_log_weights(
-            x,
-            ops.stop_gradient(z_mean),
-            ops.stop_gradient(z_log_var),
-            decoder,
-            noise,
-            **kwargs,
-        )
+        iwae_log_weights(x, *stopped, decoder, noise, **kwargs)
     )
-    weights = ops.stop_gradient(ops.softmax(log_w_value, axis=0))
+    weights = ops.softmax(log_w_value, axis=0)
     # The gradient through each z_i is scaled by w~_i, so the encoder gets
     # sum_i w~_i^2 dlog w_i while the decoder gets sum_i w~_i dlog w_i.
     log_w = iwae_log_weights(
@@ -225,13 +204,3 @@ def iwae_bound(
     bound = ops.logsumexp(log_w_value, axis=0) - log_k
     # Value: exactly `bound`; gradient: that of `surrogate`.
     return ops.stop_gradient(bound) + (surrogate - ops.stop_gradient(surrogate))
-
-
-def _check_posterior(z_mean, z_log_var):
-    if tuple(z_mean.shape) != tuple(z_log_var.shape):
-        raise ValueError(
-            "Invalid value received for arguments `z_mean` and `z_log_var`. "
-            "Expected two tensors of the same shape. Received: "
-            f"z_mean.shape={tuple(z_mean.shape)}, "
-            f"z_log_var.shape={tuple(z_log_var.shape)}"
-        )

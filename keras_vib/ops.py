@@ -1,8 +1,7 @@
 """Backend-agnostic math for Gaussian bottlenecks, written on `keras.ops`.
 
-Every function here runs on TensorFlow, JAX and PyTorch. Densities and
-divergences are computed in float32 whatever the inputs' dtype, so that they
-stay finite under a `mixed_float16` or `mixed_bfloat16` policy.
+Densities and divergences are computed in float32 whatever the inputs'
+dtype, so that they stay finite under a mixed-precision policy.
 
 Reductions, stated once for the whole module:
 
@@ -92,8 +91,7 @@ def gaussian_kl(
         z_log_var: tensor of the same shape, posterior log-variances.
             Clamped to `[LOG_VAR_MIN, LOG_VAR_MAX]`.
         prior_mean: optional tensor broadcastable to `z_mean`.
-        prior_log_var: optional tensor broadcastable to `z_mean` (clamped
-            too).
+        prior_log_var: optional, the same (clamped too).
         axis: axis or tuple of axes to sum over (the latent dimensions).
             `None` returns the per-dimension KL without summing.
 
@@ -117,14 +115,11 @@ def gaussian_kl(
     log_var = clip_log_var(_float32(z_log_var))
     if prior_mean is None and prior_log_var is None:
         return _sum(_kernels.standard_normal_kl(mean, log_var), axis)
-    prior_mean = (
-        ops.zeros_like(mean) if prior_mean is None else _float32(prior_mean)
-    )
-    prior_log_var = (
-        ops.zeros_like(mean)
-        if prior_log_var is None
-        else clip_log_var(_float32(prior_log_var))
-    )
+    prior_mean = 0.0 if prior_mean is None else _float32(prior_mean)
+    if prior_log_var is None:
+        prior_log_var = 0.0
+    else:
+        prior_log_var = clip_log_var(_float32(prior_log_var))
     per_dim = _kernels.gaussian_kl(mean, log_var, prior_mean, prior_log_var)
     return _sum(per_dim, axis)
 
@@ -176,15 +171,12 @@ def standard_normal_log_prob(x, axis=-1):
 def bernoulli_log_prob(x, logits, axis=-1):
     """log Bernoulli(x; sigmoid(logits)), in nats, summed over `axis`.
 
-    Computed as `x * l - max(l, 0) - log1p(exp(-|l|))` (the form of
-    `keras.losses.binary_crossentropy(from_logits=True)`), which is accurate
-    to float32 round-off in both tails for binary `x` (e.g. `x = 1` with a
-    large positive logit, where `x * l - softplus(l)` cancels), works for
-    any `x` in [0, 1] (also non-binary targets), and is finite for any
-    finite logits. The gradient is defined in closed form, `x - sigmoid(l)`
-    for the logits (the true `x - 1/2` at `l = 0` too) and `l` for `x`,
-    summed like the value: one pass over the data in the backward step
-    (see docs/BENCHMARKS.md, "Profiling").
+    Computed as `x * l - max(l, 0) - log1p(exp(-|l|))` (as
+    `keras.losses.binary_crossentropy(from_logits=True)`): accurate to
+    float32 round-off in both tails, valid for any `x` in [0, 1], finite for
+    finite logits. The gradient is in closed form (`x - sigmoid(l)` for the
+    logits, `l` for `x`), summed like the value: one pass over the data in
+    the backward step.
 
     Args:
         x: tensor of targets in [0, 1].
@@ -202,8 +194,7 @@ def bernoulli_log_prob(x, logits, axis=-1):
     array([-2.7726, -2.7726], dtype=float32)
     """
     check_broadcastable(("x", "logits"), (x, logits))
-    x = _float32(x)
-    logits = _float32(logits)
+    x, logits = _float32(x), _float32(logits)
     rank = max(len(x.shape), len(logits.shape))
     axes = _normalize_axes(axis, rank)
     # On torch, skip the gradient for x when x does not need one (TF and
@@ -290,10 +281,8 @@ def log_mean_exp(x, axis=0, keepdims=False):
     0.6931471824645996
     """
     x = _float32(x)
-    n = ops.shape(x)[axis]
-    return ops.logsumexp(x, axis=axis, keepdims=keepdims) - ops.log(
-        ops.cast(n, "float32")
-    )
+    log_n = ops.log(ops.cast(ops.shape(x)[axis], "float32"))
+    return ops.logsumexp(x, axis=axis, keepdims=keepdims) - log_n
 
 
 @_renamed_arguments(mean="z_mean", log_var="z_log_var")
@@ -303,10 +292,8 @@ def reparameterize(z_mean, z_log_var, seed=None, num_samples=None):
     Args:
         z_mean: tensor of means.
         z_log_var: tensor of log-variances, the same shape (clamped).
-        seed: what `keras.random` functions take: a
-            `keras.random.SeedGenerator` (stateful: pass a layer's generator
-            for reproducible sampling that advances on each call), an int
-            (the same int gives the same draws) or `None`.
+        seed: a `keras.random.SeedGenerator` (draws that advance on each
+            call), an int (the same int gives the same draws) or `None`.
         num_samples: `None` for one sample of the shape of `mean`, or an int
             k for k samples stacked on a new leading axis: `(k,) + shape`.
 
@@ -343,7 +330,6 @@ def free_bits_penalty(batch_mean_per_dim_kl, free_bits=0.0, mode="total"):
     `mode="total"`; `sum_d max(KL_d - free_bits, 0)` for `mode="per_dim"`
     (Kingma et al. 2016), where `KL_d` is the batch-mean KL of latent
     dimension d. Below the threshold the term and its gradient are zero.
-    Shared by `keras_vib.layers.VIB` and `keras_vib.models.VAE`.
 
     Args:
         batch_mean_per_dim_kl: float32 tensor `(latent_dim,)`.

@@ -15,30 +15,26 @@ from keras_vib.models.latent_variable_model import weighted_mean
 class IWAE(LatentVariableModel):
     """Importance weighted autoencoder (Burda et al. 2015), trained with `fit`.
 
-    The same API as `VAE` (encode, decode, generate, reconstruct,
-    interpolate, log_likelihood, saving), but the loss is the negative
-    k-sample bound `-mean_batch(L_k)` of `keras_vib.losses.iwae_bound`. The k
-    samples go through the decoder in one batched call of k * batch rows.
-    `fit`/`evaluate` log `loss`, `iwae_bound` (the mean bound, nats; equal to
-    `-loss` unless the networks add losses of their own) and `kl` (the
-    closed-form KL(q(z|x) || N(0, I)) in nats, a diagnostic), with `val_`
-    versions. `compile` and `fit` check their arguments as in `VAE`.
+    The API of `VAE`, but the loss is the negative k-sample bound
+    `-mean_batch(L_k)` of `keras_vib.losses.iwae_bound` (the k samples go
+    through the decoder in one call). `fit`/`evaluate` log `loss`,
+    `iwae_bound` (the mean bound, nats) and `kl` (the closed-form
+    KL(q(z|x) || N(0, I)) in nats, a diagnostic), with `val_` versions.
 
     Args:
         encoder: a `keras.Model` mapping x to `(z_mean, z_log_var)`.
         decoder: a `keras.Model` mapping z to logits or means (see `VAE`).
         num_samples: int >= 1, k. With k=1 the loss is the VAE's negative
             ELBO estimated with a sampled (not closed-form) KL.
-        gradient_estimator: `"iwae"` or `"dreg"` (doubly reparameterized
-            encoder gradients, Tucker et al. 2018: the same bound value,
-            lower-variance encoder gradients, one more decoder forward pass).
+        gradient_estimator: `"iwae"` or `"dreg"` (Tucker et al. 2018: the
+            same value, lower-variance encoder gradients; see `iwae_bound`).
         likelihood: as in `VAE`.
         seed: int or `None`, seeds the model's `SeedGenerator`.
         **kwargs: `keras.Model` keyword arguments.
 
     Call arguments:
         inputs: a batch of data.
-        training: bool; decode a sample z (`True`) or z_mean.
+        training: bool, as in `VAE`.
 
     Returns:
         The reconstruction, `(batch,) + data_shape`.
@@ -98,18 +94,13 @@ class IWAE(LatentVariableModel):
             seed=self.seed_generator,
             training=training,
         )
-        kl = vib_ops.gaussian_kl(
-            ops.reshape(z_mean, (ops.shape(z_mean)[0], -1)),
-            ops.reshape(z_log_var, (ops.shape(z_log_var)[0], -1)),
-        )
+        latent_axes = tuple(range(1, len(z_mean.shape)))
+        kl = vib_ops.gaussian_kl(z_mean, z_log_var, axis=latent_axes)
         self.iwae_bound_tracker.update_state(
             ops.stop_gradient(bound), sample_weight=sample_weight
         )
         self.kl_tracker.update_state(kl, sample_weight=sample_weight)
-        return (
-            -weighted_mean(bound, sample_weight)
-            + self._loss_terms_from_layers()
-        )
+        return -weighted_mean(bound, sample_weight)
 
     def get_config(self):
         return {

@@ -10,35 +10,26 @@ from keras import ops
 from keras_vib import _compat
 from keras_vib import _graph
 from keras_vib import likelihoods
-from keras_vib import ops as vib_ops
 from keras_vib._seed_state import SeedStateSavingMixin
 from keras_vib._validation import check_int
 from keras_vib._validation import check_positive_int
 from keras_vib._validation import check_seed
 from keras_vib.models.log_likelihood import log_likelihood
 
-_ENCODER_OUTPUTS = (
-    "Expected a model that maps x to [z_mean, z_log_var], two tensors of "
-    "equal shape (a third output z of that shape, as the keras.io VAE "
-    "example's encoder returns, is accepted and ignored: the model draws z "
-    "itself)."
-)
 
-
-def _check_posterior_pair(outputs, source):
-    """Return `(z_mean, z_log_var)` from an encoder's outputs, or raise.
-
-    Accepts `[z_mean, z_log_var]` and the keras.io convention
-    `[z_mean, z_log_var, z]` (z of the same shape, ignored).
-    """
+def _posterior(outputs, received):
+    """`(z_mean, z_log_var)` from an encoder's outputs, or raise."""
     if (
         not isinstance(outputs, (list, tuple))
         or len(outputs) not in (2, 3)
         or any(tuple(t.shape) != tuple(outputs[0].shape) for t in outputs)
     ):
         raise ValueError(
-            "Invalid value received for argument `encoder`. "
-            f"{_ENCODER_OUTPUTS} Received: {source} {_describe(outputs)}"
+            "Invalid value received for argument `encoder`. Expected a model "
+            "that maps x to [z_mean, z_log_var], two tensors of equal shape "
+            "(a third output z of that shape, as the keras.io VAE example's "
+            "encoder returns, is accepted and ignored: the model draws z "
+            f"itself). Received: {received} {_describe(outputs)}"
         )
     return outputs[0], outputs[1]
 
@@ -62,33 +53,13 @@ _ACTIVATION_LAYERS = (
 )
 
 
-def _activation_of(operation):
-    """`(activation, operation)`: what `operation` applies last, or Nones."""
-    if isinstance(operation, keras.layers.Activation):
-        return operation.activation, operation
-    if isinstance(operation, _ACTIVATION_LAYERS):
-        return operation, operation
-    if isinstance(operation, keras.layers.Layer):
-        activation = getattr(operation, "activation", None)
-        if callable(activation):
-            return activation, operation
-        return None, None
-    if isinstance(operation, keras.Operation):  # e.g. keras.ops.sigmoid
-        return operation, operation
-    return None, None
-
-
 class _DataRange(keras.metrics.Metric):
-    """The smallest and largest data value seen since the last reset.
+    """The smallest and largest data value seen since the last reset: a
+    metric, so that compiled steps update it on every backend; `result` is
+    empty, so nothing is logged."""
 
-    A metric, so that its variables are updated inside compiled train and
-    test steps on every backend; `result` is empty, so it is not logged.
-    `_DataRangeCheck` reads it to refuse data outside the likelihood's
-    support.
-    """
-
-    def __init__(self, name="data_range", **kwargs):
-        super().__init__(name=name, **kwargs)
+    def __init__(self):
+        super().__init__(name="data_range")
         self.low, self.high = (
             self.add_variable(
                 shape=(),
@@ -112,71 +83,57 @@ class _DataRange(keras.metrics.Metric):
     def result(self):
         return {}
 
-    def values(self):
-        """`(low, high)` as Python floats (`(inf, -inf)` before any data)."""
-        return (
-            float(ops.convert_to_numpy(self.low)),
-            float(ops.convert_to_numpy(self.high)),
-        )
-
 
 class _DataRangeCheck(keras.callbacks.Callback):
     """Raises in `fit`/`evaluate` once data outside the support is seen.
 
     It reads the model's `_DataRange` after the first batch of each epoch
-    (and of each evaluation), and at their ends: a few reads per epoch,
-    nothing per step.
+    and evaluation, and at their ends: a few reads per epoch, none per step.
+    An empty range (inf, -inf) passes every support.
     """
 
-    def __init__(self, owner):
+    def __init__(self, model, in_fit):
         super().__init__()
-        self._owner = owner
-        self._training = False
-        self._checked_train = False
-        self._checked_test = False
+        self.set_model(model)
+        self._in_fit = in_fit
+        self._argument = "x"  # where the data being checked came from
+        self._first_batch = True
 
-    def _check(self, argument):
-        owner = self._owner
-        # JAX keeps the state outside the variables during a loop.
-        sync = getattr(owner, "jax_state_sync", None)
-        if sync is not None:
-            sync()
-        low, high = owner._data_range.values()
-        if low <= high or low != low or high != high:  # some data was seen
-            owner.likelihood.check_data_range(low, high, argument)
-
-    def on_train_begin(self, logs=None):
-        self._training = True
-
-    def on_train_end(self, logs=None):
-        self._training = False
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._checked_train = False
+    def _check(self):
+        self._first_batch = False
+        model = self.model  # on JAX, this syncs the loop's state first
+        low, high = (
+            float(ops.convert_to_numpy(v))
+            for v in (model._data_range.low, model._data_range.high)
+        )
+        model.likelihood.check_data_range(low, high, self._argument)
 
     def on_train_batch_end(self, batch, logs=None):
-        if not self._checked_train:
-            self._checked_train = True
-            self._check("x")
+        if self._first_batch:
+            self._check()
 
-    def on_test_begin(self, logs=None):
-        self._checked_test = False
-        if self._training:  # the rest of this epoch's training data
-            self._check("x")
+    on_test_batch_end = on_train_batch_end
 
-    def on_test_batch_end(self, batch, logs=None):
-        if not self._checked_test:
-            self._checked_test = True
-            self._check(self._test_argument())
-
-    def on_test_end(self, logs=None):
-        self._check(self._test_argument())
+    def on_epoch_begin(self, epoch, logs=None):
+        self._first_batch = True
 
     def on_epoch_end(self, epoch, logs=None):
-        self._check("x")
+        self._check()
 
-    def _test_argument(self):
-        return "validation_data" if self._training else "x"
+    def on_test_begin(self, logs=None):
+        if self._in_fit:  # the rest of this epoch's training data
+            self._check()
+            self._argument = "validation_data"
+        self._first_batch = True
+
+    def on_test_end(self, logs=None):
+        self._check()
+        self._argument = "x"
+
+
+def _bind(method, args, kwargs):
+    """The arguments of a call `method(model, *args, **kwargs)`."""
+    return inspect.signature(method).bind(None, *args, **kwargs)
 
 
 def _with_range_check(model, method, args, kwargs):
@@ -184,27 +141,25 @@ def _with_range_check(model, method, args, kwargs):
     added to `callbacks` if its likelihood has a support."""
     if model.likelihood.support is None:
         return args, kwargs
-    callback = _DataRangeCheck(model)
-    bound = inspect.signature(method).bind(None, *args, **kwargs)
+    bound = _bind(method, args, kwargs)
+    check = _DataRangeCheck(model, in_fit=method is keras.Model.fit)
     callbacks = bound.arguments.get("callbacks")
-    if isinstance(callbacks, keras.callbacks.CallbackList):
-        # fit's validation calls evaluate with fit's own CallbackList.
-        if not any(isinstance(c, _DataRangeCheck) for c in callbacks.callbacks):
-            callbacks.append(callback)
-    else:
-        bound.arguments["callbacks"] = list(callbacks or []) + [callback]
+    if not isinstance(callbacks, keras.callbacks.CallbackList):
+        bound.arguments["callbacks"] = [*(callbacks or []), check]
+    # fit's validation passes fit's own CallbackList, which has its check.
+    elif not any(isinstance(c, _DataRangeCheck) for c in callbacks.callbacks):
+        callbacks.append(check)
     return bound.args[1:], bound.kwargs
 
 
 class LatentVariableModel(SeedStateSavingMixin, keras.Model):
     """Base class of `VAE` and `IWAE`: x -> q(z|x) -> z -> p(x|z).
 
-    How the loss gets the forward pass: in training, `call` returns a dict
-    (`z_mean`, `z_log_var` and whatever `_training_forward` adds), which
-    Keras hands to `compute_loss` as `y_pred`, on every backend. In
-    evaluation `call` returns the reconstruction (what `predict` must
-    return), so `compute_loss` encodes `x` itself. Subclasses implement
-    `_training_forward` and `_loss`. See `VAE` for the arguments.
+    In training, `call` returns `_forward`'s dict (`z_mean`, `z_log_var` and
+    what a subclass adds), which Keras hands to `compute_loss` as `y_pred`
+    on every backend. In evaluation `call` returns the reconstruction (what
+    `predict` must return), so `compute_loss` runs `_forward` itself.
+    Subclasses implement `_loss`. See `VAE` for the arguments.
     """
 
     def __init__(
@@ -218,8 +173,7 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
                     "a keras.Model (or keras.layers.Layer). Received: "
                     f"{arg}={value!r}"
                 )
-        self.encoder = encoder
-        self.decoder = decoder
+        self.encoder, self.decoder = encoder, decoder
         self.likelihood = likelihoods.get(likelihood)
         self.seed = check_seed("seed", seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
@@ -230,18 +184,13 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
             self.built = True
 
     def _check_networks(self):
-        """Static checks where the networks are functional (shapes known).
-
-        The encoder must return `[z_mean, z_log_var]` (or keras.io's
-        `[z_mean, z_log_var, z]`); the decoder must take z and return the
-        data's shape, through a final activation that fits the likelihood
-        (see `keras_vib.likelihoods.Likelihood.check_output_activation`).
-        """
+        """Static checks where the networks are functional (shapes known):
+        the encoder's outputs, the decoder's input and output shapes, and
+        its final activation against the likelihood (see
+        `keras_vib.likelihoods.Likelihood.check_output_activation`)."""
         enc_outputs = getattr(self.encoder, "outputs", None)
         if enc_outputs is not None:
-            z_mean, _ = _check_posterior_pair(
-                list(enc_outputs), "an encoder with"
-            )
+            z_mean, _ = _posterior(list(enc_outputs), "an encoder with")
             self._latent_shape = tuple(z_mean.shape)[1:]
         dec_inputs = getattr(self.decoder, "inputs", None)
         if dec_inputs is not None and len(dec_inputs) == 1:
@@ -271,56 +220,41 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
                     f"Received: a decoder with {_describe(list(dec_outputs))}"
                 )
         chains = _graph.output_chains(self.decoder)
-        activation, layer = (
-            _activation_of(chains[0][-1])
-            if len(chains) == 1 and chains[0]
-            else (None, None)
-        )
-        if activation is not None:
-            self.likelihood.check_output_activation(activation, layer)
+        if len(chains) != 1 or not chains[0]:
+            return
+        last = chains[0][-1]
+        activation = last  # an activation layer, or e.g. keras.ops.sigmoid
+        if isinstance(last, keras.layers.Activation):
+            activation = last.activation
+        elif isinstance(last, keras.layers.Layer) and not isinstance(
+            last, _ACTIVATION_LAYERS
+        ):
+            activation = getattr(last, "activation", None)
+        if callable(activation):
+            self.likelihood.check_output_activation(activation, last)
 
-    def _encode(self, x, training=None):
-        outputs = self.encoder(x, training=training)
-        z_mean, z_log_var = _check_posterior_pair(outputs, "encoder returned")
-        if self._latent_shape is None:
-            self._latent_shape = tuple(z_mean.shape)[1:]
-        return z_mean, z_log_var
+    #: What the loss is, for messages.
+    _objective_name = "its own loss"
 
-    def _sample_z(self, z_mean, z_log_var):
-        return vib_ops.reparameterize(
-            z_mean, ops.cast(z_log_var, z_mean.dtype), seed=self.seed_generator
-        )
-
-    def _training_forward(self, x, z_mean, z_log_var, training):
-        """Extra tensors the loss needs from the forward pass (a dict)."""
-        return {}
+    def _forward(self, x, training):
+        """The dict of tensors the loss needs (see the class docstring)."""
+        z_mean, z_log_var = self.encode(x, training=training)
+        return {"z_mean": z_mean, "z_log_var": z_log_var}
 
     def _loss(self, x, forward, sample_weight, training):
         """The loss from `x` and the forward-pass dict; updates metrics."""
         raise NotImplementedError
-
-    #: What the loss is, for messages.
-    _objective_name = "its own loss"
 
     def build(self, input_shape=None):
         if not self.encoder.built and input_shape is not None:
             self.encoder.build(input_shape)
         self.built = True
 
-    def _forward(self, x, training):
-        """The dict of tensors the loss needs (see the class docstring)."""
-        z_mean, z_log_var = self._encode(x, training=training)
-        return {
-            "z_mean": z_mean,
-            "z_log_var": z_log_var,
-            **self._training_forward(x, z_mean, z_log_var, training),
-        }
-
     def call(self, inputs, training=None):
         if training:
             return self._forward(inputs, training)
-        z_mean, _ = self._encode(inputs, training=training)
-        return self.likelihood.mean(self.decoder(z_mean, training=training))
+        z_mean, _ = self.encode(inputs, training=training)
+        return self.decode(z_mean, training=training)
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -339,19 +273,16 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
         if self.likelihood.support is not None:
             self._data_range.update_state(x)
         loss = self._loss(x, forward, sample_weight, training)
+        if self.losses:  # regularizers and add_loss() terms of the networks
+            loss += ops.sum(
+                ops.stack([ops.cast(term, "float32") for term in self.losses])
+            )
         return _compat.scale_loss_for_distribution(loss)
 
     def compile(self, *args, **kwargs):
-        """`keras.Model.compile` without `loss`: the model has its own.
-
-        The loss is the model's objective (the negative ELBO for `VAE`, the
-        negative k-sample bound for `IWAE`). A `loss` passed here would be
-        ignored, so it is refused with a `ValueError`.
-        """
-        bound = inspect.signature(keras.Model.compile).bind(
-            None, *args, **kwargs
-        )
-        loss = bound.arguments.get("loss")
+        """`keras.Model.compile`, refusing a `loss` (a `ValueError`): the
+        model trains on its own objective."""
+        loss = _bind(keras.Model.compile, args, kwargs).arguments.get("loss")
         if loss is not None:
             raise ValueError(
                 "Invalid value received for argument `loss`. "
@@ -377,10 +308,9 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`, refusing data outside the likelihood's support.
 
-        With a likelihood that has a `support` (`"bernoulli"`: data in
-        [0, 1]), the range of `x` (and of `validation_data`) is tracked in
-        the train step, and a `ValueError` is raised after the first batch
-        that falls outside it, or at the end of the epoch.
+        With a `support` (`"bernoulli"`: [0, 1]), the range of `x` and
+        `validation_data` is read after the first batch and at the end of
+        each epoch; data outside it raises a `ValueError`.
         """
         args, kwargs = _with_range_check(self, keras.Model.fit, args, kwargs)
         return super().fit(*args, **kwargs)
@@ -392,15 +322,6 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
         )
         return super().evaluate(*args, **kwargs)
 
-    def _loss_terms_from_layers(self):
-        # Regularizers and add_loss() terms of the encoder and decoder.
-        losses = self.losses
-        if not losses:
-            return 0.0
-        return ops.sum(
-            ops.stack([ops.cast(loss, "float32") for loss in losses])
-        )
-
     @property
     def latent_shape(self):
         """The shape of z without the batch axis, e.g. `(32,)`."""
@@ -408,7 +329,11 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
 
     def encode(self, x, training=False):
         """Return `(z_mean, z_log_var)` of q(z|x)."""
-        return self._encode(x, training=training)
+        outputs = self.encoder(x, training=training)
+        z_mean, z_log_var = _posterior(outputs, "encoder returned")
+        if self._latent_shape is None:
+            self._latent_shape = tuple(z_mean.shape)[1:]
+        return z_mean, z_log_var
 
     def decode(self, z, training=False):
         """Return the mean of p(x|z): probabilities (Bernoulli) or means."""
@@ -416,7 +341,7 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
 
     def reconstruct(self, x):
         """Decode the posterior mean of `x`: `decode(encode(x)[0])`."""
-        return self.decode(self._encode(x, training=False)[0])
+        return self.decode(self.encode(x)[0])
 
     def generate(self, n, seed=None):
         """Decode `n` draws z ~ N(0, I) from the prior.
@@ -458,8 +383,7 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
             Tensor `(batch, steps) + data_shape`.
         """
         steps = check_int("steps", steps, minimum=2)
-        z1 = self._encode(x1, training=False)[0]
-        z2 = self._encode(x2, training=False)[0]
+        z1, z2 = self.encode(x1)[0], self.encode(x2)[0]
         if tuple(z1.shape) != tuple(z2.shape):
             raise ValueError(
                 "Invalid value received for arguments `x1` and `x2`. Expected "
@@ -467,10 +391,8 @@ class LatentVariableModel(SeedStateSavingMixin, keras.Model):
                 f"x1.shape={tuple(x1.shape)}, "
                 f"x2.shape={tuple(x2.shape)}"
             )
-        t = ops.linspace(0.0, math.pi / 2, steps)
-        t = ops.reshape(
-            ops.cast(t, z1.dtype), (1, steps) + (1,) * (len(z1.shape) - 1)
-        )
+        t = ops.cast(ops.linspace(0.0, math.pi / 2, steps), z1.dtype)
+        t = ops.reshape(t, (1, steps) + (1,) * (len(z1.shape) - 1))
         z = ops.expand_dims(z1, 1) * ops.cos(t)
         z += ops.expand_dims(z2, 1) * ops.sin(t)
         batch = ops.shape(z1)[0]

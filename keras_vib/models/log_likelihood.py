@@ -1,21 +1,20 @@
 """Importance-sampled log p(x), evaluated in chunks of samples.
 
 `log p(x) ~= log (1/K) sum_{j<K} p(x|z_j) p(z_j) / q(z_j|x)`, `z_j ~ q(z|x)`:
-the K-sample IWAE bound with a large K (5000 in Burda et al. 2015). The K
-samples are processed `chunk_size` at a time; each chunk's `logsumexp` is
-folded into a running `logaddexp`, so peak memory depends on `chunk_size`
-and `batch_size`, never on K.
+the K-sample IWAE bound with a large K (5000 in Burda et al. 2015). Each
+chunk of `chunk_size` samples is folded into a running `logaddexp`, so
+memory does not grow with K.
 
-Reproducibility. The noise is drawn in fixed blocks of `NOISE_BLOCK` samples,
-each from its own seed derived from `(seed, batch index, block index)`, and
-chunks are cut out of those blocks. So sample j of an example gets the same
-noise whatever `chunk_size` is: results with any `chunk_size` are the same
-estimate and agree to float32 round-off (the logsumexp is only re-associated).
-The draws come from NumPy's generator, so they are also the same on every
-backend. They depend on `seed` and `batch_size`.
+The noise comes in fixed blocks of `NOISE_BLOCK` samples, each drawn by
+NumPy from a seed derived from `(seed, batch index, block index)`, and
+chunks are cut out of the blocks. So the draws depend on `seed` and
+`batch_size` only: any `chunk_size`, on any backend, gives the same
+estimate up to float32 round-off (the logsumexp is only re-associated).
 """
 
 import concurrent.futures
+import contextlib
+import functools
 import math
 import weakref
 
@@ -43,22 +42,15 @@ _ROWS_PER_CHUNK = 1024
 _CHUNK_FUNCTIONS = weakref.WeakKeyDictionary()
 
 
-def _cached_chunk_function(model):
+def _chunk_function(model):
+    """`(x, z_mean, z_log_var, noise, sample_mask) -> logsumexp_j log w_j`,
+    compiled for inference (`_backend.inference_function`) once per model.
+    It holds the decoder and the likelihood, not the model."""
     try:
-        function = _CHUNK_FUNCTIONS.get(model)
-    except TypeError:  # not weak-referenceable
-        return _chunk_function(model.decoder, model.likelihood)
-    if function is None:
-        function = _chunk_function(model.decoder, model.likelihood)
-        _CHUNK_FUNCTIONS[model] = function
-    return function
-
-
-def _chunk_function(decoder, likelihood):
-    """`(x, z_mean, z_log_var, noise) -> logsumexp_j log w_j`, compiled
-    for inference (`_backend.inference_function`). It holds the decoder and
-    the likelihood, not the model.
-    """
+        return _CHUNK_FUNCTIONS[model]
+    except (KeyError, TypeError):  # not compiled yet, or not weak-referable
+        pass
+    decoder, likelihood = model.decoder, model.likelihood
 
     def chunk_logsumexp(x, z_mean, z_log_var, noise, sample_mask):
         log_w = vib_losses.iwae_log_weights(
@@ -74,7 +66,10 @@ def _chunk_function(decoder, likelihood):
         return ops.logsumexp(log_w + sample_mask[:, None], axis=0)
 
     variables = list(decoder.variables) + list(likelihood.variables)
-    return _backend.inference_function(chunk_logsumexp, variables)
+    function = _backend.inference_function(chunk_logsumexp, variables)
+    with contextlib.suppress(TypeError):
+        _CHUNK_FUNCTIONS[model] = function
+    return function
 
 
 def log_likelihood(
@@ -98,13 +93,10 @@ def log_likelihood(
         x: array `(n,) + data_shape`.
         num_samples: int >= 1, K.
         batch_size: int >= 1, examples per encoder call.
-        chunk_size: int >= 1 or `None`, samples per decoder call (the decoder
-            sees `chunk_size * batch_size` rows). `None` picks about 1024
-            rows. It changes memory and speed, not the result (see the
-            module docstring).
-        seed: int or `None`. The same int (with the same `batch_size`) gives
-            the same draws, on every backend, and so the same result; `None`
-            draws a fresh seed.
+        chunk_size: int >= 1 or `None` (about 1024 decoder rows), samples
+            per decoder call. It changes memory and speed, not the result.
+        seed: int or `None` (a fresh seed). The same int and `batch_size`
+            give the same result on every backend.
         verbose: 0 (silent), 1 (progress bar) or 2 (one line at the end).
 
     Returns:
@@ -157,16 +149,19 @@ def log_likelihood(
     batch_size = min(batch_size, n)
     num_batches = math.ceil(n / batch_size)
     num_chunks = math.ceil(num_samples / chunk_size)
-    progbar = None
-    if verbose:
-        progbar = keras.utils.Progbar(
-            num_batches * num_chunks, verbose=verbose, unit_name="chunk"
-        )
-    chunk_fn = _cached_chunk_function(model)
+    progbar = keras.utils.Progbar(
+        num_batches * num_chunks, verbose=verbose, unit_name="chunk"
+    )
+    chunk_fn = _chunk_function(model)
+    encode = _backend.without_gradients(model.encode)
+    latent_shape = getattr(model, "latent_shape", None)
+    if latent_shape is None:
+        x_first = ops.convert_to_tensor(x[:1], "float32")
+        latent_shape = encode(x_first)[0].shape[1:]
     log_k = math.log(num_samples)
     results = []
     noise_stream = _noise_stream(
-        seed, n, batch_size, num_samples, chunk_size, _latent_shape(model, x)
+        seed, n, batch_size, num_samples, chunk_size, tuple(latent_shape)
     )
     # The next chunk's noise is drawn on a second thread (NumPy releases
     # the GIL while it draws) while the backend evaluates this chunk.
@@ -181,7 +176,7 @@ def log_likelihood(
                 pad = [(0, batch_size - num_real)] + [(0, 0)] * (x.ndim - 1)
                 x_batch = np.pad(x_batch, pad, mode="edge")
             x_batch = ops.convert_to_tensor(x_batch, "float32")
-            z_mean, z_log_var = _encode_for_evaluation(model, x_batch)
+            z_mean, z_log_var = encode(x_batch)
             total = None
             for _ in range(num_chunks):
                 noise, mask = pending.result()
@@ -194,72 +189,41 @@ def log_likelihood(
                     ops.convert_to_tensor(mask),
                 )
                 total = chunk if total is None else ops.logaddexp(total, chunk)
-                if progbar is not None:
-                    progbar.add(1)
+                progbar.add(1)
             results.append(ops.convert_to_numpy(total - log_k)[:num_real])
     return np.concatenate(results).astype("float32")
-
-
-def _latent_shape(model, x):
-    latent_shape = getattr(model, "latent_shape", None)
-    if latent_shape is None:
-        x_first = ops.convert_to_tensor(x[:1], "float32")
-        latent_shape = _encode_for_evaluation(model, x_first)[0].shape[1:]
-    return tuple(latent_shape)
 
 
 def _noise_stream(seed, n, batch_size, num_samples, chunk_size, latent_shape):
     """Yield `(noise, mask)` for every chunk of every batch, in order.
 
-    `noise` is `(chunk_size, batch_size) + latent_shape`; the last chunk is
-    padded with zeros and `mask` (`(chunk_size,)`) is 0 for real samples
-    and -inf for padding.
+    `noise` is `(chunk_size, batch_size) + latent_shape`, cut out of the
+    blocks of the module docstring (drawn on the host: no per-shape
+    compilation on JAX). Padding rows repeat the first row's noise; the last
+    chunk is padded with zeros, and `mask` is -inf there (0 elsewhere).
     """
+
+    @functools.lru_cache(maxsize=1)  # consecutive chunks share a block
+    def block(batch_index, index, num_real):
+        block_seed = np.random.SeedSequence([seed, batch_index, index])
+        rng = np.random.default_rng(int(block_seed.generate_state(1)[0]))
+        shape = (NOISE_BLOCK, num_real) + latent_shape
+        return rng.standard_normal(shape, dtype=np.float32)
+
     for b in range(math.ceil(n / batch_size)):
         num_real = min(batch_size, n - b * batch_size)
-        blocks = {}
         for start in range(0, num_samples, chunk_size):
             stop = min(start + chunk_size, num_samples)
-            noise = _noise(
-                blocks, seed, b, num_real, start, stop, batch_size, latent_shape
+            first, last = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
+            noise = np.concatenate(
+                [block(b, i, num_real) for i in range(first, last + 1)]
             )
+            offset = start - first * NOISE_BLOCK
+            noise = noise[offset : offset + stop - start]
+            padding_rows = np.repeat(noise[:, :1], batch_size - num_real, 1)
+            noise = np.concatenate([noise, padding_rows], axis=1)
+            pad = [(0, chunk_size - (stop - start))]
+            noise = np.pad(noise, pad + [(0, 0)] * (noise.ndim - 1))
             mask = np.zeros(chunk_size, "float32")
-            if stop - start < chunk_size:
-                pad = [(0, chunk_size - (stop - start))]
-                noise = np.pad(noise, pad + [(0, 0)] * (noise.ndim - 1))
-                mask[stop - start :] = -np.inf
+            mask[stop - start :] = -np.inf
             yield noise, mask
-
-
-def _encode_for_evaluation(model, x_batch):
-    return _backend.without_gradients(model.encode)(x_batch)
-
-
-def _noise(
-    blocks, seed, batch_index, num_real, start, stop, batch_size, latent_shape
-):
-    """Standard normal noise for samples [start, stop) of one batch.
-
-    Slices of per-block draws, each block from its own seed. The draws are
-    made with NumPy on the host: no per-shape compilation on JAX, and the
-    same noise on every backend. Padding rows (beyond `num_real`, up to
-    `batch_size`) repeat the first row's noise; their results are discarded.
-    """
-    first, last = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
-    for index in [index for index in blocks if index < first]:
-        del blocks[index]
-    shape = (NOISE_BLOCK, num_real) + tuple(latent_shape)
-    for index in range(first, last + 1):
-        if index not in blocks:
-            block_seed = np.random.SeedSequence([seed, batch_index, index])
-            rng = np.random.default_rng(int(block_seed.generate_state(1)[0]))
-            blocks[index] = rng.standard_normal(shape, dtype=np.float32)
-    noise = np.concatenate([blocks[i] for i in range(first, last + 1)], axis=0)
-    offset = start - first * NOISE_BLOCK
-    noise = noise[offset : offset + (stop - start)]
-    num_pad = batch_size - num_real
-    if num_pad:
-        noise = np.concatenate(
-            [noise, np.repeat(noise[:, :1], num_pad, axis=1)], axis=1
-        )
-    return noise

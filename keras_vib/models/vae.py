@@ -14,22 +14,14 @@ from keras_vib.models.latent_variable_model import weighted_mean
 class VAE(LatentVariableModel):
     """Variational autoencoder, trained with `fit` on every Keras backend.
 
-    The loss per batch is the negative ELBO with a weighted KL,
-
-    `mean_batch(-log p(x|z)) + kl_weight * KL`,   `z ~ q(z|x)` (one sample),
-
-    with `KL = mean_batch(KL(q(z|x) || N(0, I)))` in closed form, summed over
-    latent dimensions. `fit`/`evaluate` log `loss`, `reconstruction_loss`
-    (the negative log-likelihood term, nats per example) and `kl` (the true
+    The loss is the negative ELBO `mean_batch(-log p(x|z)) + kl_weight * KL`
+    (one sample `z ~ q(z|x)`), with `KL = mean_batch(KL(q(z|x) || N(0, I)))`
+    in closed form, summed over latent dimensions, plus the encoder's and
+    decoder's own losses (regularizers, `add_loss`). `fit`/`evaluate` log
+    `loss`, `reconstruction_loss` (nats per example) and `kl` (the true
     batch-mean KL in nats, whatever `kl_weight` and `free_bits` are), with
-    `val_` versions under `validation_data`. Losses added by the encoder or
-    decoder (regularizers, `add_loss`) are included in `loss`.
-
-    `kl_weight` and `free_bits` work as in `keras_vib.layers.VIB`.
-
-    `predict(x)` and `model(x)` return reconstructions: the mean of p(x|z) at
-    z = z_mean (probabilities for `"bernoulli"`). With `training=True` they
-    return the loss's inputs (see `LatentVariableModel`).
+    `val_` versions. `kl_weight` and `free_bits` work as in
+    `keras_vib.layers.VIB`.
 
     `fit(x)` takes no targets, `compile` no `loss` (the reconstruction term
     is set by `likelihood`), and data outside the likelihood's support
@@ -45,8 +37,7 @@ class VAE(LatentVariableModel):
             (unit variance), a `keras_vib.likelihoods.Gaussian(variance=...,
             learn_variance=...)` or another `keras_vib.likelihoods.Likelihood`,
             or a callable `fn(x, outputs) -> (n,)` log-probabilities.
-        kl_weight: finite float >= 0, the initial weight (beta) of the KL
-            term.
+        kl_weight: finite float >= 0, the initial KL weight (beta).
         free_bits: finite float >= 0, KL threshold in nats (0 disables).
         free_bits_mode: `"total"` or `"per_dim"`.
         seed: int or `None`, seeds the model's `SeedGenerator` (sampling in
@@ -55,10 +46,12 @@ class VAE(LatentVariableModel):
 
     Call arguments:
         inputs: a batch of data `(batch,) + data_shape`.
-        training: bool; sample z (`True`) or use z_mean.
+        training: bool; `True` returns the loss's inputs instead (a dict,
+            see `LatentVariableModel`).
 
     Returns:
-        The reconstruction, `(batch,) + data_shape`.
+        The reconstruction, `(batch,) + data_shape`: the mean of p(x|z) at
+        z = z_mean (probabilities for `"bernoulli"`), as `predict` returns.
 
     Example:
 
@@ -131,9 +124,13 @@ class VAE(LatentVariableModel):
         """`(total, count)` variables of the running KL (see `VIB`)."""
         return self.kl_tracker.total, self.kl_tracker.count
 
-    def _training_forward(self, x, z_mean, z_log_var, training):
-        z = self._sample_z(z_mean, z_log_var)
-        return {"decoder_outputs": self.decoder(z, training=training)}
+    def _forward(self, x, training):
+        forward = super()._forward(x, training)
+        z = vib_ops.reparameterize(
+            forward["z_mean"], forward["z_log_var"], seed=self.seed_generator
+        )
+        forward["decoder_outputs"] = self.decoder(z, training=training)
+        return forward
 
     def _loss(self, x, forward, sample_weight, training):
         z_mean, z_log_var = forward["z_mean"], forward["z_log_var"]
@@ -155,7 +152,6 @@ class VAE(LatentVariableModel):
         return (
             weighted_mean(reconstruction, sample_weight)
             + self.kl_weight * penalty
-            + self._loss_terms_from_layers()
         )
 
     def get_config(self):
