@@ -5,13 +5,12 @@ import math
 import keras
 from keras import ops
 
-from keras_vib._validation import check_choice
-from keras_vib._validation import check_log_name
-from keras_vib.callbacks import _bottlenecks
+from keras_vib.callbacks._kl_weight_callback import KLWeightCallback
+from keras_vib.callbacks._kl_weight_callback import read
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
-class KLWeightScheduler(keras.callbacks.Callback):
+class KLWeightScheduler(KLWeightCallback):
     """Sets the `kl_weight` of keras_vib bottlenecks from a schedule.
 
     At the start of every epoch (`update_per="epoch"`) or every training
@@ -69,21 +68,15 @@ class KLWeightScheduler(keras.callbacks.Callback):
         update_per="epoch",
         log_name="kl_weight",
     ):
-        super().__init__()
         if not callable(schedule):
             raise TypeError(
                 "Invalid value received for argument `schedule`. Expected a "
                 "callable `index -> weight`, e.g. "
-                "`keras_vib.callbacks.linear_warmup(10)`. Received: "
+                "`keras_vib.schedules.LinearWarmup(10)`. Received: "
                 f"schedule={schedule!r}"
             )
-        self.log_name = check_log_name("log_name", log_name, allow_none=False)
+        super().__init__(layer_names, update_per, log_name)
         self.schedule = schedule
-        self.layer_names = _bottlenecks.check_layer_names(layer_names)
-        self.update_per = check_choice(
-            "update_per", update_per, ("epoch", "batch")
-        )
-        self._targets = None
         self._current = None
         self._epoch_start_step = 0
 
@@ -104,15 +97,13 @@ class KLWeightScheduler(keras.callbacks.Callback):
     def _apply(self, index):
         value = self._weight_at(index)
         if value != self._current:
-            _bottlenecks.sync_state(self.model)
+            self.sync_state()
             for layer in self._targets:
-                _bottlenecks.set_weight(layer, value)
+                self.set_weight(layer, value)
             self._current = value
 
     def on_train_begin(self, logs=None):
-        self._targets = _bottlenecks.find_bottlenecks(
-            self.model, self.layer_names
-        )
+        super().on_train_begin(logs)
         self._current = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -120,10 +111,8 @@ class KLWeightScheduler(keras.callbacks.Callback):
             self._apply(epoch)
         else:
             # Variables are attached between epochs on every backend.
-            _bottlenecks.sync_state(self.model)
-            self._epoch_start_step = int(
-                ops.convert_to_numpy(self.model.optimizer.iterations.value)
-            )
+            self.sync_state()
+            self._epoch_start_step = int(read(self.model.optimizer.iterations))
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.update_per == "batch":
@@ -140,17 +129,10 @@ class KLWeightScheduler(keras.callbacks.Callback):
         self._log(logs)
 
     def get_config(self):
-        return {
-            "schedule": keras.saving.serialize_keras_object(self.schedule),
-            "layer_names": self.layer_names,
-            "update_per": self.update_per,
-            "log_name": self.log_name,
-        }
+        schedule = keras.saving.serialize_keras_object(self.schedule)
+        return {**super().get_config(), "schedule": schedule}
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["schedule"] = keras.saving.deserialize_keras_object(
-            config["schedule"]
-        )
-        return cls(**config)
+        schedule = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(**{**config, "schedule": schedule})
