@@ -54,33 +54,29 @@ def children(model):
     ]
 
 
-def graph_layers(model):
-    """Every layer reachable through graph models (not inside opaque
-    layers), each once, the nested models included."""
-    found, seen = [], set()
-    stack = [model]
-    while stack:
-        for layer in children(stack.pop()):
+def walk(model):
+    """`(path, layer)` for every layer reachable through graph models (not
+    inside opaque layers), each once, outer models first; `path` is the
+    chain of graph models from `model` down to the layer."""
+    paths, seen = [[model]], set()
+    for path in paths:  # `paths` grows as it is read: breadth first
+        for layer in children(path[-1]):
             if id(layer) not in seen:
                 seen.add(id(layer))
-                found.append(layer)
+                yield path, layer
                 if is_graph_model(layer):
-                    stack.append(layer)
-    return found
+                    paths.append(path + [layer])
+
+
+def graph_layers(model):
+    """The layers of `walk(model)`, the nested models included."""
+    return [layer for _, layer in walk(model)]
 
 
 def find_path(model, match):
-    """`([model, ..., container], layer)`: the chain of graph models down to
-    the first layer that `match` accepts (searched outside in), or None."""
-    for layer in children(model):
-        if match(layer):
-            return [model], layer
-    for layer in children(model):
-        if is_graph_model(layer):
-            found = find_path(layer, match)
-            if found is not None:
-                return [model] + found[0], found[1]
-    return None
+    """The first `(path, layer)` of `walk(model)` that `match` accepts, or
+    None."""
+    return next(((p, layer) for p, layer in walk(model) if match(layer)), None)
 
 
 def opaque_container(model, match):
