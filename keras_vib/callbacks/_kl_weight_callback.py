@@ -47,13 +47,8 @@ class KLWeightCallback(keras.callbacks.Callback):
         self._targets = find_bottlenecks(self.model, self.layer_names)
 
     def sync_state(self):
-        """Reattach variable values during a JAX `fit` epoch.
-
-        Under JAX, Keras detaches variable values while an epoch runs. A
-        callback that reads or writes a variable mid-epoch syncs first; the
-        fit loop then re-reads every variable before its next step, so an
-        assigned KL weight takes effect.
-        """
+        """Reattach the variables that JAX's `fit` detaches during an epoch,
+        before reading or assigning one (the loop re-reads them after)."""
         if keras.backend.backend() == "jax" and hasattr(
             self.model, "jax_state_sync"
         ):

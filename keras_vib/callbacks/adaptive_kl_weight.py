@@ -20,19 +20,12 @@ class AdaptiveKLWeight(KLWeightCallback):
 
     As in the Variational Discriminator Bottleneck (Peng et al., 2019), the
     KL weight is the Lagrange multiplier of the constraint `KL <= target_kl`
-    and follows
-
-    `w <- max(0, w + step_size * (mean KL - target_kl))`,
-
-    after every epoch (`update_per="epoch"`, the epoch's mean training KL
-    from the logs) or every training batch (`update_per="batch"`, the mean
-    KL of that batch). Each bottleneck (see
-    `keras_vib.surgery.find_bottlenecks`; all of them, or those in
-    `layer_names`) is updated from its own KL. The weight a logged loss was
-    computed with is written to the logs as `log_name`
-    (`<layer>_<log_name>` with several bottlenecks), so it shows in
-    `History`. The batch's KL comes from the bottleneck's `running_kl()`:
-    under JAX, per-batch updates re-sync the model state after each batch.
+    and follows `w <- max(0, w + step_size * (mean KL - target_kl))`, after
+    every epoch (the epoch's mean training KL, from the logs) or every
+    training batch (the batch's KL, from the bottleneck's `running_kl()`).
+    Each bottleneck (see `keras_vib.surgery.find_bottlenecks`) is updated
+    from its own KL. The weight a logged loss was computed with is logged
+    as `log_name` (`<layer>_<log_name>` with several bottlenecks).
 
     Args:
         target_kl: finite float >= 0, the KL target `I_c` in nats (per

@@ -20,24 +20,17 @@ class KLWeightScheduler(KLWeightCallback):
     The weight in effect is written to the logs as `log_name`, so it shows
     in the progress bar and in `History`.
 
-    Resuming: with `update_per="epoch"` the index is the epoch, so
-    `fit(initial_epoch=k)` continues the schedule at epoch `k`. With
-    `update_per="batch"` the index is the global step, read from
-    `model.optimizer.iterations`, which is saved with the model: a model
-    reloaded from a `.keras` file mid-schedule continues where it stopped.
-    The weight variable itself is also saved with the model.
-
-    Under JAX, a per-batch update re-syncs the model state from the jitted
-    loop when the weight changes (`model.jax_state_sync()`), which costs a
-    little time per batch.
+    Resuming: the epoch index continues with `fit(initial_epoch=k)`; the
+    global step is `model.optimizer.iterations`, saved with the model (as
+    is the weight), so a reloaded model continues where it stopped. Under
+    JAX, a per-batch change of the weight re-syncs the model state.
 
     Args:
         schedule: a `keras.optimizers.schedules.LearningRateSchedule`
             (`keras_vib.schedules.LinearWarmup`, `CyclicalAnnealing`, or one
             of Keras's own) or any callable `index -> weight` (a finite
-            float >= 0). Schedule objects serialize with `get_config`; a
-            plain function must be registered with
-            `keras.saving.register_keras_serializable` to deserialize.
+            float >= 0; register a plain function with
+            `keras.saving.register_keras_serializable` to deserialize it).
         layer_names: `None` (all bottlenecks) or a list of layer names.
             Naming a layer that is not a bottleneck of the model raises
             `ValueError` when training starts.
