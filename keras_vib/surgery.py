@@ -22,11 +22,10 @@ SIZE_WARNING_RATIO = 4.0
 def find_bottlenecks(model, layer_names=None):
     """Return the bottleneck layers of `model` (the model itself included).
 
-    Bottlenecks are the layers and models with a `kl_weight` variable and a
-    running KL: `VIB`, `GaussianBottleneck`, `keras_vib.models.VAE`, and
-    any layer of your own with the same interface. Nested models and layers
-    are searched too. Bottlenecks that share a default log key get distinct
-    ones (`<layer name>_kl`).
+    Bottlenecks are the layers and models, nested ones included, with a
+    `kl_weight` variable and a running KL: `VIB`, `GaussianBottleneck`,
+    `keras_vib.models.VAE`, or your own. Those that share a default log key
+    get distinct ones (`<layer name>_kl`).
 
     Args:
         model: a Keras layer or model.
@@ -321,27 +320,22 @@ def insert_bottleneck(
 ):
     """Return a copy of `model` with a `GaussianBottleneck` after a layer.
 
-    Works on built Functional and Sequential models, nested ones included.
-    The layers that consumed the output of `after` consume the bottleneck's
-    `z` instead; all other connections are unchanged. Weights are copied,
-    not shared: each layer is recreated from its config with the original's
-    weights (shared layers stay shared), so training the copy leaves
-    `model` untouched. A compiled model's copy is compiled the same way
-    (with a fresh optimizer).
+    Works on built Functional and Sequential models, nested ones included:
+    the layers that consumed the output of `after` consume the bottleneck's
+    `z` instead. Each layer is recreated from its config with the
+    original's weights (shared layers stay shared), so training the copy
+    leaves `model` untouched; a compiled model's copy is compiled the same
+    way, with a fresh optimizer.
 
     With `units=None` the copy starts as the original: the mean head is the
     identity and the log-variance head the constant `initial_log_var`, so
     at inference, where the bottleneck returns its mean, it computes what
-    `model` did, and in training it samples with the small standard
-    deviation `exp(initial_log_var / 2)`. The heads then hold
-    `2 * w * (w + 1)` parameters for a width `w`. A smaller `units` (the
-    size of `z`) makes a tighter bottleneck with random heads, followed by
-    a `Dense(w)` that keeps the consumers' weights: the output changes and
-    the model needs fine-tuning. A warning says when the added layers would
-    hold more than `SIZE_WARNING_RATIO` (4) times the model's parameters,
-    as after `Flatten` in a convnet: there, insert it after the last
-    pooling layer, where it acts on the channels of each position and logs
-    the mean KL per position (see the insertion tutorial).
+    `model` did. A smaller `units` (the size of `z`) adds random heads and
+    a `Dense` back to the layer's width: the output changes and the model
+    needs fine-tuning. A warning says when the added layers would hold more
+    than `SIZE_WARNING_RATIO` times the model's parameters, as after a
+    convnet's `Flatten`: insert it after the last pooling layer instead
+    (the insertion tutorial shows where and why).
 
     Args:
         model: a built Functional or Sequential `keras.Model`.
@@ -448,12 +442,11 @@ def remove_bottleneck(model, bottleneck=None):
     """Return a copy of `model` with bottlenecks replaced by their means.
 
     The deterministic model for deployment: a `GaussianBottleneck` becomes
-    a `Dense` layer with the weights of its mean head (and the
-    bottleneck's name); a `VIB` (`[z_mean, z_log_var]` in) passes `z_mean`
-    through, and the log-variance head, no longer needed, is dropped. The
-    result has no KL loss and no sampling, and predicts what `model`
-    predicts at inference (unless a bottleneck sampled at inference).
-    Weights are copied, as in `insert_bottleneck`.
+    a `Dense` layer with its mean head's weights and its name; a `VIB`
+    passes `z_mean` through, and its unused log-variance head is dropped.
+    The result has no KL loss and no sampling, and predicts what `model`
+    does at inference (unless a bottleneck sampled at inference). Weights
+    are copied, as in `insert_bottleneck`.
 
     Args:
         model: a built Functional or Sequential `keras.Model`.
