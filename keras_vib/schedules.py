@@ -113,10 +113,11 @@ class CyclicalAnnealing(_KLSchedule):
     def weight(self, xp, step):
         tau = xp.mod(step, self.period) / self.period
         progress = xp.minimum(tau / self.ratio, 1.0)
+        weight = self.initial + (self.final - self.initial) * progress
         if self.num_cycles is not None:
             done = step >= self.num_cycles * self.period
-            progress = xp.where(done, 1.0, progress)
-        return self.initial + (self.final - self.initial) * progress
+            weight = xp.where(done, self.final, weight)
+        return weight
 
     def get_config(self):
         return {
