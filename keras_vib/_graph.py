@@ -1,10 +1,8 @@
 """Reading a model's layers and graph: the one place that walks a model.
 
-Shared by the model surgery (`keras_vib.surgery`), Monte Carlo prediction
-and the rate (which layers sample), and the VAE's check of its decoder's
-final activation. A *graph model* is a Functional or Sequential model, whose
-connections can be read; any other layer is opaque (its graph is the Python
-code of its `call`). The private Keras API this needs is in `_compat`.
+A *graph model* is a Functional or Sequential model, whose connections can
+be read; any other layer is opaque (its graph is the Python code of its
+`call`). The private Keras API this needs is in `_compat`.
 """
 
 import keras

@@ -1,9 +1,5 @@
-"""Model surgery: find, insert and remove the bottlenecks of a built model.
-
-`insert_bottleneck` and `remove_bottleneck` return rewritten copies of a
-Functional or Sequential model; `find_bottlenecks` lists a model's
-bottlenecks (the KL callbacks use it).
-"""
+"""Model surgery: find, insert and remove the bottlenecks of a built model
+(`insert_bottleneck` and `remove_bottleneck` return rewritten copies)."""
 
 import warnings
 

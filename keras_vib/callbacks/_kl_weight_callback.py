@@ -1,9 +1,6 @@
-"""The base of the KL callbacks (an internal helper).
-
-Bottlenecks are found with `keras_vib.surgery.find_bottlenecks` when
-training starts, and used only through their public interface:
-`kl_weight`, `log_name`, `running_kl()`.
-"""
+"""The base of the KL callbacks. They find the bottlenecks when training
+starts (`keras_vib.surgery.find_bottlenecks`) and use only their public
+interface: `kl_weight`, `log_name`, `running_kl()`."""
 
 import keras
 from keras import ops

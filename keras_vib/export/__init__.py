@@ -34,14 +34,12 @@ def classifier(
     """Export a model with VIB bottlenecks as a SavedModel or an ONNX file.
 
     Endpoints (also signatures, for TF Serving and `saved_model_cli`):
-    `serve(x)` is `model(x, training=False)` with every bottleneck returning
-    its mean (also `serving_default`, output key `output_0`); with
-    `num_samples`, `serve_mc(x, seed)` returns `num_samples` Monte Carlo
-    draws `(num_samples, batch, ...)`, the noise set by the int32 scalar
-    `seed`, as `kv.prediction.predict_mc`. Calls change no state. With
-    `format="onnx"`, `filepath` is one ONNX file holding `serve` (input `x`,
-    output `y`), and `num_samples` must be `None`: ONNX cannot take a random
-    operator's seed as an input.
+    `serve(x)`, the model at inference with every bottleneck returning its
+    mean (also `serving_default`), and with `num_samples`, the SavedModel's
+    `serve_mc(x, seed)`: `num_samples` Monte Carlo draws as
+    `kv.prediction.predict_mc`, the noise set by the int32 scalar `seed`.
+    Calls change no state. An ONNX `filepath` is one file holding `serve`;
+    `docs/deploying.md` lists each format's input and output names.
 
     Args:
         model: a built, single-input `keras.Model`; with `num_samples`, it
@@ -81,14 +79,12 @@ def classifier_with_rate(
 ):
     """Export a classifier whose served model also returns the rate R(x).
 
-    Writes the endpoints of `classifier` plus `serve_rate(x)`: a dict with
-    `"output"` (as `serve`) and the per-example rate R(x) = KL(q(z|x) ||
-    r(z)) in nats, `"rate"` for one bottleneck or `"rate_<layer name>"`
-    for each of several, as `kv.prediction.predict_rate`. With a fitted
-    `scorer`, it also returns `"ood_score"`, as `scorer.score(model, x)`,
-    with the fitted numbers written into the artifact as constants. With
-    `format="onnx"`, `filepath` is a directory holding `serve.onnx` and
-    `serve_rate.onnx` (outputs named as the keys above).
+    Writes the endpoints of `classifier` plus `serve_rate(x)`: `"output"`
+    (as `serve`) and the per-example rate R(x) = KL(q(z|x) || r(z)) in
+    nats, `"rate"` (or `"rate_<layer name>"` for each of several
+    bottlenecks), as `kv.prediction.predict_rate`; with a fitted `scorer`,
+    also `"ood_score"`, as `scorer.score(model, x)`. An ONNX `filepath` is
+    a directory of `serve.onnx` and `serve_rate.onnx`.
 
     Args:
         model: a built, single-input `keras.Model` with at least one `VIB`
@@ -133,16 +129,14 @@ def vae(
 ):
     """Export a `VAE` or `IWAE` as a SavedModel or as ONNX files.
 
-    Endpoints (also signatures): `encode(x)` returns `{"z_mean": ...,
-    "z_log_var": ...}` of q(z|x), as `model.encode(x)` (also
-    `serving_default`); `decode(z)` returns `model.decode(z)`, the mean of
-    p(x|z); `generate(n, seed)` decodes `n` (int32 scalar) draws
-    `z = tf.random.stateless_normal((n,) + latent_shape, [seed, 0])`, the
-    same for every exporting backend (`model.generate(n, seed=seed)` on
-    TensorFlow). Calls change no state. With `format="onnx"`, `filepath` is
-    a directory holding `encode.onnx` (input `x`, outputs `z_mean`,
-    `z_log_var`) and `decode.onnx` (input `z`, output `x_mean`); for
-    `generate`, draw `z` from N(0, I) yourself and decode it.
+    Endpoints (also signatures): `encode(x)` returns `z_mean` and
+    `z_log_var`, as `model.encode(x)` (also `serving_default`); `decode(z)`
+    returns `x_mean`, as `model.decode(z)`; the SavedModel's
+    `generate(n, seed)` decodes `n` draws
+    `z = tf.random.stateless_normal((n,) + latent_shape, [seed, 0])` (ONNX
+    cannot take a seed as an input: draw `z` and decode it). Calls change
+    no state. An ONNX `filepath` is a directory of `encode.onnx` and
+    `decode.onnx`.
 
     Args:
         model: a built `kv.models.VAE` or `IWAE`, or a model with
