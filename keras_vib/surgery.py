@@ -133,17 +133,6 @@ def _unique_name(model, name):
     return candidate
 
 
-def _new_inputs(model):
-    """Fresh `keras.Input`s like the model's (names, shapes and dtypes)."""
-    return keras.tree.map_structure(
-        lambda t: keras.Input(
-            batch_shape=t.shape, dtype=t.dtype, sparse=t.sparse, name=t.name
-        ),
-        # `Sequential.input` needs a call; `inputs` is set once built.
-        model.inputs[0] if isinstance(model, keras.Sequential) else model.input,
-    )
-
-
 def _from_config(layer):
     if layer.weights and not layer.built:
         raise ValueError(
@@ -205,18 +194,25 @@ class _Copier:
         return outputs
 
     def copy_model(self, model):
-        if isinstance(model, keras.Sequential):
+        sequential = isinstance(model, keras.Sequential)
+        # Fresh inputs like the model's. `Sequential.input` needs a call;
+        # `inputs` is set once built.
+        inputs = keras.tree.map_structure(
+            lambda t: keras.Input(
+                batch_shape=t.shape, dtype=t.dtype, sparse=t.sparse, name=t.name
+            ),
+            model.inputs[0] if sequential else model.input,
+        )
+        if sequential:
             layers = []
             for layer in model.layers:
                 layers.append(self.copy_layer(layer))
                 layers.extend(self.after.get(id(layer), ()))
-            copy = keras.Sequential(
-                [_new_inputs(model)] + layers, name=model.name
-            )
+            copy = keras.Sequential([inputs] + layers, name=model.name)
         else:
             copy = keras.models.clone_model(
                 model,
-                input_tensors=_new_inputs(model),
+                input_tensors=inputs,
                 clone_function=self.copy_layer,
                 call_function=self.call,
             )

@@ -73,7 +73,7 @@ class KLWeightScheduler(KLWeightCallback):
         self._current = None
         self._epoch_start_step = 0
 
-    def _weight_at(self, index):
+    def _apply(self, index):
         raw = self.schedule(index)
         try:
             value = float(ops.convert_to_numpy(raw))
@@ -85,10 +85,6 @@ class KLWeightScheduler(KLWeightCallback):
                 f"weight at {self.update_per} {index}. Expected a finite float "
                 f">= 0. Received: {raw!r}"
             )
-        return value
-
-    def _apply(self, index):
-        value = self._weight_at(index)
         if value != self._current:
             self.sync_state()
             for layer in self._targets:
