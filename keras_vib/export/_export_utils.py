@@ -33,11 +33,6 @@ class Endpoint:
     def seeded(self):
         return any(spec.name == "seed" for spec in self.inputs)
 
-    def __call__(self, *args):
-        """The output tensors for `args`, in the order of `outputs`."""
-        results = self.function(*args)
-        return [results[name] for name in self.outputs]
-
 
 def check_backend(format, backends, advice):
     backend = keras.backend.backend()

@@ -19,7 +19,8 @@ class _OnnxEndpoint(keras.Model):
         self.exported_model, self.endpoint, self.built = model, endpoint, True
 
     def call(self, x):
-        values = self.endpoint(x)
+        outputs = self.endpoint.function(x)
+        values = [outputs[name] for name in self.endpoint.outputs]
         return values[0] if len(values) == 1 else tuple(values)
 
 

@@ -12,7 +12,7 @@ SUPPORTED_BACKENDS = ("tensorflow", "jax")
 
 def _returning(endpoint):
     def fn(*args):
-        outputs = dict(zip(endpoint.outputs, endpoint(*args)))
+        outputs = endpoint.function(*args)
         return outputs.popitem()[1] if len(outputs) == 1 else outputs
 
     return fn
