@@ -133,19 +133,18 @@ def consumers(path, layer):
     return found
 
 
-def output_chains(model, skip=SHAPE_ONLY_LAYERS):
-    """For each output of `model`, the layers that computed it last: those
-    of the types `skip` that pass it on (single-input layers that do not
-    change values), the nested graph models it comes out of, and the layer
-    that computed it, in that order. An output read from an input ends its
-    chain without that last layer."""
+def output_chains(model):
+    """For each output of `model`, the layers that computed it last: the
+    `SHAPE_ONLY_LAYERS` that pass it on (with one input), the nested graph
+    models it comes out of, and the layer that computed it, in that order.
+    An output read from an input ends its chain without that last layer."""
     if isinstance(model, keras.Sequential):  # also when not built
         chain = []
         for layer in reversed(children(model)):
             chain.append(layer)
             if is_graph_model(layer):
-                return [chain + c for c in output_chains(layer, skip)]
-            if not isinstance(layer, skip):
+                return [chain + c for c in output_chains(layer)]
+            if not isinstance(layer, SHAPE_ONLY_LAYERS):
                 break
         return [chain]
     if not is_graph_model(model):
@@ -154,12 +153,12 @@ def output_chains(model, skip=SHAPE_ONLY_LAYERS):
     for tensor in model.outputs:
         chain = []
         operation, inputs = _compat.producer(tensor)
-        while isinstance(operation, skip) and len(inputs) == 1:
+        while isinstance(operation, SHAPE_ONLY_LAYERS) and len(inputs) == 1:
             chain.append(operation)
             operation, inputs = _compat.producer(inputs[0])
         if is_graph_model(operation):
             chain.append(operation)
-            chains += [chain + c for c in output_chains(operation, skip)]
+            chains += [chain + c for c in output_chains(operation)]
         elif operation is None or isinstance(
             operation, keras.layers.InputLayer
         ):
