@@ -93,16 +93,13 @@ def _check_model(model, function_name):
 def _locate(model, layer, argument):
     """`(path, layer)`: the layer named (or given by) `layer` in `model`,
     and the chain of graph models down to it (see `_graph.find_path`)."""
-    if isinstance(layer, str):
-        match = lambda candidate: candidate.name == layer  # noqa: E731
-    elif isinstance(layer, keras.layers.Layer):
-        match = lambda candidate: candidate is layer  # noqa: E731
-    else:
+    if not isinstance(layer, (str, keras.layers.Layer)):
         raise TypeError(
             f"Invalid value received for argument `{argument}`. Expected a "
             f"layer name (str) or a `keras.layers.Layer`. Received: "
             f"{argument}={layer!r} of type {type(layer).__name__}"
         )
+    match = lambda inner: inner is layer or inner.name == layer  # noqa: E731
     found = _graph.find_path(model, match)
     if found is not None:
         return found
