@@ -91,8 +91,7 @@ class CyclicalAnnealing(_KLSchedule):
         step: int >= 0 (or an integer tensor), the epoch or global step.
 
     Returns:
-        The weight: a Python float for a Python step, a float32 scalar
-        tensor for a tensor step.
+        The weight, of the kind `LinearWarmup` returns.
 
     Example:
 

@@ -328,12 +328,11 @@ def insert_bottleneck(
 
     Args:
         model: a built Functional or Sequential `keras.Model`.
-        after: the layer (name or object) after which to insert. It must be
-            called once in the model and return one float tensor whose rank
-            is at least 2; it may sit inside a nested Functional or
-            Sequential model. It must not compute the model's output (the
-            bottleneck would change what the model returns, e.g. its
-            probabilities), be a bottleneck, or already feed one.
+        after: the layer (name or object) after which to insert, possibly
+            in a nested Functional or Sequential model. It must be called
+            once, return one float tensor of rank 2 or more, and not compute
+            the model's output (e.g. probabilities), be a bottleneck or
+            feed one.
         kl_weight: finite float, 0 or more, the weight of the KL term.
             Default 1e-3: a trained layer's activations carry many nats, so
             a large weight first erases what the model learned.
