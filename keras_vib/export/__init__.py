@@ -35,11 +35,12 @@ def classifier(
 
     Endpoints (also signatures, for TF Serving and `saved_model_cli`):
     `serve(x)`, the model at inference with every bottleneck returning its
-    mean (also `serving_default`), and with `num_samples`, the SavedModel's
-    `serve_mc(x, seed)`: `num_samples` Monte Carlo draws as
-    `kv.prediction.predict_mc`, the noise set by the int32 scalar `seed`.
-    Calls change no state. An ONNX `filepath` is one file holding `serve`;
-    `docs/deploying.md` lists each format's input and output names.
+    mean (also `serving_default`, output key `output_0`), and with
+    `num_samples`, the SavedModel's `serve_mc(x, seed)`: `num_samples` Monte
+    Carlo draws as `kv.prediction.predict_mc`, the noise set by the int32
+    scalar `seed`. Calls change no state. An ONNX `filepath` is one file
+    holding `serve`; `docs/deploying.md` lists each format's inputs and
+    outputs.
 
     Args:
         model: a built, single-input `keras.Model`; with `num_samples`, it
