@@ -39,9 +39,19 @@ class KLWeightCallback(keras.callbacks.Callback):
         )
         self.log_name = check_log_name("log_name", log_name, allow_none=False)
         self._targets = None
+        self._logged = {}  # log key -> the weight the logged loss used
 
     def on_train_begin(self, logs=None):
         self._targets = find_bottlenecks(self.model, self.layer_names)
+        self._logged = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs is not None:
+            logs.update(self._logged)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self._logged)
 
     def sync_state(self):
         """Reattach the variables that JAX's `fit` detaches during an epoch,

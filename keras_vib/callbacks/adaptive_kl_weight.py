@@ -83,7 +83,7 @@ class AdaptiveKLWeight(KLWeightCallback):
             for layer in self._targets:
                 self.set_weight(layer, self.initial_weight)
         self._weights = [read(layer.kl_weight) for layer in self._targets]
-        self._in_effect = list(self._weights)
+        self._logged = dict(zip(self._keys, self._weights))
 
     def _step(self, index, kl):
         # Dual ascent, projected onto w >= 0.
@@ -106,7 +106,7 @@ class AdaptiveKLWeight(KLWeightCallback):
         if self.update_per != "batch":
             return
         self.sync_state()
-        self._in_effect = list(self._weights)
+        self._logged = dict(zip(self._keys, self._weights))
         current = self._snapshot()
         for index, ((total, count), (prev_total, prev_count)) in enumerate(
             zip(current, self._previous)
@@ -116,11 +116,11 @@ class AdaptiveKLWeight(KLWeightCallback):
             if count > prev_count:
                 self._step(index, (total - prev_total) / (count - prev_count))
         self._previous = current
-        self._log(logs)
+        super().on_train_batch_end(batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.update_per == "epoch":
-            self._in_effect = list(self._weights)
+            self._logged = dict(zip(self._keys, self._weights))
             logs = logs if logs is not None else {}
             for index, layer in enumerate(self._targets):
                 key = layer.log_name
@@ -134,12 +134,7 @@ class AdaptiveKLWeight(KLWeightCallback):
                         f"{key}={logs.get(key)!r}, log keys {sorted(logs)}"
                     )
                 self._step(index, kl)
-        self._log(logs)
-
-    def _log(self, logs):
-        if logs is not None:
-            for key, value in zip(self._keys, self._in_effect):
-                logs[key] = value
+        super().on_epoch_end(epoch, logs)
 
     def get_config(self):
         return {

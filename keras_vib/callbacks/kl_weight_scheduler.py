@@ -70,7 +70,6 @@ class KLWeightScheduler(KLWeightCallback):
             )
         super().__init__(layer_names, update_per, log_name)
         self.schedule = schedule
-        self._current = None
         self._epoch_start_step = 0
 
     def _apply(self, index):
@@ -85,15 +84,11 @@ class KLWeightScheduler(KLWeightCallback):
                 f"weight at {self.update_per} {index}. Expected a finite float "
                 f">= 0. Received: {raw!r}"
             )
-        if value != self._current:
+        if value != self._logged.get(self.log_name):
             self.sync_state()
             for layer in self._targets:
                 self.set_weight(layer, value)
-            self._current = value
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self._current = None
+            self._logged = {self.log_name: value}
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.update_per == "epoch":
@@ -106,16 +101,6 @@ class KLWeightScheduler(KLWeightCallback):
     def on_train_batch_begin(self, batch, logs=None):
         if self.update_per == "batch":
             self._apply(self._epoch_start_step + batch)
-
-    def _log(self, logs):
-        if logs is not None and self._current is not None:
-            logs[self.log_name] = self._current
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._log(logs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._log(logs)
 
     def get_config(self):
         schedule = keras.saving.serialize_keras_object(self.schedule)
