@@ -163,9 +163,6 @@ def vae(
     """
     write = _writer(format)
     endpoints = _export_utils.vae_endpoints(model, input_signature)
-    if format == "onnx":
-        # ONNX cannot take a seed as an input: users draw z for `decode`.
-        endpoints = [endpoint for endpoint in endpoints if not endpoint.seeded]
     return write(model, endpoints, filepath, verbose)
 
 

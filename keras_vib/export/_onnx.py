@@ -94,6 +94,8 @@ def write(model, endpoints, filepath, verbose=False):
             f"Received: {keras.config.dtype_policy().name}. Call "
             "`keras.config.set_dtype_policy('float32')` and reload the model."
         )
+    # Left out: `generate` (users draw z for `decode`). Refused: `serve_mc`.
+    endpoints = [e for e in endpoints if e.requested_by or not e.seeded]
     for endpoint in endpoints:
         if endpoint.seeded:
             raise ValueError(
