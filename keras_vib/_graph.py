@@ -1,10 +1,8 @@
 """Reading a model's layers and graph: the one place that walks a model.
 
-Shared by the model surgery (`keras_vib.surgery`), Monte Carlo prediction
-and the rate (which layers sample), and the VAE's check of its decoder's
-final activation. A *graph model* is a Functional or Sequential model, whose
-connections can be read; any other layer is opaque (its graph is the Python
-code of its `call`). The private Keras API this needs is in `_compat`.
+A *graph model* is a Functional or Sequential model, whose connections can
+be read; any other layer is opaque (its graph is the Python code of its
+`call`). The private Keras API this needs is in `_compat`.
 """
 
 import keras
@@ -54,33 +52,29 @@ def children(model):
     ]
 
 
-def graph_layers(model):
-    """Every layer reachable through graph models (not inside opaque
-    layers), each once, the nested models included."""
-    found, seen = [], set()
-    stack = [model]
-    while stack:
-        for layer in children(stack.pop()):
+def walk(model):
+    """`(path, layer)` for every layer reachable through graph models (not
+    inside opaque layers), each once, outer models first; `path` is the
+    chain of graph models from `model` down to the layer."""
+    paths, seen = [[model]], set()
+    for path in paths:  # `paths` grows as it is read: breadth first
+        for layer in children(path[-1]):
             if id(layer) not in seen:
                 seen.add(id(layer))
-                found.append(layer)
+                yield path, layer
                 if is_graph_model(layer):
-                    stack.append(layer)
-    return found
+                    paths.append(path + [layer])
+
+
+def graph_layers(model):
+    """The layers of `walk(model)`, the nested models included."""
+    return [layer for _, layer in walk(model)]
 
 
 def find_path(model, match):
-    """`([model, ..., container], layer)`: the chain of graph models down to
-    the first layer that `match` accepts (searched outside in), or None."""
-    for layer in children(model):
-        if match(layer):
-            return [model], layer
-    for layer in children(model):
-        if is_graph_model(layer):
-            found = find_path(layer, match)
-            if found is not None:
-                return [model] + found[0], found[1]
-    return None
+    """The first `(path, layer)` of `walk(model)` that `match` accepts, or
+    None."""
+    return next(((p, layer) for p, layer in walk(model) if match(layer)), None)
 
 
 def opaque_container(model, match):
@@ -139,19 +133,18 @@ def consumers(path, layer):
     return found
 
 
-def output_chains(model, skip=SHAPE_ONLY_LAYERS):
-    """For each output of `model`, the layers that computed it last: those
-    of the types `skip` that pass it on (single-input layers that do not
-    change values), the nested graph models it comes out of, and the layer
-    that computed it, in that order. An output read from an input ends its
-    chain without that last layer."""
+def output_chains(model):
+    """For each output of `model`, the layers that computed it last: the
+    `SHAPE_ONLY_LAYERS` that pass it on (with one input), the nested graph
+    models it comes out of, and the layer that computed it, in that order.
+    An output read from an input ends its chain without that last layer."""
     if isinstance(model, keras.Sequential):  # also when not built
         chain = []
         for layer in reversed(children(model)):
             chain.append(layer)
             if is_graph_model(layer):
-                return [chain + c for c in output_chains(layer, skip)]
-            if not isinstance(layer, skip):
+                return [chain + c for c in output_chains(layer)]
+            if not isinstance(layer, SHAPE_ONLY_LAYERS):
                 break
         return [chain]
     if not is_graph_model(model):
@@ -160,12 +153,12 @@ def output_chains(model, skip=SHAPE_ONLY_LAYERS):
     for tensor in model.outputs:
         chain = []
         operation, inputs = _compat.producer(tensor)
-        while isinstance(operation, skip) and len(inputs) == 1:
+        while isinstance(operation, SHAPE_ONLY_LAYERS) and len(inputs) == 1:
             chain.append(operation)
             operation, inputs = _compat.producer(inputs[0])
         if is_graph_model(operation):
             chain.append(operation)
-            chains += [chain + c for c in output_chains(operation, skip)]
+            chains += [chain + c for c in output_chains(operation)]
         elif operation is None or isinstance(
             operation, keras.layers.InputLayer
         ):

@@ -16,15 +16,19 @@ from keras_vib._validation import check_int
 from keras_vib._validation import check_optional_positive_int
 from keras_vib._validation import check_positive_int
 
-_Schedule = keras.optimizers.schedules.LearningRateSchedule
 
+class _KLSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """One formula, `weight(xp, step)`, for both kinds of step: computed
+    with `numpy` (a Python float out) or with `keras.ops` (a tensor out)."""
 
-def _is_python_number(step):
-    return isinstance(step, (int, float, np.integer, np.floating))
+    def __call__(self, step):
+        if isinstance(step, (int, float, np.integer, np.floating)):
+            return float(self.weight(np, np.float64(step)))
+        return self.weight(ops, ops.cast(step, "float32"))
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
-class LinearWarmup(_Schedule):
+class LinearWarmup(_KLSchedule):
     """Linear KL warm-up: `initial` for `delay` steps, then a straight line to
     `final` over `warmup` steps, then `final`.
 
@@ -54,12 +58,8 @@ class LinearWarmup(_Schedule):
         self.final = check_finite_float("final", final)
         self.delay = check_int("delay", delay, minimum=0)
 
-    def __call__(self, step):
-        if _is_python_number(step):
-            progress = min(max((step - self.delay) / self.warmup, 0.0), 1.0)
-        else:
-            step = ops.cast(step, "float32")
-            progress = ops.clip((step - self.delay) / self.warmup, 0.0, 1.0)
+    def weight(self, xp, step):
+        progress = xp.clip((step - self.delay) / self.warmup, 0.0, 1.0)
         return self.initial + (self.final - self.initial) * progress
 
     def get_config(self):
@@ -72,7 +72,7 @@ class LinearWarmup(_Schedule):
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
-class CyclicalAnnealing(_Schedule):
+class CyclicalAnnealing(_KLSchedule):
     """Cyclical KL annealing (Fu et al., 2019).
 
     The schedule repeats every `period` steps. Within a cycle, at position
@@ -91,8 +91,7 @@ class CyclicalAnnealing(_Schedule):
         step: int >= 0 (or an integer tensor), the epoch or global step.
 
     Returns:
-        The weight: a Python float for a Python step, a float32 scalar
-        tensor for a tensor step.
+        The weight, of the kind `LinearWarmup` returns.
 
     Example:
 
@@ -110,22 +109,14 @@ class CyclicalAnnealing(_Schedule):
         self.final = check_finite_float("final", final)
         self.num_cycles = check_optional_positive_int("num_cycles", num_cycles)
 
-    def __call__(self, step):
-        if _is_python_number(step):
-            if self.num_cycles is not None and (
-                step >= self.num_cycles * self.period
-            ):
-                return self.final
-            tau = (step % self.period) / self.period
-            progress = min(tau / self.ratio, 1.0)
-            return self.initial + (self.final - self.initial) * progress
-        step = ops.cast(step, "float32")
-        tau = ops.mod(step, self.period) / self.period
-        progress = ops.minimum(tau / self.ratio, 1.0)
+    def weight(self, xp, step):
+        tau = xp.mod(step, self.period) / self.period
+        progress = xp.minimum(tau / self.ratio, 1.0)
+        weight = self.initial + (self.final - self.initial) * progress
         if self.num_cycles is not None:
             done = step >= self.num_cycles * self.period
-            progress = ops.where(done, 1.0, progress)
-        return self.initial + (self.final - self.initial) * progress
+            weight = xp.where(done, self.final, weight)
+        return weight
 
     def get_config(self):
         return {

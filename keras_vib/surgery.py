@@ -1,9 +1,5 @@
-"""Model surgery: find, insert and remove the bottlenecks of a built model.
-
-`insert_bottleneck` and `remove_bottleneck` return rewritten copies of a
-Functional or Sequential model; `find_bottlenecks` lists a model's
-bottlenecks (the KL callbacks use it).
-"""
+"""Model surgery: find, insert and remove the bottlenecks of a built model
+(`insert_bottleneck` and `remove_bottleneck` return rewritten copies)."""
 
 import warnings
 
@@ -22,11 +18,10 @@ SIZE_WARNING_RATIO = 4.0
 def find_bottlenecks(model, layer_names=None):
     """Return the bottleneck layers of `model` (the model itself included).
 
-    Bottlenecks are the layers and models with a `kl_weight` variable and a
-    running KL: `VIB`, `GaussianBottleneck`, `keras_vib.models.VAE`, and
-    any layer of your own with the same interface. Nested models and layers
-    are searched too. Bottlenecks that share a default log key get distinct
-    ones (`<layer name>_kl`).
+    Bottlenecks are the layers and models, nested ones included, with a
+    `kl_weight` variable and a running KL: `VIB`, `GaussianBottleneck`,
+    `keras_vib.models.VAE`, or your own. Those that share a default log key
+    get distinct ones (`<layer name>_kl`).
 
     Args:
         model: a Keras layer or model.
@@ -98,16 +93,13 @@ def _check_model(model, function_name):
 def _locate(model, layer, argument):
     """`(path, layer)`: the layer named (or given by) `layer` in `model`,
     and the chain of graph models down to it (see `_graph.find_path`)."""
-    if isinstance(layer, str):
-        match = lambda candidate: candidate.name == layer  # noqa: E731
-    elif isinstance(layer, keras.layers.Layer):
-        match = lambda candidate: candidate is layer  # noqa: E731
-    else:
+    if not isinstance(layer, (str, keras.layers.Layer)):
         raise TypeError(
             f"Invalid value received for argument `{argument}`. Expected a "
             f"layer name (str) or a `keras.layers.Layer`. Received: "
             f"{argument}={layer!r} of type {type(layer).__name__}"
         )
+    match = lambda inner: inner is layer or inner.name == layer  # noqa: E731
     found = _graph.find_path(model, match)
     if found is not None:
         return found
@@ -138,115 +130,102 @@ def _unique_name(model, name):
     return candidate
 
 
-def _new_inputs(model):
-    """Fresh `keras.Input`s like the model's (names, shapes and dtypes)."""
-    return keras.tree.map_structure(
-        lambda t: keras.Input(
-            batch_shape=t.shape, dtype=t.dtype, sparse=t.sparse, name=t.name
-        ),
-        # `Sequential.input` needs a call; `inputs` is set once built.
-        model.inputs[0] if isinstance(model, keras.Sequential) else model.input,
-    )
+def _from_config(layer):
+    if layer.weights and not layer.built:
+        raise ValueError(
+            f"Layer `{layer.name}` is not built, so its weights cannot "
+            "be copied. Build the model (call it on data) first."
+        )
+    try:
+        return type(layer).from_config(layer.get_config())
+    except Exception as error:
+        raise TypeError(
+            f"Layer `{layer.name}` ({type(layer).__name__}) cannot be "
+            "copied: recreating it from `layer.get_config()` failed "
+            f"with: {error!r}. Give the class a `get_config` that "
+            "returns its constructor arguments (and register it with "
+            "`keras.saving.register_keras_serializable`)."
+        ) from error
 
 
-class _Rewriter:
-    """Copies a graph model layer by layer, with hooks to change a layer.
+class _Copier:
+    """Copies a graph model layer by layer, with the originals' weights.
 
-    `call(original, clone, args, kwargs)` returns the outputs of one node of
-    a Functional model; `sequence(original, clone)` returns the layers that
-    replace one entry of a Sequential model. The defaults copy unchanged.
+    Each layer is recreated from its config (a shared layer once), each
+    nested graph model is copied the same way. Three dicts keyed by
+    `id(original layer)` change the copy: `replace` gives `(new layer,
+    layer whose weights it takes)`, `calls` gives `f(copy, args, kwargs)`,
+    what a call of the layer returns in a Functional model, and `after`
+    gives layers applied to the layer's output.
     """
 
     def __init__(self):
-        self.clones = {}  # id(original) -> copy
+        self.replace, self.calls, self.after = {}, {}, {}
+        self.copies = {}  # id(original) -> copy
         self.originals = {}  # id(copy) -> original
-        self.pairs = []  # (original, copy) whose weights are copied
-
-    def call(self, original, clone, args, kwargs):
-        return clone(*args, **kwargs)
-
-    def sequence(self, original, clone):
-        return [clone]
+        self.sources = []  # (original, copy) whose weights are copied
 
     def copy_layer(self, layer):
-        if id(layer) in self.clones:
-            return self.clones[id(layer)]
-        if _graph.is_graph_model(layer):
-            copy = self.copy_model(layer)
-        elif not layer.weights or layer.built:
-            copy = self._from_config(layer)
-            self.pairs.append((layer, copy))
+        if id(layer) in self.copies:
+            return self.copies[id(layer)]
+        if id(layer) in self.replace:
+            copy, source = self.replace[id(layer)]
+        elif _graph.is_graph_model(layer):
+            copy, source = self.copy_model(layer), None
         else:
-            raise ValueError(
-                f"Layer `{layer.name}` is not built, so its weights cannot "
-                "be copied. Build the model (call it on data) first."
-            )
-        self.clones[id(layer)] = copy
+            copy, source = _from_config(layer), layer
+        if source is not None:
+            self.sources.append((source, copy))
+        self.copies[id(layer)] = copy
         self.originals[id(copy)] = layer
         return copy
 
-    @staticmethod
-    def _from_config(layer):
-        try:
-            return type(layer).from_config(layer.get_config())
-        except Exception as error:
-            raise TypeError(
-                f"Layer `{layer.name}` ({type(layer).__name__}) cannot be "
-                "copied: recreating it from `layer.get_config()` failed "
-                f"with: {error!r}. Give the class a `get_config` that "
-                "returns its constructor arguments (and register it with "
-                "`keras.saving.register_keras_serializable`)."
-            ) from error
+    def call(self, copy, *args, **kwargs):
+        key = id(self.originals[id(copy)])
+        if key in self.calls:
+            outputs = self.calls[key](copy, args, kwargs)
+        else:
+            outputs = copy(*args, **kwargs)
+        for layer in self.after.get(key, ()):
+            outputs = layer(outputs)
+        return outputs
 
     def copy_model(self, model):
-        if isinstance(model, keras.Sequential):
+        sequential = isinstance(model, keras.Sequential)
+        # Fresh inputs like the model's. `Sequential.input` needs a call;
+        # `inputs` is set once built.
+        inputs = keras.tree.map_structure(
+            lambda t: keras.Input(
+                batch_shape=t.shape, dtype=t.dtype, sparse=t.sparse, name=t.name
+            ),
+            model.inputs[0] if sequential else model.input,
+        )
+        if sequential:
             layers = []
             for layer in model.layers:
-                layers.extend(self.sequence(layer, self.copy_layer(layer)))
-            copy = keras.Sequential(
-                [_new_inputs(model)] + layers, name=model.name
-            )
+                layers.append(self.copy_layer(layer))
+                layers.extend(self.after.get(id(layer), ()))
+            copy = keras.Sequential([inputs] + layers, name=model.name)
         else:
             copy = keras.models.clone_model(
                 model,
-                input_tensors=_new_inputs(model),
+                input_tensors=inputs,
                 clone_function=self.copy_layer,
-                call_function=self._call,
+                call_function=self.call,
             )
         copy.trainable = model.trainable
         if model.compiled and not copy.compiled:
             copy.compile_from_config(model.get_compile_config())
         return copy
 
-    def _call(self, clone, *args, **kwargs):
-        return self.call(self.originals[id(clone)], clone, args, kwargs)
-
-    def rewrite(self, model):
+    def copy(self, model):
         """The copy of `model`, with the weights of the original layers."""
         copy = self.copy_model(model)
-        for original, layer in self.pairs:
-            values = original.get_weights()
+        for source, layer in self.sources:
+            values = source.get_weights()
             if values:
                 layer.set_weights(values)
         return copy
-
-
-class _Insert(_Rewriter):
-    def __init__(self, target, layers):
-        super().__init__()
-        self.target, self.layers = target, layers  # [bottleneck(, expand)]
-
-    def call(self, original, clone, args, kwargs):
-        outputs = clone(*args, **kwargs)
-        if original is self.target:
-            for layer in self.layers:
-                outputs = layer(outputs)
-        return outputs
-
-    def sequence(self, original, clone):
-        if original is self.target:
-            return [clone] + self.layers
-        return [clone]
 
 
 def _refuse(message):
@@ -330,56 +309,34 @@ def insert_bottleneck(
 ):
     """Return a copy of `model` with a `GaussianBottleneck` after a layer.
 
-    Works on built Functional and Sequential models, and on layers inside
-    nested Functional or Sequential models. Every layer that consumed the
-    output of `after` now consumes the bottleneck's output `z`; all other
-    connections are unchanged.
+    Works on built Functional and Sequential models, nested ones included:
+    the layers that consumed the output of `after` consume the bottleneck's
+    `z` instead. Each layer is recreated from its config with the
+    original's weights (shared layers stay shared), so training the copy
+    leaves `model` untouched; a compiled model's copy is compiled the same
+    way, with a fresh optimizer.
 
-    **Weights are copied, not shared.** Each layer is recreated from its
-    config with the original's weights (shared layers stay shared), so
-    training the copy leaves `model` untouched. A compiled model's copy is
-    compiled the same way (with a fresh optimizer).
-
-    **The new model starts as the old one.** With `units=None` the mean
-    head is initialised to the identity and the log-variance head to the
-    constant `initial_log_var` (zero kernel), so at inference, where the
-    bottleneck returns its mean, the new model computes exactly what the
-    old one did, and in training it samples with a small standard deviation
-    `exp(initial_log_var / 2)`. Training then trades the KL to `N(0, I)`,
-    logged as `kl`, against the task loss.
-
-    **Choosing `units`.** The default keeps the layer's width `w`: the two
-    heads then hold `2 * w * (w + 1)` parameters, fine after a layer of a
-    few hundred units. A smaller `units` (the size of the code `z`, e.g.
-    32 to 256) makes a tighter bottleneck with smaller heads, but starts
-    from randomly initialised heads followed by a linear `Dense(w)` that
-    keeps the consumers' trained weights: the output changes at insertion
-    and the model needs fine-tuning. A warning says when the added layers
-    would hold more than `SIZE_WARNING_RATIO` (4) times the parameters of
-    the model.
-
-    **Where it goes in a convnet.** After `Flatten` the width is positions
-    times channels (1,600 in the keras.io MNIST convnet), so the default
-    heads would dwarf the model. Insert it after the last pooling (or
-    convolution) layer instead: the bottleneck then acts on the channels of
-    each position, its heads are channels by channels, it starts as the
-    identity, and the logged KL is the mean per position. After global
-    pooling, or a narrow `Dense` layer before the classifier (the IMDB CNN's
-    `Dense(250)`), the bottleneck is one code per example.
+    With `units=None` the copy starts as the original: the mean head is the
+    identity and the log-variance head the constant `initial_log_var`, so
+    at inference, where the bottleneck returns its mean, it computes what
+    `model` did. A smaller `units` (the size of `z`) adds random heads and
+    a `Dense` back to the layer's width: the output changes and the model
+    needs fine-tuning. A warning says when the added layers would hold more
+    than `SIZE_WARNING_RATIO` times the model's parameters, as after a
+    convnet's `Flatten`: insert it after the last pooling layer instead
+    (the insertion tutorial shows where and why).
 
     Args:
         model: a built Functional or Sequential `keras.Model`.
-        after: the layer (name or object) after which to insert. It must be
-            called once in the model and return one float tensor whose rank
-            is at least 2; it may sit inside a nested Functional or
-            Sequential model. It must not compute the model's output (the
-            bottleneck would change what the model returns, e.g. its
-            probabilities), be a bottleneck, or already feed one.
+        after: the layer (name or object) after which to insert, possibly
+            in a nested Functional or Sequential model. It must be called
+            once, return one float tensor of rank 2 or more, and not compute
+            the model's output (e.g. probabilities), be a bottleneck or
+            feed one.
         kl_weight: finite float, 0 or more, the weight of the KL term.
             Default 1e-3: a trained layer's activations carry many nats, so
             a large weight first erases what the model learned.
-        units: int, 1 or more, or `None` (the width of the layer's output).
-            See "Choosing `units`" above.
+        units: int, 1 or more, or `None` (the layer's width); see above.
         initial_log_var: finite float, the initial log-variance (default
             -6: standard deviation 0.05).
         name: str or `None`, the bottleneck layer's name (default
@@ -464,50 +421,20 @@ def insert_bottleneck(
             UserWarning,
             stacklevel=2,
         )
-    return _Insert(target, layers).rewrite(model)
-
-
-class _Remove(_Rewriter):
-    def __init__(self, targets):
-        super().__init__()
-        self.targets = targets
-
-    def copy_layer(self, layer):
-        if (
-            id(layer) in self.clones
-            or not isinstance(layer, _layers.GaussianBottleneck)
-            or not any(t is layer for t in self.targets)
-        ):
-            return super().copy_layer(layer)
-        # A `Dense` with the mean head's weights and the layer's name.
-        dense = keras.layers.Dense.from_config(
-            {**layer.mean_head.get_config(), "name": layer.name}
-        )
-        self.pairs.append((layer.mean_head, dense))
-        self.clones[id(layer)] = dense
-        self.originals[id(dense)] = layer
-        return dense
-
-    def call(self, original, clone, args, kwargs):
-        if not any(t is original for t in self.targets):
-            return clone(*args, **kwargs)
-        if isinstance(original, _layers.GaussianBottleneck):
-            # The `Dense` copy of the mean head (no `training`, `mask`).
-            return clone(args[0])
-        # A two-input VIB: its inference output is `z_mean`.
-        return args[0][0]
+    copier = _Copier()
+    copier.after[id(target)] = layers
+    return copier.copy(model)
 
 
 def remove_bottleneck(model, bottleneck=None):
     """Return a copy of `model` with bottlenecks replaced by their means.
 
     The deterministic model for deployment: a `GaussianBottleneck` becomes
-    a `Dense` layer with the weights of its mean head (and the
-    bottleneck's name); a `VIB` (`[z_mean, z_log_var]` in) passes `z_mean`
-    through, and the log-variance head, no longer needed, is dropped. The
-    result has no KL loss and no sampling, and predicts what `model`
-    predicts at inference (unless a bottleneck sampled at inference).
-    Weights are copied, as in `insert_bottleneck`.
+    a `Dense` layer with its mean head's weights and its name; a `VIB`
+    passes `z_mean` through, and its unused log-variance head is dropped.
+    The result has no KL loss and no sampling, and predicts what `model`
+    does at inference (unless a bottleneck sampled at inference). Weights
+    are copied, as in `insert_bottleneck`.
 
     Args:
         model: a built Functional or Sequential `keras.Model`.
@@ -550,6 +477,7 @@ def remove_bottleneck(model, bottleneck=None):
             )
     else:
         targets = [_locate(model, bottleneck, "bottleneck")[1]]
+    copier = _Copier()
     for layer in targets:
         if not isinstance(layer, _layers.VIB):
             raise ValueError(
@@ -558,4 +486,15 @@ def remove_bottleneck(model, bottleneck=None):
                 f"`{layer.name}` is a {type(layer).__name__}, whose mean "
                 "is not known."
             )
-    return _Remove(targets).rewrite(model)
+        if isinstance(layer, _layers.GaussianBottleneck):
+            # A `Dense` with the mean head's weights and the layer's name,
+            # called without `training` and `mask`.
+            dense = keras.layers.Dense.from_config(
+                {**layer.mean_head.get_config(), "name": layer.name}
+            )
+            copier.replace[id(layer)] = (dense, layer.mean_head)
+            copier.calls[id(layer)] = lambda copy, args, kwargs: copy(args[0])
+        else:
+            # A two-input VIB: its inference output is `z_mean`.
+            copier.calls[id(layer)] = lambda copy, args, kwargs: args[0][0]
+    return copier.copy(model)

@@ -6,38 +6,26 @@ import keras
 from keras import ops
 
 from keras_vib import _deprecation
-from keras_vib._validation import check_choice
-from keras_vib._validation import check_log_name
 from keras_vib._validation import check_non_negative_float
 from keras_vib._validation import check_positive_float
-from keras_vib.callbacks import _bottlenecks
+from keras_vib.callbacks._kl_weight_callback import KLWeightCallback
+from keras_vib.callbacks._kl_weight_callback import read
 
 _DEFAULT = object()
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
-class AdaptiveKLWeight(keras.callbacks.Callback):
+class AdaptiveKLWeight(KLWeightCallback):
     """Keeps a bottleneck's KL near `target_kl` by dual ascent on its weight.
 
     As in the Variational Discriminator Bottleneck (Peng et al., 2019), the
     KL weight is the Lagrange multiplier of the constraint `KL <= target_kl`
-    and follows
-
-    `w <- max(0, w + step_size * (mean KL - target_kl))`,
-
-    after every epoch (`update_per="epoch"`, the epoch's mean training KL
-    from the logs) or every training batch (`update_per="batch"`, the mean
-    KL of that batch). Each bottleneck (see
-    `keras_vib.surgery.find_bottlenecks`; all of them, or those in
-    `layer_names`) is updated from its own KL. The weight a logged loss was
-    computed with is written to the logs as `log_name`
-    (`<layer>_<log_name>` with several bottlenecks), so it shows in
-    `History`.
-
-    The per-batch KL is read from the bottleneck's `running_kl()`;
-    per-epoch mode reads the bottleneck's KL (its `log_name`) from the
-    epoch logs. Under JAX, per-batch updates re-sync the model state from
-    the jitted loop (`model.jax_state_sync()`) after each batch.
+    and follows `w <- max(0, w + step_size * (mean KL - target_kl))`, after
+    every epoch (the epoch's mean training KL, from the logs) or every
+    training batch (the batch's KL, from the bottleneck's `running_kl()`).
+    Each bottleneck (see `keras_vib.surgery.find_bottlenecks`) is updated
+    from its own KL. The weight a logged loss was computed with is logged
+    as `log_name` (`<layer>_<log_name>` with several bottlenecks).
 
     Args:
         target_kl: finite float >= 0, the KL target `I_c` in nats (per
@@ -68,9 +56,6 @@ class AdaptiveKLWeight(keras.callbacks.Callback):
         initial_weight=None,
         log_name="kl_weight",
     ):
-        super().__init__()
-        self.target_kl = check_non_negative_float("target_kl", target_kl)
-        self.step_size = check_positive_float("step_size", step_size)
         if update_per is _DEFAULT:
             _deprecation.warn(
                 "AdaptiveKLWeight() without `update_per` (the default is "
@@ -78,32 +63,27 @@ class AdaptiveKLWeight(keras.callbacks.Callback):
                 "AdaptiveKLWeight(update_per='epoch' or 'batch')",
             )
             update_per = "epoch"
-        self.update_per = check_choice(
-            "update_per", update_per, ("epoch", "batch")
-        )
-        self.layer_names = _bottlenecks.check_layer_names(layer_names)
+        super().__init__(layer_names, update_per, log_name)
+        self.target_kl = check_non_negative_float("target_kl", target_kl)
+        self.step_size = check_positive_float("step_size", step_size)
         self.initial_weight = (
             None
             if initial_weight is None
             else check_non_negative_float("initial_weight", initial_weight)
         )
-        self.log_name = check_log_name("log_name", log_name, allow_none=False)
-        self._targets = None
 
     def on_train_begin(self, logs=None):
-        self._targets = _bottlenecks.find_bottlenecks(
-            self.model, self.layer_names
-        )
-        self._keys = _bottlenecks.log_keys(self._targets, self.log_name)
-        self._kl_keys = [layer.log_name for layer in self._targets]
-        _bottlenecks.sync_state(self.model)
+        super().on_train_begin(logs)
+        names = [layer.name for layer in self._targets]
+        self._keys = [f"{name}_{self.log_name}" for name in names]
+        if len(names) == 1:
+            self._keys = [self.log_name]
+        self.sync_state()
         if self.initial_weight is not None:
             for layer in self._targets:
-                _bottlenecks.set_weight(layer, self.initial_weight)
-        self._weights = [
-            _bottlenecks.read(layer.kl_weight) for layer in self._targets
-        ]
-        self._in_effect = list(self._weights)
+                self.set_weight(layer, self.initial_weight)
+        self._weights = [read(layer.kl_weight) for layer in self._targets]
+        self._logged = dict(zip(self._keys, self._weights))
 
     def _step(self, index, kl):
         # Dual ascent, projected onto w >= 0.
@@ -111,25 +91,22 @@ class AdaptiveKLWeight(keras.callbacks.Callback):
             0.0, self._weights[index] + self.step_size * (kl - self.target_kl)
         )
         self._weights[index] = new
-        _bottlenecks.set_weight(self._targets[index], new)
+        self.set_weight(self._targets[index], new)
 
     def _snapshot(self):
         """`(total, count)` of each bottleneck's running KL, as floats."""
-        return [
-            tuple(map(_bottlenecks.read, layer.running_kl()))
-            for layer in self._targets
-        ]
+        return [tuple(map(read, layer.running_kl())) for layer in self._targets]
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.update_per == "batch":
-            _bottlenecks.sync_state(self.model)
+            self.sync_state()
             self._previous = self._snapshot()
 
     def on_train_batch_end(self, batch, logs=None):
         if self.update_per != "batch":
             return
-        _bottlenecks.sync_state(self.model)
-        self._in_effect = list(self._weights)
+        self.sync_state()
+        self._logged = dict(zip(self._keys, self._weights))
         current = self._snapshot()
         for index, ((total, count), (prev_total, prev_count)) in enumerate(
             zip(current, self._previous)
@@ -139,41 +116,30 @@ class AdaptiveKLWeight(keras.callbacks.Callback):
             if count > prev_count:
                 self._step(index, (total - prev_total) / (count - prev_count))
         self._previous = current
-        self._log(logs)
+        super().on_train_batch_end(batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.update_per == "epoch":
-            self._in_effect = list(self._weights)
+            self._logged = dict(zip(self._keys, self._weights))
             logs = logs if logs is not None else {}
-            for index, key in enumerate(self._kl_keys):
+            for index, layer in enumerate(self._targets):
+                key = layer.log_name
                 kl = logs.get(key)
                 kl = None if kl is None else float(ops.convert_to_numpy(kl))
                 if kl is None or not math.isfinite(kl):
                     raise ValueError(
                         "`AdaptiveKLWeight(update_per='epoch')` needs the mean "
-                        "training KL of bottleneck "
-                        f"`{self._targets[index].name}` "
-                        f"in the epoch logs under `{key}`. Received: "
+                        f"training KL of bottleneck `{layer.name}` in the "
+                        f"epoch logs under `{key}`. Received: "
                         f"{key}={logs.get(key)!r}, log keys {sorted(logs)}"
                     )
                 self._step(index, kl)
-        self._log(logs)
-
-    def _log(self, logs):
-        if logs is not None:
-            for key, value in zip(self._keys, self._in_effect):
-                logs[key] = value
+        super().on_epoch_end(epoch, logs)
 
     def get_config(self):
         return {
+            **super().get_config(),
             "target_kl": self.target_kl,
             "step_size": self.step_size,
-            "update_per": self.update_per,
-            "layer_names": self.layer_names,
             "initial_weight": self.initial_weight,
-            "log_name": self.log_name,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)

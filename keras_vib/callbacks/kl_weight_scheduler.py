@@ -5,13 +5,12 @@ import math
 import keras
 from keras import ops
 
-from keras_vib._validation import check_choice
-from keras_vib._validation import check_log_name
-from keras_vib.callbacks import _bottlenecks
+from keras_vib.callbacks._kl_weight_callback import KLWeightCallback
+from keras_vib.callbacks._kl_weight_callback import read
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
-class KLWeightScheduler(keras.callbacks.Callback):
+class KLWeightScheduler(KLWeightCallback):
     """Sets the `kl_weight` of keras_vib bottlenecks from a schedule.
 
     At the start of every epoch (`update_per="epoch"`) or every training
@@ -21,24 +20,17 @@ class KLWeightScheduler(keras.callbacks.Callback):
     The weight in effect is written to the logs as `log_name`, so it shows
     in the progress bar and in `History`.
 
-    Resuming: with `update_per="epoch"` the index is the epoch, so
-    `fit(initial_epoch=k)` continues the schedule at epoch `k`. With
-    `update_per="batch"` the index is the global step, read from
-    `model.optimizer.iterations`, which is saved with the model: a model
-    reloaded from a `.keras` file mid-schedule continues where it stopped.
-    The weight variable itself is also saved with the model.
-
-    Under JAX, a per-batch update re-syncs the model state from the jitted
-    loop when the weight changes (`model.jax_state_sync()`), which costs a
-    little time per batch.
+    Resuming: the epoch index continues with `fit(initial_epoch=k)`; the
+    global step is `model.optimizer.iterations`, saved with the model (as
+    is the weight), so a reloaded model continues where it stopped. Under
+    JAX, a per-batch change of the weight re-syncs the model state.
 
     Args:
         schedule: a `keras.optimizers.schedules.LearningRateSchedule`
             (`keras_vib.schedules.LinearWarmup`, `CyclicalAnnealing`, or one
             of Keras's own) or any callable `index -> weight` (a finite
-            float >= 0). Schedule objects serialize with `get_config`; a
-            plain function must be registered with
-            `keras.saving.register_keras_serializable` to deserialize.
+            float >= 0; register a plain function with
+            `keras.saving.register_keras_serializable` to deserialize it).
         layer_names: `None` (all bottlenecks) or a list of layer names.
             Naming a layer that is not a bottleneck of the model raises
             `ValueError` when training starts.
@@ -69,25 +61,18 @@ class KLWeightScheduler(keras.callbacks.Callback):
         update_per="epoch",
         log_name="kl_weight",
     ):
-        super().__init__()
         if not callable(schedule):
             raise TypeError(
                 "Invalid value received for argument `schedule`. Expected a "
                 "callable `index -> weight`, e.g. "
-                "`keras_vib.callbacks.linear_warmup(10)`. Received: "
+                "`keras_vib.schedules.LinearWarmup(10)`. Received: "
                 f"schedule={schedule!r}"
             )
-        self.log_name = check_log_name("log_name", log_name, allow_none=False)
+        super().__init__(layer_names, update_per, log_name)
         self.schedule = schedule
-        self.layer_names = _bottlenecks.check_layer_names(layer_names)
-        self.update_per = check_choice(
-            "update_per", update_per, ("epoch", "batch")
-        )
-        self._targets = None
-        self._current = None
         self._epoch_start_step = 0
 
-    def _weight_at(self, index):
+    def _apply(self, index):
         raw = self.schedule(index)
         try:
             value = float(ops.convert_to_numpy(raw))
@@ -99,58 +84,29 @@ class KLWeightScheduler(keras.callbacks.Callback):
                 f"weight at {self.update_per} {index}. Expected a finite float "
                 f">= 0. Received: {raw!r}"
             )
-        return value
-
-    def _apply(self, index):
-        value = self._weight_at(index)
-        if value != self._current:
-            _bottlenecks.sync_state(self.model)
+        if value != self._logged.get(self.log_name):
+            self.sync_state()
             for layer in self._targets:
-                _bottlenecks.set_weight(layer, value)
-            self._current = value
-
-    def on_train_begin(self, logs=None):
-        self._targets = _bottlenecks.find_bottlenecks(
-            self.model, self.layer_names
-        )
-        self._current = None
+                self.set_weight(layer, value)
+            self._logged = {self.log_name: value}
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.update_per == "epoch":
             self._apply(epoch)
         else:
             # Variables are attached between epochs on every backend.
-            _bottlenecks.sync_state(self.model)
-            self._epoch_start_step = int(
-                ops.convert_to_numpy(self.model.optimizer.iterations.value)
-            )
+            self.sync_state()
+            self._epoch_start_step = int(read(self.model.optimizer.iterations))
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.update_per == "batch":
             self._apply(self._epoch_start_step + batch)
 
-    def _log(self, logs):
-        if logs is not None and self._current is not None:
-            logs[self.log_name] = self._current
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._log(logs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._log(logs)
-
     def get_config(self):
-        return {
-            "schedule": keras.saving.serialize_keras_object(self.schedule),
-            "layer_names": self.layer_names,
-            "update_per": self.update_per,
-            "log_name": self.log_name,
-        }
+        schedule = keras.saving.serialize_keras_object(self.schedule)
+        return {**super().get_config(), "schedule": schedule}
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["schedule"] = keras.saving.deserialize_keras_object(
-            config["schedule"]
-        )
-        return cls(**config)
+        schedule = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(**{**config, "schedule": schedule})

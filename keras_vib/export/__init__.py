@@ -1,15 +1,9 @@
 """Export keras_vib models as TensorFlow SavedModels or ONNX files.
 
 Each function writes one artifact, a set of named endpoints, in the format
-chosen with `format=`, as in `keras.Model.export`:
-
-- `"tf_saved_model"` (default): a SavedModel directory, served by TensorFlow
-  alone, written from the TensorFlow or JAX backend (for PyTorch, export
-  ONNX, or from a `KERAS_BACKEND=tensorflow` process).
-- `"onnx"`: ONNX files, served by ONNX Runtime alone, written from all three
-  backends (with `tf2onnx`, `jax2onnx` or `onnx`). ONNX cannot take the seed
-  of a random operator as an input, so `serve_mc(x, seed)` and
-  `generate(n, seed)` exist in SavedModels only.
+chosen with `format=`, as in `keras.Model.export`: `"tf_saved_model"` (the
+default; TensorFlow or JAX backend) or `"onnx"` (all three backends, without
+the seeded endpoints `serve_mc` and `generate`). See `docs/deploying.md`.
 """
 
 from keras_vib import _deprecation
@@ -40,16 +34,13 @@ def classifier(
     """Export a model with VIB bottlenecks as a SavedModel or an ONNX file.
 
     Endpoints (also signatures, for TF Serving and `saved_model_cli`):
-
-    - `serve(x)`: `model(x, training=False)` with every bottleneck
-      returning its mean; also `serving_default` (output key `output_0`).
-    - `serve_mc(x, seed)`, only if `num_samples` is given: `num_samples`
-      Monte Carlo draws, `(num_samples, batch, ...)`, with noise set by the
-      int32 scalar `seed`: the computation of `kv.prediction.predict_mc`.
-
-    Calls change no state. With `format="onnx"`, `filepath` is one ONNX
-    file holding `serve` (input `x`, output `y`); `num_samples` must be
-    `None`, since ONNX cannot take a random operator's seed as an input.
+    `serve(x)`, the model at inference with every bottleneck returning its
+    mean (also `serving_default`, output key `output_0`), and with
+    `num_samples`, the SavedModel's `serve_mc(x, seed)`: `num_samples` Monte
+    Carlo draws as `kv.prediction.predict_mc`, the noise set by the int32
+    scalar `seed`. Calls change no state. An ONNX `filepath` is one file
+    holding `serve`; `docs/deploying.md` lists each format's inputs and
+    outputs.
 
     Args:
         model: a built, single-input `keras.Model`; with `num_samples`, it
@@ -89,20 +80,12 @@ def classifier_with_rate(
 ):
     """Export a classifier whose served model also returns the rate R(x).
 
-    Writes the endpoints of `classifier` plus `serve_rate(x)`: a dict with
-    `"output"` (as `serve`) and the per-example rate R(x) = KL(q(z|x) ||
-    r(z)) in nats of each bottleneck, `"rate"` for one bottleneck,
-    `"rate_<layer name>"` for each of several: the computation of
-    `kv.prediction.predict_rate`, in the output's forward pass. With a
-    fitted `scorer`, `serve_rate` also returns `"ood_score"`, the
-    per-example score of `scorer.score(model, x)`, computed in the same
-    forward pass with the fitted numbers written into the artifact as
-    constants (the served model needs no JSON file). With
-    `format="onnx"`, `filepath` is a directory holding `serve.onnx` and
-    `serve_rate.onnx` (outputs named as the keys above).
-
-    A rate alone has no fixed direction (see `keras_vib.uncertainty`);
-    the `ood_score` of a `TypicalityScorer` has none to choose.
+    Writes the endpoints of `classifier` plus `serve_rate(x)`: `"output"`
+    (as `serve`) and the per-example rate R(x) = KL(q(z|x) || r(z)) in
+    nats, `"rate"` (or `"rate_<layer name>"` for each of several
+    bottlenecks), as `kv.prediction.predict_rate`; with a fitted `scorer`,
+    also `"ood_score"`, as `scorer.score(model, x)`. An ONNX `filepath` is
+    a directory of `serve.onnx` and `serve_rate.onnx`.
 
     Args:
         model: a built, single-input `keras.Model` with at least one `VIB`
@@ -126,23 +109,6 @@ def classifier_with_rate(
     ...     kv.layers.GaussianBottleneck(2, seed=0), keras.layers.Dense(3)])
     >>> kv.export.classifier_with_rate(model, tempfile.mkdtemp())
     ['serve', 'serve_rate']
-
-    Serving a typicality score, fitted on held-out in-distribution inputs:
-
-    >>> import tensorflow as tf
-    >>> rng = np.random.default_rng(0)
-    >>> x_held_out = rng.normal(size=(200, 4)).astype("float32")
-    >>> scorer = kv.uncertainty.TypicalityScorer().fit(model, x_held_out)
-    >>> path = tempfile.mkdtemp()
-    >>> kv.export.classifier_with_rate(model, path, scorer=scorer)
-    ['serve', 'serve_rate']
-    >>> reloaded = tf.saved_model.load(path)
-    >>> served = reloaded.serve_rate(x_held_out[:3])
-    >>> sorted(served)
-    ['ood_score', 'output', 'rate']
-    >>> np.allclose(served["ood_score"], scorer.score(model, x_held_out[:3]),
-    ...             atol=1e-5)
-    True
     """
     write = _writer(format)
     endpoints = _export_utils.classifier_endpoints(
@@ -164,20 +130,14 @@ def vae(
 ):
     """Export a `VAE` or `IWAE` as a SavedModel or as ONNX files.
 
-    Endpoints (also signatures, for TF Serving and `saved_model_cli`):
-
-    - `encode(x)`: `{"z_mean": ..., "z_log_var": ...}` of q(z|x), as
-      `model.encode(x)`; also `serving_default`.
-    - `decode(z)`: `model.decode(z)`, the mean of p(x|z).
-    - `generate(n, seed)`: `decode(z)` for `n` (int32 scalar) draws
-      `z = tf.random.stateless_normal((n,) + latent_shape, [seed, 0])`:
-      `model.generate(n, seed=seed)` on TensorFlow (JAX's own generator
-      draws other noise), and the same for every exporting backend.
-
-    Calls change no state. With `format="onnx"`, `filepath` is a directory
-    holding `encode.onnx` (input `x`, outputs `z_mean`, `z_log_var`) and
-    `decode.onnx` (input `z`, output `x_mean`); for `generate`, draw `z`
-    from N(0, I) yourself and decode it.
+    Endpoints (also signatures): `encode(x)` returns `z_mean` and
+    `z_log_var`, as `model.encode(x)` (also `serving_default`); `decode(z)`
+    returns `x_mean`, as `model.decode(z)`; the SavedModel's
+    `generate(n, seed)` decodes `n` draws
+    `z = tf.random.stateless_normal((n,) + latent_shape, [seed, 0])` (ONNX
+    cannot take a seed as an input: draw `z` and decode it). Calls change
+    no state. An ONNX `filepath` is a directory of `encode.onnx` and
+    `decode.onnx`.
 
     Args:
         model: a built `kv.models.VAE` or `IWAE`, or a model with
@@ -203,9 +163,6 @@ def vae(
     """
     write = _writer(format)
     endpoints = _export_utils.vae_endpoints(model, input_signature)
-    if format == "onnx":
-        # ONNX cannot take a seed as an input: users draw z for `decode`.
-        endpoints = [endpoint for endpoint in endpoints if not endpoint.seeded]
     return write(model, endpoints, filepath, verbose)
 
 

@@ -20,7 +20,8 @@ class Endpoint:
     `keras.InputSpec` of `inputs`, returns a dict keyed by `outputs`. With
     a `prior_shape`, the endpoint takes `(n, seed)` and serves `function(z)`
     (also an endpoint) on z ~ N(0, I) drawn by the writer, as a JAX function
-    cannot take a shape as an input. `requested_by`: for error messages."""
+    cannot take a shape as an input. `requested_by`: the argument that asked
+    for it, or `None` for one the artifact always has (writers may drop it)."""
 
     name: str
     function: object
@@ -32,11 +33,6 @@ class Endpoint:
     @property
     def seeded(self):
         return any(spec.name == "seed" for spec in self.inputs)
-
-    def __call__(self, *args):
-        """The output tensors for `args`, in the order of `outputs`."""
-        results = self.function(*args)
-        return [results[name] for name in self.outputs]
 
 
 def check_backend(format, backends, advice):

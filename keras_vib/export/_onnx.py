@@ -19,7 +19,8 @@ class _OnnxEndpoint(keras.Model):
         self.exported_model, self.endpoint, self.built = model, endpoint, True
 
     def call(self, x):
-        values = self.endpoint(x)
+        outputs = self.endpoint.function(x)
+        values = [outputs[name] for name in self.endpoint.outputs]
         return values[0] if len(values) == 1 else tuple(values)
 
 
@@ -93,6 +94,8 @@ def write(model, endpoints, filepath, verbose=False):
             f"Received: {keras.config.dtype_policy().name}. Call "
             "`keras.config.set_dtype_policy('float32')` and reload the model."
         )
+    # Left out: `generate` (users draw z for `decode`). Refused: `serve_mc`.
+    endpoints = [e for e in endpoints if e.requested_by or not e.seeded]
     for endpoint in endpoints:
         if endpoint.seeded:
             raise ValueError(

@@ -10,17 +10,9 @@ from keras_vib.export import _export_utils
 SUPPORTED_BACKENDS = ("tensorflow", "jax")
 
 
-def _signature(endpoint):
-    import tensorflow as tf
-
-    return [
-        tf.TensorSpec(s.shape, s.dtype, name=s.name) for s in endpoint.inputs
-    ]
-
-
 def _returning(endpoint):
     def fn(*args):
-        outputs = dict(zip(endpoint.outputs, endpoint(*args)))
+        outputs = endpoint.function(*args)
         return outputs.popitem()[1] if len(outputs) == 1 else outputs
 
     return fn
@@ -31,7 +23,9 @@ def _from_prior(endpoint, traced):
     function, so that `n` can be an input (JAX fixes shapes at export)."""
     import tensorflow as tf
 
-    @tf.function(input_signature=_signature(endpoint), autograph=False)
+    specs = [tf.TensorSpec(s.shape, s.dtype, s.name) for s in endpoint.inputs]
+
+    @tf.function(input_signature=specs, autograph=False)
     def draw(n, seed):
         shape = tf.concat([[n], tf.constant(endpoint.prior_shape, "int32")], 0)
         return traced(tf.random.stateless_normal(shape, tf.stack([seed, 0])))
@@ -55,13 +49,12 @@ def write(model, endpoints, filepath, verbose=False):
     archive.track(model)
     traced = {}
     for endpoint in endpoints:
-        if endpoint.prior_shape is not None:
+        if endpoint.prior_shape is None:
+            traced[endpoint.function] = archive.add_endpoint(
+                endpoint.name, _returning(endpoint), list(endpoint.inputs)
+            )
+        else:
             draw = _from_prior(endpoint, traced[endpoint.function])
             archive.add_endpoint(endpoint.name, draw)
-            continue
-
-        traced[endpoint.function] = archive.add_endpoint(
-            endpoint.name, _returning(endpoint), _signature(endpoint)
-        )
     archive.write_out(path, verbose=verbose)
     return [endpoint.name for endpoint in endpoints]
