@@ -14,14 +14,6 @@ from keras import ops
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def float32(x):
-    """`x` in float32; no op when it is already (eager torch pays Keras's
-    dispatch on every op, even a cast to the same dtype)."""
-    if keras.backend.standardize_dtype(x.dtype) == "float32":
-        return x
-    return ops.cast(x, "float32")
-
-
 def exp_minus_one_minus(r):
     """`exp(r) - 1 - r >= 0`, via expm1: the naive form loses the `r**2 / 2`
     term to rounding near 0 and can come out slightly negative."""

@@ -18,6 +18,14 @@ from keras_vib.layers.sampling import Sampling
 from keras_vib.layers.sampling import first_mask
 
 
+def _float32(x):
+    """`x` in float32; no op when it is already (eager torch pays Keras's
+    dispatch on every op, even a cast to the same dtype)."""
+    if keras.backend.standardize_dtype(x.dtype) == "float32":
+        return x
+    return ops.cast(x, "float32")
+
+
 def _sums(per_dim_kl, mask):
     """`(total, count)`: the KL summed over the unmasked positions, and how
     many there are (float32 scalars; the count is a Python float when the
@@ -253,9 +261,9 @@ class VIB(Sampling):
         if self.rate_records is not None:
             self.rate_records.append(self.rate(z_mean, z_log_var))
         # Clamp once, for both the KL and the sample; the KL in float32.
-        log_var = vib_ops.clip_log_var(_kernels.float32(z_log_var))
+        log_var = vib_ops.clip_log_var(_float32(z_log_var))
         if self.prior is None:
-            mean = _kernels.float32(z_mean)
+            mean = _float32(z_mean)
             per_dim_kl = _kernels.standard_normal_kl(mean, log_var)
         else:  # One Monte Carlo estimate per example, as a single "dim".
             per_dim_kl = self.prior.kl(z_mean, log_var)[..., None]
