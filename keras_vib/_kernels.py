@@ -22,7 +22,7 @@ def exp_minus_one_minus(r):
 
 def standard_normal_kl(mean, log_var):
     """Per-dimension KL(N(mean, exp(log_var)) || N(0, 1))."""
-    return 0.5 * (mean * mean + exp_minus_one_minus(log_var))
+    return 0.5 * (ops.square(mean) + exp_minus_one_minus(log_var))
 
 
 def gaussian_kl(mean, log_var, prior_mean, prior_log_var):
@@ -41,6 +41,4 @@ def reparameterize(mean, log_var, seed, shape=None):
     the shape of `mean`), drawn in `mean`'s dtype."""
     shape = ops.shape(mean) if shape is None else shape
     eps = keras.random.normal(shape, dtype=mean.dtype, seed=seed)
-    if log_var.dtype != mean.dtype:
-        log_var = ops.cast(log_var, mean.dtype)
-    return mean + ops.exp(0.5 * log_var) * eps
+    return mean + ops.exp(0.5 * ops.cast(log_var, mean.dtype)) * eps

@@ -1,7 +1,5 @@
 """`VIB`: a variational information bottleneck layer."""
 
-import math
-
 import keras
 from keras import ops
 
@@ -18,33 +16,14 @@ from keras_vib.layers.sampling import Sampling
 from keras_vib.layers.sampling import first_mask
 
 
-def _float32(x):
-    """`x` in float32; no op when it is already (eager torch pays Keras's
-    dispatch on every op, even a cast to the same dtype)."""
-    if keras.backend.standardize_dtype(x.dtype) == "float32":
-        return x
-    return ops.cast(x, "float32")
-
-
 def _sums(per_dim_kl, mask):
     """`(total, count)`: the KL summed over the unmasked positions, and how
-    many there are (float32 scalars; the count is a Python float when the
-    shape is static and there is no mask: no op to run on every step)."""
+    many there are (a float32 scalar each)."""
     if mask is None:
-        positions = tuple(per_dim_kl.shape)[:-1]
-        if all(isinstance(n, int) for n in positions):
-            return ops.sum(per_dim_kl), float(math.prod(positions))
         count = ops.size(per_dim_kl) // ops.shape(per_dim_kl)[-1]
         return ops.sum(per_dim_kl), ops.cast(count, "float32")
     weights = ops.cast(mask, "float32")
     return ops.sum(weights * ops.sum(per_dim_kl, axis=-1)), ops.sum(weights)
-
-
-def _at_least_one(count):
-    """`max(count, 1)`, so that an empty batch's mean KL is 0, not NaN."""
-    if isinstance(count, float):
-        return max(count, 1.0)
-    return ops.maximum(count, 1.0)
 
 
 def _batch_mean(per_dim, mask):
@@ -261,15 +240,16 @@ class VIB(Sampling):
         if self.rate_records is not None:
             self.rate_records.append(self.rate(z_mean, z_log_var))
         # Clamp once, for both the KL and the sample; the KL in float32.
-        log_var = vib_ops.clip_log_var(_float32(z_log_var))
+        log_var = vib_ops.clip_log_var(ops.cast(z_log_var, "float32"))
         if self.prior is None:
-            mean = _float32(z_mean)
+            mean = ops.cast(z_mean, "float32")
             per_dim_kl = _kernels.standard_normal_kl(mean, log_var)
         else:  # One Monte Carlo estimate per example, as a single "dim".
             per_dim_kl = self.prior.kl(z_mean, log_var)[..., None]
         total, count = _sums(per_dim_kl, mask)
         if self.free_bits == 0.0:
-            penalty = total / _at_least_one(count)  # The batch-mean KL.
+            # The batch-mean KL; an empty batch contributes 0, not NaN.
+            penalty = total / ops.maximum(count, 1.0)
         else:
             penalty = self.kl_penalty(per_dim_kl, mask)
         self.add_loss(penalty * self.kl_weight.value)
