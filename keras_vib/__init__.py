@@ -1,27 +1,10 @@
 """keras_vib: variational bottlenecks for Keras 3, on TensorFlow, JAX and
 PyTorch.
 
-One public path per symbol:
-
-- `keras_vib.layers`: `Sampling`, `VIB`, `GaussianBottleneck`,
-  `MixturePrior`.
-- `keras_vib.surgery`: `insert_bottleneck`, `remove_bottleneck`,
-  `find_bottlenecks` (model surgery on built models).
-- `keras_vib.models`: `VAE`, `IWAE`, `log_likelihood`.
-- `keras_vib.likelihoods`: `Bernoulli`, `Gaussian`, `CallableLikelihood`,
-  `Likelihood`, `get`.
-- `keras_vib.losses`: `iwae_bound`, `iwae_log_weights`.
-- `keras_vib.ops`: Gaussian and Bernoulli densities, KL, sampling.
-- `keras_vib.schedules`: `LinearWarmup`, `CyclicalAnnealing`.
-- `keras_vib.callbacks`: `KLWeightScheduler`, `AdaptiveKLWeight`.
-- `keras_vib.metrics`: `ExpectedCalibrationError`.
-- `keras_vib.prediction`: `predict_mc`, `predict_rate`.
-- `keras_vib.uncertainty`: OOD scores (`ood_scores`, `ood_report`,
-  `auroc`, `tpr_at_fpr`), `calibration_bins`, `reliability_diagram`.
-- `keras_vib.export`: `classifier`, `classifier_with_rate`, `vae`
-  (TensorFlow SavedModels or ONNX files).
-- `keras_vib.datasets`: IMDB, MNIST and Fashion-MNIST loaders that also
-  work offline (`KERAS_VIB_DATA`).
+One public path per symbol, in the submodules `layers`, `surgery`, `models`,
+`likelihoods`, `losses`, `ops`, `schedules`, `callbacks`, `metrics`,
+`prediction`, `uncertainty`, `export` and `datasets` (each one's page of the
+API reference lists its names).
 """
 
 import keras

@@ -36,11 +36,8 @@ def is_graph_model(layer):
 def layers_of_type(layer, kind):
     """Every layer of type `kind` in `layer` (itself included), nested in
     graph models or inside other layers alike, each once."""
-    return [
-        inner
-        for inner in _compat.flatten_layers(layer)
-        if isinstance(inner, kind)
-    ]
+    flat = _compat.flatten_layers(layer)
+    return [inner for inner in flat if isinstance(inner, kind)]
 
 
 def children(model):

@@ -1,12 +1,9 @@
 """Data loaders that also work offline: IMDB, MNIST and Fashion-MNIST.
 
-Each loader reads the standard Keras `.npz` file from the `data_dir`
-argument (the examples' `--data-dir` flag) or else `$KERAS_VIB_DATA`. With
-neither set, it falls back to `keras.datasets.*.load_data()`, which
-downloads the file once; a failed download says how to pass a local copy. A
-missing or malformed file raises a `DataFileError` that names the path and
-says what was expected. The IMDB loader reproduces
-`keras.datasets.imdb.load_data` exactly, with a local copy or a download.
+Each loader reads the standard Keras `.npz` file from `data_dir` (the
+examples' `--data-dir` flag) or `$KERAS_VIB_DATA`, or else downloads it with
+`keras.datasets`. A missing or malformed file, or a failed download, raises
+a `DataFileError` that says what was expected.
 """
 
 import os

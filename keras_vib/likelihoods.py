@@ -2,12 +2,8 @@
 
 A likelihood turns the decoder's output (logits for `"bernoulli"`,
 probabilities for `"bernoulli_probs"`, means for `"gaussian"`) into a
-per-example log-probability of the data, summed over every data axis.
-
-Shapes: `x` is `(batch,) + data_shape`; `outputs` is `(batch,) + data_shape`
-or `(k, batch) + data_shape` (k importance samples). `log_prob` returns
-`(batch,)` or `(k, batch)`: it broadcasts `x` over the sample axis instead of
-copying it.
+per-example log-probability of the data, summed over every data axis
+(`log_prob` broadcasts `x` over a leading axis of k importance samples).
 """
 
 import math
@@ -188,10 +184,9 @@ class Likelihood(keras.layers.Layer):
 class Bernoulli(Likelihood):
     """Bernoulli likelihood, on logits (default) or on probabilities.
 
-    For binary data or data in [0, 1] (for non-binary data, the
-    cross-entropy form `x * log p + (1 - x) * log(1 - p)`, not a normalized
-    density). `VAE` and `IWAE` refuse data outside [0, 1] (e.g. 8-bit
-    pixels), see `Likelihood.check_data_range`.
+    For binary data or data in [0, 1] (its `support`; for non-binary data,
+    the cross-entropy form `x * log p + (1 - x) * log(1 - p)`, not a
+    normalized density).
 
     With `from_logits=True` (`likelihood="bernoulli"`, recommended), the
     decoder outputs logits (no final activation), `mean` is
@@ -204,10 +199,7 @@ class Bernoulli(Likelihood):
     as in `keras.losses.binary_crossentropy(x, p)`. Precision is lost in the
     sigmoid: past a logit of about 17 a float32 `p` is exactly 1, and the
     clip caps each element's loss at `-log(epsilon)` with no gradient.
-
-    `VAE` and `IWAE` check the final activation of a functional or
-    `Sequential` decoder against `from_logits`; a subclassed decoder cannot
-    be checked.
+    `check_output_activation` checks the decoder against `from_logits`.
 
     Args:
         from_logits: bool, whether the decoder outputs logits (`True`) or
@@ -248,9 +240,7 @@ class Bernoulli(Likelihood):
         axes = _event_axes(x, outputs)
         return vib_ops.bernoulli_log_prob(x, outputs, axis=axes)
 
-    def _log_prob_elementwise(self, x, outputs):
-        if self.from_logits:
-            return vib_ops.bernoulli_log_prob(x, outputs, axis=None)
+    def _log_prob_elementwise(self, x, outputs):  # probabilities only
         x = ops.cast(x, "float32")
         epsilon = keras.config.epsilon()
         p = ops.clip(ops.cast(outputs, "float32"), epsilon, 1.0 - epsilon)
@@ -423,8 +413,7 @@ def get(identifier):
     if isinstance(identifier, str) and identifier in _NAMES:
         if identifier == "gaussian":
             return Gaussian(name="likelihood")
-        from_logits = identifier == "bernoulli"
-        return Bernoulli(from_logits=from_logits, name="likelihood")
+        return Bernoulli(identifier == "bernoulli", name="likelihood")
     if isinstance(identifier, dict):
         return keras.saving.deserialize_keras_object(identifier)
     if callable(identifier):

@@ -8,8 +8,6 @@ with `q(z | x) = N(z_mean, exp(z_log_var))` and the prior `p(z) = N(0, I)`.
 `L_1` is the ELBO and `L_1 <= L_k <= L_{k+1} <= log p(x)`.
 """
 
-import math
-
 import keras
 from keras import ops
 
@@ -177,11 +175,10 @@ def iwae_bound(
             f"num_samples={num_samples} draws on the first axis. Received: "
             f"noise.shape={tuple(noise.shape)}"
         )
-    log_k = math.log(num_samples)
     kwargs = dict(likelihood=likelihood, training=training)
     if gradient_estimator == "iwae":
         log_w = iwae_log_weights(x, z_mean, z_log_var, decoder, noise, **kwargs)
-        return ops.logsumexp(log_w, axis=0) - log_k
+        return vib_ops.log_mean_exp(log_w, axis=0)
     # DReG. A forward pass without gradient gives the normalized weights.
     stopped = ops.stop_gradient(z_mean), ops.stop_gradient(z_log_var)
     log_w_value = ops.stop_gradient(
@@ -201,6 +198,6 @@ def iwae_bound(
         **kwargs,
     )
     surrogate = ops.sum(weights * log_w, axis=0)
-    bound = ops.logsumexp(log_w_value, axis=0) - log_k
+    bound = vib_ops.log_mean_exp(log_w_value, axis=0)
     # Value: exactly `bound`; gradient: that of `surrogate`.
     return ops.stop_gradient(bound) + (surrogate - ops.stop_gradient(surrogate))

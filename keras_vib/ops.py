@@ -1,14 +1,9 @@
 """Backend-agnostic math for Gaussian bottlenecks, written on `keras.ops`.
 
 Densities and divergences are computed in float32 whatever the inputs'
-dtype, so that they stay finite under a mixed-precision policy.
-
-Reductions, stated once for the whole module:
-
-- `gaussian_kl`, `gaussian_log_prob`, `standard_normal_log_prob` and
-  `bernoulli_log_prob` sum over the event axes named by `axis` (the last axis
-  by default) and keep every other axis. They never average over the batch.
-- `log_mean_exp` reduces the sample axis it is given.
+dtype, so that they stay finite under a mixed-precision policy. They sum
+over the event axes named by `axis` (the last by default) and keep every
+other axis: they never average over the batch.
 """
 
 import functools
@@ -116,10 +111,8 @@ def gaussian_kl(
     if prior_mean is None and prior_log_var is None:
         return _sum(_kernels.standard_normal_kl(mean, log_var), axis)
     prior_mean = 0.0 if prior_mean is None else _float32(prior_mean)
-    if prior_log_var is None:
-        prior_log_var = 0.0
-    else:
-        prior_log_var = clip_log_var(_float32(prior_log_var))
+    prior_log_var = 0.0 if prior_log_var is None else _float32(prior_log_var)
+    prior_log_var = clip_log_var(prior_log_var)
     per_dim = _kernels.gaussian_kl(mean, log_var, prior_mean, prior_log_var)
     return _sum(per_dim, axis)
 
@@ -195,8 +188,11 @@ def bernoulli_log_prob(x, logits, axis=-1):
     """
     check_broadcastable(("x", "logits"), (x, logits))
     x, logits = _float32(x), _float32(logits)
-    rank = max(len(x.shape), len(logits.shape))
-    axes = _normalize_axes(axis, rank)
+    axes = axis
+    if axis is not None:  # sorted non-negative ints, for expand_dims
+        rank = max(len(x.shape), len(logits.shape))
+        axes = (axis,) if isinstance(axis, int) else tuple(axis)
+        axes = tuple(sorted(a % rank for a in axes))
     # On torch, skip the gradient for x when x does not need one (TF and
     # JAX prune it).
     x_needs_gradient = getattr(x, "requires_grad", True)
@@ -226,14 +222,6 @@ def bernoulli_log_prob(x, logits, axis=-1):
         return value, grad
 
     return log_prob(x, logits)
-
-
-def _normalize_axes(axis, rank):
-    """`axis` (int, tuple or None) as a sorted tuple of non-negative ints."""
-    if axis is None:
-        return None
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    return tuple(sorted(a % rank for a in axes))
 
 
 def _unbroadcast(gradient, target):

@@ -6,6 +6,8 @@ Any `keras.optimizers.schedules.LearningRateSchedule` works as a KL
 schedule too, e.g. `keras.optimizers.schedules.PolynomialDecay`.
 """
 
+import inspect
+
 import keras
 import numpy as np
 from keras import ops
@@ -25,6 +27,11 @@ class _KLSchedule(keras.optimizers.schedules.LearningRateSchedule):
         if isinstance(step, (int, float, np.integer, np.floating)):
             return float(self.weight(np, np.float64(step)))
         return self.weight(ops, ops.cast(step, "float32"))
+
+    def get_config(self):
+        """The constructor's arguments, each kept as an attribute."""
+        names = list(inspect.signature(type(self).__init__).parameters)
+        return {name: getattr(self, name) for name in names[1:]}
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
@@ -61,14 +68,6 @@ class LinearWarmup(_KLSchedule):
     def weight(self, xp, step):
         progress = xp.clip((step - self.delay) / self.warmup, 0.0, 1.0)
         return self.initial + (self.final - self.initial) * progress
-
-    def get_config(self):
-        return {
-            "warmup": self.warmup,
-            "initial": self.initial,
-            "final": self.final,
-            "delay": self.delay,
-        }
 
 
 @keras.saving.register_keras_serializable(package="keras_vib")
@@ -117,12 +116,3 @@ class CyclicalAnnealing(_KLSchedule):
             done = step >= self.num_cycles * self.period
             weight = xp.where(done, self.final, weight)
         return weight
-
-    def get_config(self):
-        return {
-            "period": self.period,
-            "ratio": self.ratio,
-            "initial": self.initial,
-            "final": self.final,
-            "num_cycles": self.num_cycles,
-        }

@@ -322,9 +322,7 @@ def insert_bottleneck(
     `model` did. A smaller `units` (the size of `z`) adds random heads and
     a `Dense` back to the layer's width: the output changes and the model
     needs fine-tuning. A warning says when the added layers would hold more
-    than `SIZE_WARNING_RATIO` times the model's parameters, as after a
-    convnet's `Flatten`: insert it after the last pooling layer instead
-    (the insertion tutorial shows where and why).
+    than `SIZE_WARNING_RATIO` times the model's parameters.
 
     Args:
         model: a built Functional or Sequential `keras.Model`.
@@ -429,12 +427,11 @@ def insert_bottleneck(
 def remove_bottleneck(model, bottleneck=None):
     """Return a copy of `model` with bottlenecks replaced by their means.
 
-    The deterministic model for deployment: a `GaussianBottleneck` becomes
-    a `Dense` layer with its mean head's weights and its name; a `VIB`
-    passes `z_mean` through, and its unused log-variance head is dropped.
-    The result has no KL loss and no sampling, and predicts what `model`
-    does at inference (unless a bottleneck sampled at inference). Weights
-    are copied, as in `insert_bottleneck`.
+    The deterministic model for deployment, with no KL loss and no
+    sampling: a `GaussianBottleneck` becomes a `Dense` layer with its mean
+    head's weights and its name; a `VIB` passes `z_mean` through. It
+    predicts what `model` does at inference (unless a bottleneck sampled
+    there). Weights are copied, as in `insert_bottleneck`.
 
     Args:
         model: a built Functional or Sequential `keras.Model`.

@@ -49,9 +49,7 @@ class KLWeightCallback(keras.callbacks.Callback):
         if logs is not None:
             logs.update(self._logged)
 
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs.update(self._logged)
+    on_epoch_end = on_train_batch_end
 
     def sync_state(self):
         """Reattach the variables that JAX's `fit` detaches during an epoch,

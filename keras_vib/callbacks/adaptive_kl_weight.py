@@ -74,10 +74,8 @@ class AdaptiveKLWeight(KLWeightCallback):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        names = [layer.name for layer in self._targets]
-        self._keys = [f"{name}_{self.log_name}" for name in names]
-        if len(names) == 1:
-            self._keys = [self.log_name]
+        keys = [f"{layer.name}_{self.log_name}" for layer in self._targets]
+        self._keys = keys if len(keys) > 1 else [self.log_name]
         self.sync_state()
         if self.initial_weight is not None:
             for layer in self._targets:

@@ -14,13 +14,9 @@ from keras_vib.export import _saved_model
 from keras_vib.export._onnx import ONNX_BACKENDS
 from keras_vib.export._saved_model import SUPPORTED_BACKENDS
 
+_WRITERS = {"tf_saved_model": _saved_model.write, "onnx": _onnx.write}
 #: The values of the `format` argument.
-FORMATS = ("tf_saved_model", "onnx")
-
-
-def _writer(format):
-    check_choice("format", format, FORMATS)
-    return {"tf_saved_model": _saved_model.write, "onnx": _onnx.write}[format]
+FORMATS = tuple(_WRITERS)
 
 
 def classifier(
@@ -62,7 +58,7 @@ def classifier(
     >>> kv.export.classifier(model, tempfile.mkdtemp(), num_samples=12)
     ['serve', 'serve_mc']
     """
-    write = _writer(format)
+    write = _WRITERS[check_choice("format", format, FORMATS)]
     endpoints = _export_utils.classifier_endpoints(
         model, input_signature, num_samples
     )
@@ -110,15 +106,13 @@ def classifier_with_rate(
     >>> kv.export.classifier_with_rate(model, tempfile.mkdtemp())
     ['serve', 'serve_rate']
     """
-    write = _writer(format)
+    write = _WRITERS[check_choice("format", format, FORMATS)]
     endpoints = _export_utils.classifier_endpoints(
         model, input_signature, num_samples
     )
     scores = _export_utils.scorer_scores(model, scorer)
-    endpoints.append(
-        _export_utils.rate_endpoint(model, input_signature, scores)
-    )
-    return write(model, endpoints, filepath, verbose)
+    rate = _export_utils.rate_endpoint(model, input_signature, scores)
+    return write(model, endpoints + [rate], filepath, verbose)
 
 
 def vae(
@@ -161,7 +155,7 @@ def vae(
     >>> kv.export.vae(model, tempfile.mkdtemp())
     ['encode', 'decode', 'generate']
     """
-    write = _writer(format)
+    write = _WRITERS[check_choice("format", format, FORMATS)]
     endpoints = _export_utils.vae_endpoints(model, input_signature)
     return write(model, endpoints, filepath, verbose)
 
