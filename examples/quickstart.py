@@ -58,6 +58,7 @@ try:
     import keras
 
     keras.utils.set_random_seed(0)  # seeding imports TensorFlow, if installed
+    keras.ops.zeros(())  # the first op starts the devices (TF: cuInit noise)
 finally:
     os.dup2(_stderr, 2)
 

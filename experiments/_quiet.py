@@ -19,6 +19,8 @@ try:
     # Seeding imports TensorFlow (when installed) on every backend; do it
     # here, quietly. The harnesses seed again with their own seeds.
     keras.utils.set_random_seed(0)
+    # The first op starts the backend's devices (TensorFlow: cuInit noise).
+    keras.ops.zeros(())
 finally:
     os.dup2(_saved, 2)
     os.close(_null)
